@@ -1,0 +1,367 @@
+//! Configuration: one TOML file, every key optional with a documented
+//! default (README, "Configuration"). Unknown keys are errors, so a typo
+//! never silently falls back to a default. Errors name the file, the key
+//! and the reason on one line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::domain::{Campaign, Offer, Storefront};
+use crate::stages::enrich::{CatalogOffer, Reference};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}, key `{key}`: {reason}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    #[error("config {origin}, key `{key}`: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: Topics,
+    pub pipeline: PipelineConfig,
+    pub dedupe: DedupeConfig,
+    /// Offers the publisher lists, for leads whose `LeadSource` has no offer
+    /// (looked up by title) and test drives (storefront by offer).
+    pub catalog: Vec<CatalogEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    /// How long start-up waits for the broker before giving up.
+    pub connect_timeout_ms: u64,
+    /// librdkafka properties passed through unchanged, under their own names.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "leadflow".into(),
+            connect_timeout_ms: 5_000,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topics {
+    pub input: String,
+    /// AppSource leads: the nurture campaign.
+    pub nurture: String,
+    /// Azure Marketplace leads: the demand-generation campaign.
+    pub demand_gen: String,
+    pub suppressed: String,
+    pub dead_letter: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            input: "leads.raw".into(),
+            nurture: "campaign.appsource.nurture".into(),
+            demand_gen: "campaign.azure-marketplace.demand-gen".into(),
+            suppressed: "leads.suppressed".into(),
+            dead_letter: "leads.dlq".into(),
+        }
+    }
+}
+
+impl Topics {
+    pub fn campaign(&self, campaign: Campaign) -> &str {
+        match campaign {
+            Campaign::Nurture => &self.nurture,
+            Campaign::DemandGeneration => &self.demand_gen,
+        }
+    }
+
+    /// Every topic leadflow writes to.
+    pub fn outputs(&self) -> [&str; 4] {
+        [
+            &self.nurture,
+            &self.demand_gen,
+            &self.suppressed,
+            &self.dead_letter,
+        ]
+    }
+}
+
+/// How outputs and consumed offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessingGuarantee {
+    /// Offsets are committed after the outputs are acknowledged: nothing is
+    /// lost, but a crash between the two repeats the outputs of a batch.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Longest time a batch stays open before its outputs are flushed and
+    /// its offsets committed.
+    pub commit_interval_ms: u64,
+    /// Largest number of input records in one batch.
+    pub max_batch_records: usize,
+    /// Records larger than this are dead-lettered as `oversized`.
+    pub max_record_bytes: usize,
+    /// How long a batch may wait for its outputs to be acknowledged before
+    /// leadflow stops with an error (and restarts from the last commit).
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
+            commit_interval_ms: 100,
+            max_batch_records: 10_000,
+            max_record_bytes: 1_048_576,
+            delivery_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// A repeat of the same (email, offer, action) within this many days of
+    /// event time is a duplicate.
+    pub window_days: u32,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig { window_days: 180 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    /// `publisher.offer`.
+    pub offer: String,
+    pub title: String,
+    pub storefront: Storefront,
+}
+
+impl Config {
+    /// Loads a config file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let offset = e.span().map_or(0, |span| span.start);
+            let before = text.get(..offset).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map_or_else(|| "?".to_owned(), |(k, _)| k.trim().to_owned());
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                key,
+                reason: e.message().replace('\n', " "),
+            }
+        })?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: non-empty, distinct names and sane numbers.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "must not be empty".into(),
+            ));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty".into()));
+        }
+        let topics = [
+            ("topics.input", &self.topics.input),
+            ("topics.nurture", &self.topics.nurture),
+            ("topics.demand_gen", &self.topics.demand_gen),
+            ("topics.suppressed", &self.topics.suppressed),
+            ("topics.dead_letter", &self.topics.dead_letter),
+        ];
+        for (i, (key, name)) in topics.iter().enumerate() {
+            if name.trim().is_empty() {
+                return Err(invalid(key, "must not be empty".into()));
+            }
+            if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
+                return Err(invalid(key, format!("topic {name:?} is also {other}")));
+            }
+        }
+        let p = &self.pipeline;
+        for (key, value) in [
+            ("pipeline.commit_interval_ms", p.commit_interval_ms),
+            ("pipeline.delivery_timeout_ms", p.delivery_timeout_ms),
+            ("kafka.connect_timeout_ms", self.kafka.connect_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if p.max_batch_records == 0 {
+            return Err(invalid(
+                "pipeline.max_batch_records",
+                "must be greater than 0".into(),
+            ));
+        }
+        if p.max_record_bytes == 0 {
+            return Err(invalid(
+                "pipeline.max_record_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.dedupe.window_days == 0 {
+            return Err(invalid(
+                "dedupe.window_days",
+                "must be greater than 0".into(),
+            ));
+        }
+        self.reference(origin).map(|_| ())
+    }
+
+    /// Builds enrichment reference data from the catalog.
+    pub fn reference(&self, origin: &str) -> Result<Reference, ConfigError> {
+        let offers = self
+            .catalog
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let offer = Offer::parse(&entry.offer).ok_or_else(|| ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    key: format!("catalog[{i}].offer"),
+                    reason: format!("{:?} is not publisher.offer", entry.offer),
+                })?;
+                Ok(CatalogOffer {
+                    offer,
+                    title: entry.title.clone(),
+                    storefront: entry.storefront,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(Reference::new(offers))
+    }
+
+    pub fn dedupe_window_ms(&self) -> i64 {
+        i64::from(self.dedupe.window_days) * 86_400_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("leadflow.toml");
+        std::fs::write(&path, text).expect("write config");
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::load(None).expect("defaults");
+        assert_eq!(config.topics.input, "leads.raw");
+        assert_eq!(
+            config.topics.campaign(Campaign::Nurture),
+            "campaign.appsource.nurture"
+        );
+        assert_eq!(config.pipeline.commit_interval_ms, 100);
+        assert_eq!(config.dedupe_window_ms(), 180 * 86_400_000);
+    }
+
+    #[test]
+    fn reads_a_file_with_a_catalog() {
+        let (_dir, path) = write(
+            r#"
+            [kafka]
+            bootstrap_servers = "127.0.0.1:19092"
+            client = { "linger.ms" = "5" }
+            [topics]
+            input = "raw"
+            [[catalog]]
+            offer = "contoso.sales-insights"
+            title = "Contoso Sales Insights"
+            storefront = "appsource"
+            "#,
+        );
+        let config = Config::load(Some(&path)).expect("valid config");
+        assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:19092");
+        assert_eq!(
+            config.kafka.client.get("linger.ms").map(String::as_str),
+            Some("5")
+        );
+        assert_eq!(config.topics.input, "raw");
+        assert_eq!(config.topics.dead_letter, "leads.dlq");
+        assert_eq!(config.catalog[0].storefront, Storefront::AppSource);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_reason_on_one_line() {
+        let (_dir, path) = write("[pipeline]\ncommit_interval_ms = \"soon\"\n");
+        let message = Config::load(Some(&path)).expect_err("bad type").to_string();
+        assert!(message.contains("leadflow.toml"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("`commit_interval_ms`"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+
+        let (_dir, path) = write("[topics]\ninptu = \"x\"\n");
+        let message = Config::load(Some(&path))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(message.contains("inptu"), "{message}");
+
+        let (_dir, path) = write("[topics]\nsuppressed = \"leads.dlq\"\n");
+        let message = Config::load(Some(&path)).expect_err("clash").to_string();
+        assert!(message.contains("topics.dead_letter"), "{message}");
+
+        let (_dir, path) =
+            write("[[catalog]]\noffer = \"nodot\"\ntitle = \"x\"\nstorefront = \"appsource\"\n");
+        let message = Config::load(Some(&path))
+            .expect_err("bad offer")
+            .to_string();
+        assert!(message.contains("catalog[0].offer"), "{message}");
+    }
+}

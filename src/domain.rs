@@ -1,0 +1,438 @@
+//! Domain types of a marketplace lead, named as Microsoft's commercial
+//! marketplace names them. Nothing here knows about Kafka, I/O or metrics.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the customer acted. Each storefront feeds one campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Storefront {
+    /// AppSource: business customers, fed to the nurture campaign.
+    #[serde(rename = "appsource")]
+    AppSource,
+    /// Azure Marketplace (and Azure portal purchases): fed to demand generation.
+    AzureMarketplace,
+}
+
+impl Storefront {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Storefront::AppSource => "appsource",
+            Storefront::AzureMarketplace => "azure-marketplace",
+        }
+    }
+
+    /// The campaign a storefront's leads feed.
+    pub fn campaign(self) -> Campaign {
+        match self {
+            Storefront::AppSource => Campaign::Nurture,
+            Storefront::AzureMarketplace => Campaign::DemandGeneration,
+        }
+    }
+}
+
+impl fmt::Display for Storefront {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A campaign that downstream campaign tools run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Campaign {
+    Nurture,
+    #[serde(rename = "demand-gen")]
+    DemandGeneration,
+}
+
+impl Campaign {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Campaign::Nurture => "nurture",
+            Campaign::DemandGeneration => "demand-gen",
+        }
+    }
+}
+
+/// The tag before the action in `LeadSource`, e.g. `SPZA` in `SPZA-PLT|contoso.x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SourceTag {
+    AzureMarketplace,
+    AzurePortal,
+    AppSource,
+    TestDrive,
+}
+
+impl SourceTag {
+    /// Parses a tag case-insensitively, accepting the spellings Microsoft's
+    /// docs have used over time (`SPZA`, `AppSource`, `AppSource (SPZA)`).
+    pub fn parse(tag: &str) -> Option<SourceTag> {
+        let tag = tag.trim();
+        let is = |name: &str| tag.eq_ignore_ascii_case(name);
+        if is("AzureMarketplace") {
+            Some(SourceTag::AzureMarketplace)
+        } else if is("AzurePortal") {
+            Some(SourceTag::AzurePortal)
+        } else if is("SPZA") || is("AppSource") || is("AppSource (SPZA)") {
+            Some(SourceTag::AppSource)
+        } else if is("TestDrive") {
+            Some(SourceTag::TestDrive)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceTag::AzureMarketplace => "AzureMarketplace",
+            SourceTag::AzurePortal => "AzurePortal",
+            SourceTag::AppSource => "AppSource",
+            SourceTag::TestDrive => "TestDrive",
+        }
+    }
+
+    /// The storefront the tag implies; `None` for test drives, whose
+    /// storefront comes from the offer catalog.
+    pub fn storefront(self) -> Option<Storefront> {
+        match self {
+            SourceTag::AzureMarketplace | SourceTag::AzurePortal => {
+                Some(Storefront::AzureMarketplace)
+            }
+            SourceTag::AppSource => Some(Storefront::AppSource),
+            SourceTag::TestDrive => None,
+        }
+    }
+}
+
+/// What the customer did. Microsoft documents five codes but never promised
+/// the list is complete, so unknown codes are kept, not rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ActionCode {
+    /// `INS`: acquired the product ("Get it now").
+    Install,
+    /// `PLT`: partner-led trial ("Contact me").
+    PartnerLedTrial,
+    /// `DNC`: do not contact.
+    DoNotContact,
+    /// `Create`: purchase or deploy inside the Azure portal.
+    Create,
+    /// `StartTestDrive`: started a test drive.
+    StartTestDrive,
+    /// Any other code, as sent.
+    Other(String),
+}
+
+impl ActionCode {
+    pub fn parse(code: &str) -> ActionCode {
+        let code = code.trim();
+        let is = |name: &str| code.eq_ignore_ascii_case(name);
+        if is("INS") {
+            ActionCode::Install
+        } else if is("PLT") {
+            ActionCode::PartnerLedTrial
+        } else if is("DNC") {
+            ActionCode::DoNotContact
+        } else if is("Create") {
+            ActionCode::Create
+        } else if is("StartTestDrive") {
+            ActionCode::StartTestDrive
+        } else {
+            ActionCode::Other(code.to_owned())
+        }
+    }
+
+    /// The code as Microsoft spells it; used in dedupe keys and outputs.
+    pub fn code(&self) -> &str {
+        match self {
+            ActionCode::Install => "INS",
+            ActionCode::PartnerLedTrial => "PLT",
+            ActionCode::DoNotContact => "DNC",
+            ActionCode::Create => "Create",
+            ActionCode::StartTestDrive => "StartTestDrive",
+            ActionCode::Other(code) => code,
+        }
+    }
+}
+
+impl Serialize for ActionCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+/// A marketplace offer, `publisherid.offerid` (e.g. `bitnami.openedxcypress`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Offer {
+    pub publisher_id: String,
+    pub offer_id: String,
+}
+
+impl Offer {
+    /// Parses `publisher.offer`. Offer ids have no dots, publisher ids neither,
+    /// so the first dot separates them.
+    pub fn parse(text: &str) -> Option<Offer> {
+        let (publisher, offer) = text.trim().split_once('.')?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        };
+        if !valid(publisher) || !valid(offer) {
+            return None;
+        }
+        Some(Offer {
+            publisher_id: publisher.to_ascii_lowercase(),
+            offer_id: offer.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl fmt::Display for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.publisher_id, self.offer_id)
+    }
+}
+
+/// A lead as it arrived, after decoding and before any interpretation.
+/// Every field is optional because Microsoft's payload leaves any of them
+/// out; empty strings are already `None` here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawLead {
+    pub event_id: Option<String>,
+    /// Event time in milliseconds since the Unix epoch: `received_at` from
+    /// the envelope, else the record timestamp.
+    pub event_time_ms: i64,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: String,
+    pub phone: Option<String>,
+    pub country: Option<String>,
+    pub company: Option<String>,
+    pub title: Option<String>,
+    pub lead_source: Option<String>,
+    pub action_code: Option<String>,
+    pub offer_title: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Marker Microsoft puts in every field of its test leads.
+const TEST_LEAD_MARKER: &str = "MSFT_TEST";
+
+impl RawLead {
+    /// Microsoft's test leads carry `MSFT_TEST` in their fields.
+    pub fn is_test_lead(&self) -> bool {
+        [
+            Some(&self.email),
+            self.first_name.as_ref(),
+            self.last_name.as_ref(),
+            self.company.as_ref(),
+            self.title.as_ref(),
+            self.description.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|field| contains_ignore_ascii_case(field, TEST_LEAD_MARKER))
+    }
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Identity of a lead for de-duplication: (normalized email, offer, action).
+/// Stored as a 128-bit hash so that state stays small and holds no personal data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DedupeKey(pub u128);
+
+impl DedupeKey {
+    pub fn new(normalized_email: &str, offer: &Offer, action: &ActionCode) -> DedupeKey {
+        // Separators that cannot occur in the parts keep distinct triples distinct.
+        let mut text = String::with_capacity(normalized_email.len() + 64);
+        text.push_str(normalized_email);
+        text.push('\n');
+        text.push_str(&offer.publisher_id);
+        text.push('.');
+        text.push_str(&offer.offer_id);
+        text.push('\n');
+        text.push_str(action.code());
+        DedupeKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+    }
+
+    /// Lower-case hex, used as the record key of every output.
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+}
+
+/// A lead after enrichment: interpreted, normalized and ready to dedupe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lead {
+    pub event_id: Option<String>,
+    pub event_time_ms: i64,
+    pub storefront: Storefront,
+    pub source_tag: SourceTag,
+    pub action: ActionCode,
+    pub offer: Offer,
+    pub offer_title: Option<String>,
+    /// Normalized per the provider rules in `enrich::normalize_email`.
+    pub email: String,
+    pub email_domain: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone: Option<String>,
+    pub country: Option<String>,
+    pub company: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub dedupe_key: DedupeKey,
+}
+
+/// Qualification grade on the combined score, A (best) to D.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Grade {
+    A,
+    B,
+    C,
+    D,
+}
+
+impl Grade {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grade::A => "A",
+            Grade::B => "B",
+            Grade::C => "C",
+            Grade::D => "D",
+        }
+    }
+}
+
+/// The outcome of scoring: points, grade and the reasons behind them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Score {
+    pub points: i32,
+    pub grade: Grade,
+    pub reasons: Vec<&'static str>,
+    pub rules_version: &'static str,
+}
+
+/// Why a lead was kept away from every campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SuppressionReason {
+    /// The customer asked not to be contacted (`DNC`).
+    DoNotContact,
+}
+
+impl SuppressionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionReason::DoNotContact => "do_not_contact",
+        }
+    }
+}
+
+/// Leads for unit tests of the stages.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A minimal valid lead of the given storefront and action.
+    pub fn lead(storefront: Storefront, action: ActionCode) -> Lead {
+        let offer = Offer::parse("contoso.x").expect("offer");
+        Lead {
+            event_id: None,
+            event_time_ms: 0,
+            storefront,
+            source_tag: SourceTag::AzureMarketplace,
+            dedupe_key: DedupeKey::new("a@b.com", &offer, &action),
+            action,
+            offer,
+            offer_title: None,
+            email: "a@b.com".into(),
+            email_domain: "b.com".into(),
+            first_name: None,
+            last_name: None,
+            phone: None,
+            country: None,
+            company: None,
+            title: None,
+            description: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_tags_accept_documented_spellings() {
+        assert_eq!(SourceTag::parse("SPZA"), Some(SourceTag::AppSource));
+        assert_eq!(
+            SourceTag::parse("appsource (spza)"),
+            Some(SourceTag::AppSource)
+        );
+        assert_eq!(
+            SourceTag::parse("AzurePortal"),
+            Some(SourceTag::AzurePortal)
+        );
+        assert_eq!(
+            SourceTag::AzurePortal.storefront(),
+            Some(Storefront::AzureMarketplace)
+        );
+        assert_eq!(SourceTag::TestDrive.storefront(), None);
+        assert_eq!(SourceTag::parse("Bing"), None);
+    }
+
+    #[test]
+    fn action_codes_are_an_open_enumeration() {
+        assert_eq!(ActionCode::parse("ins"), ActionCode::Install);
+        assert_eq!(ActionCode::parse(" DNC "), ActionCode::DoNotContact);
+        let other = ActionCode::parse("Subscribe");
+        assert_eq!(other, ActionCode::Other("Subscribe".into()));
+        assert_eq!(other.code(), "Subscribe");
+    }
+
+    #[test]
+    fn offers_split_publisher_and_offer() {
+        let offer = Offer::parse("Contoso.Sales-Insights").expect("valid offer");
+        assert_eq!(offer.publisher_id, "contoso");
+        assert_eq!(offer.offer_id, "sales-insights");
+        assert_eq!(offer.to_string(), "contoso.sales-insights");
+        assert_eq!(Offer::parse("nodot"), None);
+        assert_eq!(Offer::parse(".x"), None);
+        assert_eq!(Offer::parse("a b.c"), None);
+    }
+
+    #[test]
+    fn dedupe_key_depends_on_every_part() {
+        let offer = Offer::parse("contoso.gateway").expect("valid offer");
+        let other_offer = Offer::parse("contoso.other").expect("valid offer");
+        let a = DedupeKey::new("a@x.com", &offer, &ActionCode::Install);
+        assert_eq!(a, DedupeKey::new("a@x.com", &offer, &ActionCode::Install));
+        assert_ne!(a, DedupeKey::new("b@x.com", &offer, &ActionCode::Install));
+        assert_ne!(
+            a,
+            DedupeKey::new("a@x.com", &other_offer, &ActionCode::Install)
+        );
+        assert_ne!(a, DedupeKey::new("a@x.com", &offer, &ActionCode::Create));
+        assert_eq!(a.to_hex().len(), 32);
+    }
+
+    #[test]
+    fn test_leads_are_recognised_in_any_field() {
+        let mut lead = RawLead {
+            email: "someone@contoso.com".into(),
+            ..RawLead::default()
+        };
+        assert!(!lead.is_test_lead());
+        lead.company = Some("msft_test_636573304831318844".into());
+        assert!(lead.is_test_lead());
+    }
+}

@@ -1,0 +1,60 @@
+//! The error vocabulary shared by stages and the runtime: which stage failed
+//! and a stable short class name. The class is both the dead-letter header
+//! `leadflow.error.class` and the metric label, so renaming one is a
+//! breaking change for operators' alerts.
+
+use std::fmt;
+
+/// A pipeline stage, as named in dead-letter headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Decode,
+    Enrich,
+    Dedupe,
+    Score,
+    Route,
+    Produce,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Enrich => "enrich",
+            Stage::Dedupe => "dedupe",
+            Stage::Score => "score",
+            Stage::Route => "route",
+            Stage::Produce => "produce",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error with a stable class name.
+pub trait ErrorClass: std::error::Error {
+    /// Short `snake_case` name, stable across releases.
+    fn class(&self) -> &'static str;
+}
+
+/// Why one record could not be processed: what goes into its dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: Stage,
+    pub class: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new<E: ErrorClass>(stage: Stage, error: &E) -> Failure {
+        Failure {
+            stage,
+            class: error.class(),
+            message: error.to_string(),
+        }
+    }
+}

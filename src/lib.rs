@@ -1,0 +1,22 @@
+//! leadflow: a stream processor for software-marketplace leads.
+//!
+//! Raw leads are read from Kafka, passed through decode → enrich → dedupe →
+//! score → route ([`stages`], composed in [`pipeline`]), and fanned out by
+//! storefront to campaign topics, with a dead-letter topic for what cannot
+//! be processed. The stages are plain Rust; Kafka I/O lives in [`kafka`].
+
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod pipeline;
+pub mod stages;
+
+/// The pipeline version carried in `leadflow.pipeline.version` headers.
+pub const PIPELINE_VERSION: &str = concat!(
+    "leadflow/",
+    env!("CARGO_PKG_VERSION"),
+    " rules/",
+    "builtin-1"
+);

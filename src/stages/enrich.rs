@@ -1,0 +1,344 @@
+//! enrich: [`RawLead`] → [`Lead`].
+//!
+//! Interprets `LeadSource` in its three documented forms (split
+//! `Source` + `ActionCode`, combined `Source-Action|publisher.offer`, and a
+//! bare `Source` whose offer is found in the catalog by `OfferTitle`),
+//! normalizes the email address by mail-provider rules and derives the
+//! dedupe key. A lead whose storefront, action or offer cannot be
+//! determined is an error, never a guess.
+
+use std::collections::HashMap;
+
+use crate::domain::{ActionCode, DedupeKey, Lead, Offer, RawLead, SourceTag, Storefront};
+use crate::error::ErrorClass;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnrichError {
+    #[error("email address {0:?} is not valid")]
+    InvalidEmail(String),
+    #[error("lead has no LeadSource")]
+    MissingSource,
+    #[error("unknown lead source tag {0:?}")]
+    UnknownSource(String),
+    #[error("lead has no action code")]
+    MissingAction,
+    #[error("LeadSource says action {in_source:?} but ActionCode says {in_field:?}")]
+    ConflictingAction { in_source: String, in_field: String },
+    #[error("offer {0:?} is not publisher.offer")]
+    InvalidOffer(String),
+    #[error("no offer in LeadSource and offer title {0:?} is not in the catalog")]
+    UnknownOffer(String),
+    #[error(
+        "test-drive lead for offer {0} which is not in the catalog, so its storefront is unknown"
+    )]
+    UnknownStorefront(String),
+}
+
+impl ErrorClass for EnrichError {
+    fn class(&self) -> &'static str {
+        match self {
+            EnrichError::InvalidEmail(_) => "invalid_email",
+            EnrichError::MissingSource => "missing_source",
+            EnrichError::UnknownSource(_) => "unknown_source",
+            EnrichError::MissingAction => "missing_action",
+            EnrichError::ConflictingAction { .. } => "conflicting_action",
+            EnrichError::InvalidOffer(_) => "invalid_offer",
+            EnrichError::UnknownOffer(_) => "unknown_offer",
+            EnrichError::UnknownStorefront(_) => "unknown_storefront",
+        }
+    }
+}
+
+/// One offer the publisher lists, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogOffer {
+    pub offer: Offer,
+    pub title: String,
+    pub storefront: Storefront,
+}
+
+/// Reference data for enrichment, built once at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Reference {
+    offers: Vec<CatalogOffer>,
+    /// Lower-cased, trimmed title → index into `offers`.
+    by_title: HashMap<String, usize>,
+    by_offer: HashMap<Offer, usize>,
+}
+
+impl Reference {
+    pub fn new(offers: Vec<CatalogOffer>) -> Reference {
+        let mut by_title = HashMap::with_capacity(offers.len());
+        let mut by_offer = HashMap::with_capacity(offers.len());
+        for (i, entry) in offers.iter().enumerate() {
+            by_title.insert(entry.title.trim().to_lowercase(), i);
+            by_offer.insert(entry.offer.clone(), i);
+        }
+        Reference {
+            offers,
+            by_title,
+            by_offer,
+        }
+    }
+
+    fn offer_by_title(&self, title: &str) -> Option<&CatalogOffer> {
+        let i = self.by_title.get(&title.trim().to_lowercase())?;
+        self.offers.get(*i)
+    }
+
+    fn storefront_of(&self, offer: &Offer) -> Option<Storefront> {
+        let i = self.by_offer.get(offer)?;
+        self.offers.get(*i).map(|entry| entry.storefront)
+    }
+}
+
+/// Providers whose addresses ignore a `+tag` in the local part.
+const PLUS_TAG_DOMAINS: &[&str] = &[
+    "gmail.com",
+    "googlemail.com",
+    "outlook.com",
+    "hotmail.com",
+    "live.com",
+    "icloud.com",
+];
+
+/// Normalizes an email address for identity: trim and lowercase; drop a
+/// `+tag` where the provider ignores it; drop dots in Gmail local parts; map
+/// googlemail.com to gmail.com. Rejects what cannot be an address.
+pub fn normalize_email(raw: &str) -> Result<String, EnrichError> {
+    let invalid = || EnrichError::InvalidEmail(raw.to_owned());
+    let lowered = raw.trim().to_lowercase();
+    let (local, domain) = lowered.split_once('@').ok_or_else(invalid)?;
+    let domain_ok = domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let local_ok = !local.is_empty()
+        && !local.contains('@')
+        && !local.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !domain_ok || !local_ok {
+        return Err(invalid());
+    }
+    let gmail = domain == "gmail.com" || domain == "googlemail.com";
+    let mut local = local;
+    if PLUS_TAG_DOMAINS.contains(&domain) {
+        local = local.split_once('+').map_or(local, |(base, _tag)| base);
+    }
+    let local = if gmail {
+        local.replace('.', "")
+    } else {
+        local.to_owned()
+    };
+    if local.is_empty() {
+        return Err(invalid());
+    }
+    let domain = if gmail { "gmail.com" } else { domain };
+    Ok(format!("{local}@{domain}"))
+}
+
+/// Enriches a decoded lead. Takes ownership so that strings move, not copy.
+pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> {
+    let email = normalize_email(&raw.email)?;
+    let source = raw
+        .lead_source
+        .as_deref()
+        .ok_or(EnrichError::MissingSource)?;
+    let (head, offer_text) = match source.split_once('|') {
+        Some((head, offer)) => (head, Some(offer.trim()).filter(|o| !o.is_empty())),
+        None => (source, None),
+    };
+    let (tag_text, action_in_source) = match head.split_once('-') {
+        Some((tag, action)) => (tag, Some(action.trim()).filter(|a| !a.is_empty())),
+        None => (head, None),
+    };
+    let source_tag =
+        SourceTag::parse(tag_text).ok_or_else(|| EnrichError::UnknownSource(tag_text.into()))?;
+
+    let action = match (action_in_source, raw.action_code.as_deref()) {
+        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => {
+            return Err(EnrichError::ConflictingAction {
+                in_source: a.to_owned(),
+                in_field: b.to_owned(),
+            });
+        }
+        (Some(code), _) | (None, Some(code)) => ActionCode::parse(code),
+        (None, None) => return Err(EnrichError::MissingAction),
+    };
+
+    let offer = match offer_text {
+        Some(text) => Offer::parse(text).ok_or_else(|| EnrichError::InvalidOffer(text.into()))?,
+        None => {
+            let title = raw.offer_title.as_deref().unwrap_or_default();
+            reference
+                .offer_by_title(title)
+                .map(|entry| entry.offer.clone())
+                .ok_or_else(|| EnrichError::UnknownOffer(title.to_owned()))?
+        }
+    };
+
+    let storefront = match source_tag.storefront() {
+        Some(storefront) => storefront,
+        None => reference
+            .storefront_of(&offer)
+            .ok_or_else(|| EnrichError::UnknownStorefront(offer.to_string()))?,
+    };
+
+    let dedupe_key = DedupeKey::new(&email, &offer, &action);
+    let email_domain = email
+        .rsplit_once('@')
+        .map(|(_, domain)| domain.to_owned())
+        .unwrap_or_default();
+    Ok(Lead {
+        event_id: raw.event_id,
+        event_time_ms: raw.event_time_ms,
+        storefront,
+        source_tag,
+        action,
+        offer,
+        offer_title: raw.offer_title,
+        email,
+        email_domain,
+        first_name: raw.first_name,
+        last_name: raw.last_name,
+        phone: raw.phone,
+        country: raw.country,
+        company: raw.company,
+        title: raw.title,
+        description: raw.description,
+        dedupe_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Reference {
+        Reference::new(vec![
+            CatalogOffer {
+                offer: Offer::parse("contoso.contoso-gateway-byol").expect("offer"),
+                title: "Contoso Gateway (BYOL)".into(),
+                storefront: Storefront::AzureMarketplace,
+            },
+            CatalogOffer {
+                offer: Offer::parse("contoso.sales-insights").expect("offer"),
+                title: "Contoso Sales Insights".into(),
+                storefront: Storefront::AppSource,
+            },
+        ])
+    }
+
+    fn raw(source: &str, action: Option<&str>) -> RawLead {
+        RawLead {
+            email: "Ana@Fabrikam.com".into(),
+            lead_source: Some(source.into()),
+            action_code: action.map(Into::into),
+            offer_title: Some("contoso gateway (byol) ".into()),
+            ..RawLead::default()
+        }
+    }
+
+    #[test]
+    fn normalizes_email_by_provider_rules() {
+        let n = |e: &str| normalize_email(e).expect("valid email");
+        assert_eq!(n(" Ana.Silva@Fabrikam.com "), "ana.silva@fabrikam.com");
+        assert_eq!(n("Lee.Wong+trial@GMail.com"), "leewong@gmail.com");
+        assert_eq!(n("l.e.e.wong@googlemail.com"), "leewong@gmail.com");
+        assert_eq!(n("kim+news@outlook.com"), "kim@outlook.com");
+        // Dots matter outside Gmail, and +tags outside the listed providers.
+        assert_eq!(n("k.im+news@contoso.com"), "k.im+news@contoso.com");
+        assert_eq!(n("k.im@hotmail.com"), "k.im@hotmail.com");
+        for bad in [
+            "",
+            "no-at",
+            "@x.com",
+            "a@b",
+            "a@.com",
+            "a b@x.com",
+            "a@x..com",
+            "+x@gmail.com",
+        ] {
+            assert_eq!(
+                normalize_email(bad).map_err(|e| e.class()),
+                Err("invalid_email"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_the_combined_form() {
+        let lead = enrich(
+            raw("SPZA-PLT|Contoso.Sales-Insights", Some("plt")),
+            &catalog(),
+        )
+        .expect("enriched");
+        assert_eq!(lead.storefront, Storefront::AppSource);
+        assert_eq!(lead.source_tag, SourceTag::AppSource);
+        assert_eq!(lead.action, ActionCode::PartnerLedTrial);
+        assert_eq!(lead.offer.to_string(), "contoso.sales-insights");
+        assert_eq!(lead.email, "ana@fabrikam.com");
+        assert_eq!(lead.email_domain, "fabrikam.com");
+    }
+
+    #[test]
+    fn reads_the_split_and_bare_forms_through_the_catalog() {
+        let lead = enrich(raw("AzureMarketplace", Some("INS")), &catalog()).expect("enriched");
+        assert_eq!(lead.storefront, Storefront::AzureMarketplace);
+        assert_eq!(lead.action, ActionCode::Install);
+        assert_eq!(lead.offer.to_string(), "contoso.contoso-gateway-byol");
+
+        let portal = enrich(raw("AzurePortal-Create", None), &catalog()).expect("enriched");
+        assert_eq!(portal.storefront, Storefront::AzureMarketplace);
+        assert_eq!(portal.action, ActionCode::Create);
+    }
+
+    #[test]
+    fn test_drives_take_their_storefront_from_the_catalog() {
+        let lead = enrich(
+            raw("TestDrive-StartTestDrive|contoso.sales-insights", None),
+            &catalog(),
+        )
+        .expect("enriched");
+        assert_eq!(lead.storefront, Storefront::AppSource);
+        let unknown = enrich(
+            raw("TestDrive-StartTestDrive|fabrikam.unlisted", None),
+            &catalog(),
+        );
+        assert_eq!(unknown.map_err(|e| e.class()), Err("unknown_storefront"));
+    }
+
+    #[test]
+    fn refuses_to_guess() {
+        let class = |lead: RawLead| enrich(lead, &catalog()).map(|_| ()).map_err(|e| e.class());
+        assert_eq!(class(raw("Bing-INS|a.b", None)), Err("unknown_source"));
+        assert_eq!(class(raw("SPZA|a.b", None)), Err("missing_action"));
+        assert_eq!(
+            class(raw("SPZA-INS|a.b", Some("PLT"))),
+            Err("conflicting_action")
+        );
+        assert_eq!(class(raw("SPZA-INS|nodot", None)), Err("invalid_offer"));
+        let mut unknown_title = raw("AzureMarketplace-INS", None);
+        unknown_title.offer_title = Some("Something Else".into());
+        assert_eq!(class(unknown_title), Err("unknown_offer"));
+        let mut no_source = raw("x", None);
+        no_source.lead_source = None;
+        assert_eq!(class(no_source), Err("missing_source"));
+        let mut bad_email = raw("SPZA-INS|a.b", None);
+        bad_email.email = "not an email".into();
+        assert_eq!(class(bad_email), Err("invalid_email"));
+    }
+
+    #[test]
+    fn dedupe_key_ignores_spelling_of_the_same_gmail_identity() {
+        let mut a = raw("AzureMarketplace-INS|contoso.x", None);
+        a.email = "Lee.Wong+trial@GMail.com".into();
+        let mut b = raw("AzureMarketplace-INS|contoso.x", None);
+        b.email = "leewong@googlemail.com".into();
+        let key = |lead| enrich(lead, &catalog()).expect("enriched").dedupe_key;
+        assert_eq!(key(a), key(b));
+    }
+}
