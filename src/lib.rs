@@ -10,6 +10,8 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod generate;
+pub mod kafka;
 pub mod pipeline;
 pub mod stages;
 

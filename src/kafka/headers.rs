@@ -1,0 +1,117 @@
+//! Record headers leadflow writes. Dead letters keep the original headers
+//! and add `leadflow.error.*` and `leadflow.source.*`, after Kafka Connect's
+//! `__connect.errors.*` and Kafka Streams' KIP-1034, so operators know the
+//! pattern. Every output carries its source position and pipeline version,
+//! which is what lets a checker tie each output to exactly one input.
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+use crate::error::Failure;
+use crate::pipeline::SourcePosition;
+
+pub const ERROR_STAGE: &str = "leadflow.error.stage";
+pub const ERROR_CLASS: &str = "leadflow.error.class";
+pub const ERROR_MESSAGE: &str = "leadflow.error.message";
+pub const SOURCE_TOPIC: &str = "leadflow.source.topic";
+pub const SOURCE_PARTITION: &str = "leadflow.source.partition";
+pub const SOURCE_OFFSET: &str = "leadflow.source.offset";
+pub const PIPELINE_VERSION: &str = "leadflow.pipeline.version";
+pub const SUPPRESSED_REASON: &str = "leadflow.suppressed.reason";
+
+fn add(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
+    headers.insert(Header {
+        key,
+        value: Some(value),
+    })
+}
+
+/// Headers of a campaign or suppressed record.
+pub fn output(source: SourcePosition<'_>, suppressed_reason: Option<&str>) -> OwnedHeaders {
+    let headers = provenance(OwnedHeaders::new_with_capacity(5), source);
+    match suppressed_reason {
+        Some(reason) => add(headers, SUPPRESSED_REASON, reason),
+        None => headers,
+    }
+}
+
+/// Headers of a dead letter: the original ones, then why and whence.
+pub fn dead_letter<H: Headers>(
+    original: Option<&H>,
+    source: SourcePosition<'_>,
+    failure: &Failure,
+) -> OwnedHeaders {
+    let count = original.map_or(0, Headers::count);
+    let mut headers = OwnedHeaders::new_with_capacity(count + 7);
+    if let Some(original) = original {
+        for header in original.iter() {
+            headers = headers.insert(header);
+        }
+    }
+    let headers = add(headers, ERROR_STAGE, failure.stage.as_str());
+    let headers = add(headers, ERROR_CLASS, failure.class);
+    let headers = add(headers, ERROR_MESSAGE, &failure.message);
+    provenance(headers, source)
+}
+
+fn provenance(headers: OwnedHeaders, source: SourcePosition<'_>) -> OwnedHeaders {
+    let headers = add(headers, SOURCE_TOPIC, source.topic);
+    let headers = add(headers, SOURCE_PARTITION, &source.partition.to_string());
+    let headers = add(headers, SOURCE_OFFSET, &source.offset.to_string());
+    add(headers, PIPELINE_VERSION, crate::PIPELINE_VERSION)
+}
+
+/// The value of the last header named `key`, as UTF-8.
+pub fn get<'a, H: Headers>(headers: &'a H, key: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .filter(|h| h.key == key)
+        .last()
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Stage;
+
+    #[test]
+    fn dead_letters_keep_original_headers_and_say_why_and_whence() {
+        let original = OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some("00-abc-01"),
+        });
+        let failure = Failure {
+            stage: Stage::Decode,
+            class: "json_syntax",
+            message: "not valid JSON: EOF".into(),
+        };
+        let source = SourcePosition {
+            topic: "leads.raw",
+            partition: 3,
+            offset: 42,
+        };
+        let headers = dead_letter(Some(&original), source, &failure);
+        assert_eq!(get(&headers, "traceparent"), Some("00-abc-01"));
+        assert_eq!(get(&headers, ERROR_STAGE), Some("decode"));
+        assert_eq!(get(&headers, ERROR_CLASS), Some("json_syntax"));
+        assert_eq!(get(&headers, ERROR_MESSAGE), Some("not valid JSON: EOF"));
+        assert_eq!(get(&headers, SOURCE_TOPIC), Some("leads.raw"));
+        assert_eq!(get(&headers, SOURCE_PARTITION), Some("3"));
+        assert_eq!(get(&headers, SOURCE_OFFSET), Some("42"));
+        assert_eq!(get(&headers, PIPELINE_VERSION), Some(crate::PIPELINE_VERSION));
+        assert_eq!(headers.count(), 8);
+    }
+
+    #[test]
+    fn suppressed_records_say_why() {
+        let source = SourcePosition {
+            topic: "t",
+            partition: 0,
+            offset: 1,
+        };
+        let headers = output(source, Some("do_not_contact"));
+        assert_eq!(get(&headers, SUPPRESSED_REASON), Some("do_not_contact"));
+        assert_eq!(get(&output(source, None), SUPPRESSED_REASON), None);
+    }
+}

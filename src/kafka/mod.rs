@@ -1,0 +1,148 @@
+//! The Kafka edge: client configuration, start-up checks, the processing
+//! loop ([`runner`]), the lead producer ([`produce`]) and topic tools
+//! ([`topics`]). Stages never see anything from here.
+//!
+//! Start-up fails fast and says why in one line: an unreachable broker, a
+//! missing topic or an invalid client property ends the process with an
+//! error within the configured connect timeout, never a hang.
+
+pub mod headers;
+pub mod produce;
+pub mod runner;
+pub mod topics;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
+
+use crate::config::KafkaConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot create Kafka client: {0}")]
+    Client(KafkaError),
+    #[error("cannot reach Kafka at {servers} within {timeout_ms} ms: {source}")]
+    Unreachable {
+        servers: String,
+        timeout_ms: u64,
+        source: KafkaError,
+    },
+    #[error("topic {0:?} does not exist (create it, e.g. with `leadflow topics create`)")]
+    MissingTopic(String),
+    #[error("topic {topic:?} is unusable: {reason}")]
+    BadTopic { topic: String, reason: String },
+}
+
+/// Client settings shared by consumers, producers and admin clients:
+/// bootstrap servers, then the pass-through librdkafka properties, so that
+/// an operator's explicit setting wins over leadflow's.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Sets `key` unless the operator set it in the pass-through properties.
+pub(crate) fn set_default(config: &mut ClientConfig, kafka: &KafkaConfig, key: &str, value: &str) {
+    if !kafka.client.contains_key(key) {
+        config.set(key, value);
+    }
+}
+
+/// Checks that the cluster answers and that every topic exists, returning
+/// each topic's partition count in order.
+pub fn check_topics<C: ClientContext>(
+    client: &Client<C>,
+    kafka: &KafkaConfig,
+    topics: &[&str],
+) -> Result<Vec<usize>, SetupError> {
+    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
+    let metadata = client
+        .fetch_metadata(None, timeout)
+        .map_err(|source| SetupError::Unreachable {
+            servers: kafka.bootstrap_servers.clone(),
+            timeout_ms: kafka.connect_timeout_ms,
+            source,
+        })?;
+    topics
+        .iter()
+        .map(|name| {
+            let topic = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == *name)
+                .ok_or_else(|| SetupError::MissingTopic((*name).to_owned()))?;
+            if let Some(error) = topic.error() {
+                let error = rdkafka::types::RDKafkaErrorCode::from(error);
+                if error == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+                    return Err(SetupError::MissingTopic((*name).to_owned()));
+                }
+                return Err(SetupError::BadTopic {
+                    topic: (*name).to_owned(),
+                    reason: error.to_string(),
+                });
+            }
+            if topic.partitions().is_empty() {
+                return Err(SetupError::MissingTopic((*name).to_owned()));
+            }
+            Ok(topic.partitions().len())
+        })
+        .collect()
+}
+
+/// Collects delivery failures reported by the producer's callbacks.
+#[derive(Default)]
+pub(crate) struct DeliveryTracker {
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            let mut failure = lock(&self.failure);
+            if failure.is_none() {
+                *failure = Some(format!("{} [{}]: {error}", message.topic(), message.partition()));
+            }
+        }
+    }
+}
+
+impl DeliveryTracker {
+    pub(crate) fn take(&self) -> Option<String> {
+        lock(&self.failure).take()
+    }
+}
+
+pub(crate) type LeadProducer = BaseProducer<DeliveryTracker>;
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Enqueues a record, waiting for room when the producer's queue is full.
+pub(crate) fn send(producer: &LeadProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                // Serving delivery reports is what frees queue space.
+                producer.poll(Duration::from_millis(100));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
