@@ -52,8 +52,12 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// How long start-up waits for the broker before giving up.
     pub connect_timeout_ms: u64,
-    /// librdkafka properties passed through unchanged, under their own names.
+    /// librdkafka properties for every client, passed through unchanged.
     pub client: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for producers only.
+    pub producer: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -63,6 +67,8 @@ impl Default for KafkaConfig {
             group_id: "leadflow".into(),
             connect_timeout_ms: 5_000,
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
         }
     }
 }

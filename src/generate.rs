@@ -22,14 +22,34 @@ use crate::stages::enrich::normalize_email;
 /// Offers the generator's leads are for. A config whose catalog lists them
 /// (see [`catalog`]) lets leadflow resolve bare and test-drive leads.
 const OFFERS: &[(&str, &str, Storefront)] = &[
-    ("contoso.sales-insights", "Contoso Sales Insights", Storefront::AppSource),
-    ("contoso.contoso-gateway-byol", "Contoso Gateway (BYOL)", Storefront::AzureMarketplace),
-    ("fabrikam.field-service-hub", "Fabrikam Field Service Hub", Storefront::AppSource),
-    ("litware.data-vault", "Litware Data Vault", Storefront::AzureMarketplace),
+    (
+        "contoso.sales-insights",
+        "Contoso Sales Insights",
+        Storefront::AppSource,
+    ),
+    (
+        "contoso.contoso-gateway-byol",
+        "Contoso Gateway (BYOL)",
+        Storefront::AzureMarketplace,
+    ),
+    (
+        "fabrikam.field-service-hub",
+        "Fabrikam Field Service Hub",
+        Storefront::AppSource,
+    ),
+    (
+        "litware.data-vault",
+        "Litware Data Vault",
+        Storefront::AzureMarketplace,
+    ),
 ];
 
-const FIRST_NAMES: &[&str] = &["Ana", "Raj", "Lee", "Mia", "Omar", "Sam", "Kim", "Noah", "Aiko", "Lars"];
-const LAST_NAMES: &[&str] = &["Silva", "Mehta", "Wong", "Keller", "Haddad", "Rivera", "Park", "Okafor", "Sato", "Berg"];
+const FIRST_NAMES: &[&str] = &[
+    "Ana", "Raj", "Lee", "Mia", "Omar", "Sam", "Kim", "Noah", "Aiko", "Lars",
+];
+const LAST_NAMES: &[&str] = &[
+    "Silva", "Mehta", "Wong", "Keller", "Haddad", "Rivera", "Park", "Okafor", "Sato", "Berg",
+];
 const COMPANIES: &[(&str, &str)] = &[
     ("Fabrikam", "fabrikam.com"),
     ("Northwind Traders", "northwindtraders.com"),
@@ -39,11 +59,25 @@ const COMPANIES: &[(&str, &str)] = &[
     ("Litware", "litware.co.uk"),
 ];
 const TITLES: &[&str] = &[
-    "CIO", "CTO", "VP Engineering", "Head of Sales Ops", "Director of Platform", "IT Manager",
-    "Cloud Architect", "Developer", "Analyst", "",
+    "CIO",
+    "CTO",
+    "VP Engineering",
+    "Head of Sales Ops",
+    "Director of Platform",
+    "IT Manager",
+    "Cloud Architect",
+    "Developer",
+    "Analyst",
+    "",
 ];
 const COUNTRIES: &[(&str, &str)] = &[
-    ("US", "USA"), ("DE", "DEU"), ("PT", "PRT"), ("GB", "GBR"), ("IN", "IND"), ("KR", "KOR"), ("MX", "MEX"),
+    ("US", "USA"),
+    ("DE", "DEU"),
+    ("PT", "PRT"),
+    ("GB", "GBR"),
+    ("IN", "IND"),
+    ("KR", "KOR"),
+    ("MX", "MEX"),
 ];
 
 /// The catalog entries for the generator's offers, for a config file.
@@ -161,7 +195,9 @@ impl Generator {
             Expected::Suppressed => t.suppressed += 1,
             Expected::Duplicate => t.duplicates += 1,
             Expected::TestLead => t.test_leads += 1,
-            Expected::DeadLetter(class) => *t.dead_letter.entry((*class).to_owned()).or_default() += 1,
+            Expected::DeadLetter(class) => {
+                *t.dead_letter.entry((*class).to_owned()).or_default() += 1
+            }
         }
     }
 
@@ -188,12 +224,32 @@ impl Generator {
         let storefront = OFFERS[offer].2;
         let roll = self.rng.u8(..100);
         let (email, company, edu) = match roll {
-            0..15 => (format!("{}.{}{n}@gmail.com", first.to_lowercase(), last.to_lowercase()), None, false),
-            15..20 => (format!("{}{n}@outlook.com", first.to_lowercase()), None, false),
+            0..15 => (
+                format!(
+                    "{}.{}{n}@gmail.com",
+                    first.to_lowercase(),
+                    last.to_lowercase()
+                ),
+                None,
+                false,
+            ),
+            15..20 => (
+                format!("{}{n}@outlook.com", first.to_lowercase()),
+                None,
+                false,
+            ),
             20..25 => (format!("s{n}@stateu.edu"), None, true),
             _ => {
                 let (company, domain) = self.pick(COMPANIES);
-                (format!("{}.{}{n}@{domain}", first.to_lowercase(), last.to_lowercase()), Some(company), false)
+                (
+                    format!(
+                        "{}.{}{n}@{domain}",
+                        first.to_lowercase(),
+                        last.to_lowercase()
+                    ),
+                    Some(company),
+                    false,
+                )
             }
         };
         let action = if dnc {
@@ -210,7 +266,8 @@ impl Generator {
             }
         };
         // Microsoft sends no personal data for .edu addresses.
-        let phone = (!edu && self.rng.bool()).then(|| format!("1425555{:04}", self.rng.u16(..10_000)));
+        let phone =
+            (!edu && self.rng.bool()).then(|| format!("1425555{:04}", self.rng.u16(..10_000)));
         Person {
             first: if edu { "" } else { first },
             last: if edu { "" } else { last },
@@ -248,7 +305,13 @@ impl Generator {
     }
 
     /// Renders a person's lead in one of the documented shapes.
-    fn render(&mut self, person: &Person, email: &str, time_ms: i64, test_marker: Option<&str>) -> Vec<u8> {
+    fn render(
+        &mut self,
+        person: &Person,
+        email: &str,
+        time_ms: i64,
+        test_marker: Option<&str>,
+    ) -> Vec<u8> {
         let (offer, title, storefront) = OFFERS[person.offer];
         let code = person.action.code().to_owned();
         let tag = match (&person.action, storefront, self.rng.u8(..10)) {
@@ -274,22 +337,40 @@ impl Generator {
             "Company": marked(person.company.unwrap_or_default()),
             "Title": marked(person.title),
         });
-        let details_key = if self.rng.u8(..10) == 0 { "userDetails" } else { "UserDetails" };
+        let details_key = if self.rng.u8(..10) == 0 {
+            "userDetails"
+        } else {
+            "UserDetails"
+        };
         lead.insert(details_key.into(), details);
         match self.rng.u8(..10) {
             // Combined, with the action repeated in its own field.
             0..4 => {
-                lead.insert("LeadSource".into(), Value::String(format!("{tag}-{code}|{offer}")));
+                lead.insert(
+                    "LeadSource".into(),
+                    Value::String(format!("{tag}-{code}|{offer}")),
+                );
                 lead.insert("ActionCode".into(), Value::String(code));
             }
             // Combined only.
             4..7 => {
-                lead.insert("LeadSource".into(), Value::String(format!("{tag}-{code}|{offer}")));
+                lead.insert(
+                    "LeadSource".into(),
+                    Value::String(format!("{tag}-{code}|{offer}")),
+                );
             }
             // Split: the bare tag, the action separate, the offer by title.
             _ => {
-                let tag = if tag == "TestDrive" { "AzureMarketplace" } else { tag };
-                let tag = if storefront == Storefront::AppSource { "AppSource" } else { tag };
+                let tag = if tag == "TestDrive" {
+                    "AzureMarketplace"
+                } else {
+                    tag
+                };
+                let tag = if storefront == Storefront::AppSource {
+                    "AppSource"
+                } else {
+                    tag
+                };
                 lead.insert("LeadSource".into(), Value::String(tag.to_owned()));
                 lead.insert("ActionCode".into(), Value::String(code));
             }
@@ -332,7 +413,10 @@ impl Generator {
                     "UserDetails": {"Email": person.email},
                     "LeadSource": format!("Bing-INS|{}", OFFERS[person.offer].0),
                 });
-                (serde_json::to_vec(&value).unwrap_or_default(), "unknown_source")
+                (
+                    serde_json::to_vec(&value).unwrap_or_default(),
+                    "unknown_source",
+                )
             }
             _ => (br#"["not","a","lead"]"#.to_vec(), "json_shape"),
         }
@@ -347,23 +431,43 @@ impl Iterator for Generator {
         self.count += 1;
         let time_ms = self.options.start_time_ms + (n as i64) * 1_000 + self.rng.i64(0..1_000);
         let o = &self.options;
-        let (dup, bad, dnc, test) = (o.duplicate_ratio, o.malformed_ratio, o.dnc_ratio, o.test_lead_ratio);
+        let (dup, bad, dnc, test) = (
+            o.duplicate_ratio,
+            o.malformed_ratio,
+            o.dnc_ratio,
+            o.test_lead_ratio,
+        );
         let roll = self.rng.f64();
         let lead = if roll < dup && !self.history.is_empty() {
             let person = self.history[self.rng.usize(..self.history.len())].clone();
             let email = self.respell(&person.email);
             let value = self.render(&person, &email, time_ms, None);
-            GeneratedLead { key: Self::key_of(&person), value, timestamp_ms: time_ms, expected: Expected::Duplicate }
+            GeneratedLead {
+                key: Self::key_of(&person),
+                value,
+                timestamp_ms: time_ms,
+                expected: Expected::Duplicate,
+            }
         } else if roll < dup + bad {
             let (value, class) = self.malformed(n, time_ms);
             let key = self.event_id();
-            GeneratedLead { key, value, timestamp_ms: time_ms, expected: Expected::DeadLetter(class) }
+            GeneratedLead {
+                key,
+                value,
+                timestamp_ms: time_ms,
+                expected: Expected::DeadLetter(class),
+            }
         } else if roll < dup + bad + test {
             let person = self.new_person(n, false);
             let marker = format!("MSFT_TEST_{}", 636_573_304_831_318_844_u64 + n);
             let email = format!("{marker}@test.com");
             let value = self.render(&person, &email, time_ms, Some(&marker));
-            GeneratedLead { key: marker, value, timestamp_ms: time_ms, expected: Expected::TestLead }
+            GeneratedLead {
+                key: marker,
+                value,
+                timestamp_ms: time_ms,
+                expected: Expected::TestLead,
+            }
         } else {
             let is_dnc = roll < dup + bad + test + dnc;
             let person = self.new_person(n, is_dnc);
@@ -381,7 +485,12 @@ impl Iterator for Generator {
                 let slot = self.rng.usize(..HISTORY);
                 self.history[slot] = person;
             }
-            GeneratedLead { key, value, timestamp_ms: time_ms, expected }
+            GeneratedLead {
+                key,
+                value,
+                timestamp_ms: time_ms,
+                expected,
+            }
         };
         self.tally(&lead.expected);
         Some(lead)
@@ -419,9 +528,22 @@ mod tests {
 
     fn outcome_matches(outcome: &Outcome, expected: &Expected) -> bool {
         match (outcome, expected) {
-            (Outcome::Routed { destination: Destination::Campaign(c), .. }, Expected::Campaign(e)) => c == e,
-            (Outcome::Routed { destination: Destination::Suppressed(_), .. }, Expected::Suppressed) => true,
-            (Outcome::Duplicate { .. }, Expected::Duplicate) | (Outcome::TestLead, Expected::TestLead) => true,
+            (
+                Outcome::Routed {
+                    destination: Destination::Campaign(c),
+                    ..
+                },
+                Expected::Campaign(e),
+            ) => c == e,
+            (
+                Outcome::Routed {
+                    destination: Destination::Suppressed(_),
+                    ..
+                },
+                Expected::Suppressed,
+            ) => true,
+            (Outcome::Duplicate { .. }, Expected::Duplicate)
+            | (Outcome::TestLead, Expected::TestLead) => true,
             (Outcome::Failed(f), Expected::DeadLetter(class)) => f.class == *class,
             _ => false,
         }
@@ -442,7 +564,11 @@ mod tests {
             let outcome = pipeline.process(Input {
                 value: Some(&lead.value),
                 timestamp_ms: Some(lead.timestamp_ms),
-                source: SourcePosition { topic: "t", partition: 0, offset: offset as i64 },
+                source: SourcePosition {
+                    topic: "t",
+                    partition: 0,
+                    offset: offset as i64,
+                },
             });
             assert!(
                 outcome_matches(&outcome, &lead.expected),
@@ -457,19 +583,34 @@ mod tests {
         let t = generator.expected();
         assert!(t.nurture > 0 && t.demand_gen > 0 && t.suppressed > 0);
         assert!(t.duplicates > 0 && t.test_leads > 0);
-        for class in ["json_syntax", "json_shape", "missing_email", "invalid_email", "unknown_source"] {
+        for class in [
+            "json_syntax",
+            "json_shape",
+            "missing_email",
+            "invalid_email",
+            "unknown_source",
+        ] {
             assert!(t.dead_letter.contains_key(class), "{class} never generated");
         }
     }
 
     #[test]
     fn the_same_seed_gives_the_same_records() {
-        let a: Vec<Vec<u8>> = Generator::new(GeneratorOptions::default()).take(500).map(|l| l.value).collect();
-        let b: Vec<Vec<u8>> = Generator::new(GeneratorOptions::default()).take(500).map(|l| l.value).collect();
-        let c: Vec<Vec<u8>> = Generator::new(GeneratorOptions { seed: 7, ..GeneratorOptions::default() })
+        let a: Vec<Vec<u8>> = Generator::new(GeneratorOptions::default())
             .take(500)
             .map(|l| l.value)
             .collect();
+        let b: Vec<Vec<u8>> = Generator::new(GeneratorOptions::default())
+            .take(500)
+            .map(|l| l.value)
+            .collect();
+        let c: Vec<Vec<u8>> = Generator::new(GeneratorOptions {
+            seed: 7,
+            ..GeneratorOptions::default()
+        })
+        .take(500)
+        .map(|l| l.value)
+        .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -482,12 +623,27 @@ mod tests {
             .collect();
         let any = |needle: &str| values.iter().any(|v| v.contains(needle));
         for needle in [
-            "\"userDetails\"", "\"UserDetails\"", "SPZA-", "AppSource-", "AzurePortal-Create|",
-            "TestDrive-StartTestDrive|", "\"LeadSource\":\"AzureMarketplace\"", "-INS|", "-PLT|", "-DNC|",
-            "-Subscribe|", "@stateu.edu", "\"Country\":\"USA\"", "\"Country\":\"US\"", "MSFT_TEST_",
+            "\"userDetails\"",
+            "\"UserDetails\"",
+            "SPZA-",
+            "AppSource-",
+            "AzurePortal-Create|",
+            "TestDrive-StartTestDrive|",
+            "\"LeadSource\":\"AzureMarketplace\"",
+            "-INS|",
+            "-PLT|",
+            "-DNC|",
+            "-Subscribe|",
+            "@stateu.edu",
+            "\"Country\":\"USA\"",
+            "\"Country\":\"US\"",
+            "MSFT_TEST_",
         ] {
             assert!(any(needle), "no generated lead contains {needle}");
         }
-        assert!(values.iter().any(|v| !v.contains("event_id")), "no lead without envelope");
+        assert!(
+            values.iter().any(|v| !v.contains("event_id")),
+            "no lead without envelope"
+        );
     }
 }

@@ -15,7 +15,11 @@ use leadflow::kafka::runner::{RunOptions, run};
 use leadflow::kafka::topics;
 
 #[derive(Parser)]
-#[command(name = "leadflow", version, about = "Stream processor for software-marketplace leads")]
+#[command(
+    name = "leadflow",
+    version,
+    about = "Stream processor for software-marketplace leads"
+)]
 struct Cli {
     /// TOML configuration file; without it every key takes its default.
     #[arg(long, short, global = true, env = "LEADFLOW_CONFIG")]

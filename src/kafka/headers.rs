@@ -99,7 +99,10 @@ mod tests {
         assert_eq!(get(&headers, SOURCE_TOPIC), Some("leads.raw"));
         assert_eq!(get(&headers, SOURCE_PARTITION), Some("3"));
         assert_eq!(get(&headers, SOURCE_OFFSET), Some("42"));
-        assert_eq!(get(&headers, PIPELINE_VERSION), Some(crate::PIPELINE_VERSION));
+        assert_eq!(
+            get(&headers, PIPELINE_VERSION),
+            Some(crate::PIPELINE_VERSION)
+        );
         assert_eq!(headers.count(), 8);
     }
 

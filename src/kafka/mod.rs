@@ -38,23 +38,35 @@ pub enum SetupError {
     BadTopic { topic: String, reason: String },
 }
 
-/// Client settings shared by consumers, producers and admin clients:
-/// bootstrap servers, then the pass-through librdkafka properties, so that
-/// an operator's explicit setting wins over leadflow's.
-pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+/// Which kind of client a configuration is for; each reads the shared
+/// pass-through properties and then its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+/// Client settings: bootstrap servers, then leadflow's `defaults` for this
+/// client, then the operator's pass-through librdkafka properties
+/// (`kafka.client`, then `kafka.consumer` or `kafka.producer`), so that an
+/// operator's explicit setting wins over a default. Settings correctness
+/// depends on are set by the caller afterwards.
+pub fn client_config(kafka: &KafkaConfig, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (key, value) in &kafka.client {
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
+    let own = match role {
+        Role::Consumer => Some(&kafka.consumer),
+        Role::Producer => Some(&kafka.producer),
+        Role::Admin => None,
+    };
+    for (key, value) in kafka.client.iter().chain(own.into_iter().flatten()) {
         config.set(key, value);
     }
     config
-}
-
-/// Sets `key` unless the operator set it in the pass-through properties.
-pub(crate) fn set_default(config: &mut ClientConfig, kafka: &KafkaConfig, key: &str, value: &str) {
-    if !kafka.client.contains_key(key) {
-        config.set(key, value);
-    }
 }
 
 /// Checks that the cluster answers and that every topic exists, returning
@@ -65,13 +77,14 @@ pub fn check_topics<C: ClientContext>(
     topics: &[&str],
 ) -> Result<Vec<usize>, SetupError> {
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    let metadata = client
-        .fetch_metadata(None, timeout)
-        .map_err(|source| SetupError::Unreachable {
-            servers: kafka.bootstrap_servers.clone(),
-            timeout_ms: kafka.connect_timeout_ms,
-            source,
-        })?;
+    let metadata =
+        client
+            .fetch_metadata(None, timeout)
+            .map_err(|source| SetupError::Unreachable {
+                servers: kafka.bootstrap_servers.clone(),
+                timeout_ms: kafka.connect_timeout_ms,
+                source,
+            })?;
     topics
         .iter()
         .map(|name| {
@@ -113,7 +126,11 @@ impl ProducerContext for DeliveryTracker {
         if let Err((error, message)) = result {
             let mut failure = lock(&self.failure);
             if failure.is_none() {
-                *failure = Some(format!("{} [{}]: {error}", message.topic(), message.partition()));
+                *failure = Some(format!(
+                    "{} [{}]: {error}",
+                    message.topic(),
+                    message.partition()
+                ));
             }
         }
     }
@@ -133,7 +150,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Enqueues a record, waiting for room when the producer's queue is full.
-pub(crate) fn send(producer: &LeadProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+pub(crate) fn send(
+    producer: &LeadProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 
-use super::{DeliveryTracker, LeadProducer, SetupError, check_topics, client_config, send, set_default};
+use super::{DeliveryTracker, LeadProducer, Role, SetupError, check_topics, client_config, send};
 use crate::config::KafkaConfig;
 use crate::generate::{Generator, GeneratorOptions};
 use crate::pipeline::Tally;
@@ -34,13 +34,14 @@ pub struct ProduceOptions {
 
 /// Produces `options.count` generated leads and returns the expected tally.
 pub fn produce(kafka: &KafkaConfig, options: &ProduceOptions) -> Result<Tally, ProduceError> {
-    let mut config = client_config(kafka);
-    set_default(&mut config, kafka, "enable.idempotence", "true");
-    set_default(&mut config, kafka, "linger.ms", "20");
     // Java's default partitioner, so repeats of a lead meet in one partition
     // whichever client wrote them.
-    set_default(&mut config, kafka, "partitioner", "murmur2_random");
-    let producer: LeadProducer = config
+    let defaults = [
+        ("enable.idempotence", "true"),
+        ("linger.ms", "20"),
+        ("partitioner", "murmur2_random"),
+    ];
+    let producer: LeadProducer = client_config(kafka, Role::Producer, &defaults)
         .create_with_context(DeliveryTracker::default())
         .map_err(SetupError::Client)?;
     check_topics(producer.client(), kafka, &[&options.topic])?;

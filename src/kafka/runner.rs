@@ -21,15 +21,20 @@ use rdkafka::ClientContext;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use tracing::{debug, info, warn};
 
-use super::{DeliveryTracker, LeadProducer, SetupError, check_topics, client_config, headers, lock, send, set_default};
+use super::{
+    DeliveryTracker, LeadProducer, Role, SetupError, check_topics, client_config, headers, lock,
+    send,
+};
 use crate::config::Config;
 use crate::error::{Failure, Stage};
-use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally, encode_json};
+use crate::pipeline::{
+    Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally, encode_json,
+};
 use crate::stages::route::Destination;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +76,10 @@ struct RunContext {
 impl ClientContext for RunContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // End of partition is how `--until-drained` learns it is done, not a fault.
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             warn!(%error, reason, "Kafka client error");
         }
     }
@@ -100,7 +108,11 @@ impl ConsumerContext for RunContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
-            let partitions: Vec<i32> = assigned.elements().iter().map(|tp| tp.partition()).collect();
+            let partitions: Vec<i32> = assigned
+                .elements()
+                .iter()
+                .map(|tp| tp.partition())
+                .collect();
             info!(?partitions, "partitions assigned");
         }
     }
@@ -145,28 +157,30 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     let topics = &config.topics;
     let delivery_timeout = Duration::from_millis(config.pipeline.delivery_timeout_ms);
 
-    let mut producer_config = client_config(kafka);
-    set_default(&mut producer_config, kafka, "enable.idempotence", "true");
-    set_default(&mut producer_config, kafka, "linger.ms", "5");
-    set_default(
-        &mut producer_config,
-        kafka,
-        "message.timeout.ms",
-        &config.pipeline.delivery_timeout_ms.to_string(),
-    );
+    let delivery_timeout_ms = config.pipeline.delivery_timeout_ms.to_string();
+    let producer_defaults = [
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+        // Java's default partitioner, so a key lands where Java clients put it.
+        ("partitioner", "murmur2_random"),
+        ("message.timeout.ms", delivery_timeout_ms.as_str()),
+    ];
     let producer: Arc<LeadProducer> = Arc::new(
-        producer_config
+        client_config(kafka, Role::Producer, &producer_defaults)
             .create_with_context(DeliveryTracker::default())
             .map_err(SetupError::Client)?,
     );
 
-    let mut consumer_config = client_config(kafka);
+    let consumer_defaults = [
+        ("auto.offset.reset", "earliest"),
+        ("isolation.level", "read_committed"),
+    ];
+    let mut consumer_config = client_config(kafka, Role::Consumer, &consumer_defaults);
+    // Offsets are committed by the loop only, after their outputs are acknowledged.
     consumer_config.set("group.id", &kafka.group_id);
     consumer_config.set("enable.auto.commit", "false");
     consumer_config.set("enable.auto.offset.store", "false");
     consumer_config.set("enable.partition.eof", "true");
-    set_default(&mut consumer_config, kafka, "auto.offset.reset", "earliest");
-    set_default(&mut consumer_config, kafka, "isolation.level", "read_committed");
     let context = RunContext {
         input: topics.input.clone(),
         producer: Arc::clone(&producer),
@@ -253,7 +267,10 @@ fn drained(consumer: &BaseConsumer<RunContext>) -> bool {
     let at_end = lock(&context.at_end);
     assignment.count() > 0
         && lock(&context.pending).is_empty()
-        && assignment.elements().iter().all(|tp| at_end.contains(&tp.partition()))
+        && assignment
+            .elements()
+            .iter()
+            .all(|tp| at_end.contains(&tp.partition()))
 }
 
 /// Processes one record and produces its output, if it has one.
@@ -283,7 +300,9 @@ fn handle(
         } => {
             let (topic, reason) = match destination {
                 Destination::Campaign(campaign) => (config.topics.campaign(campaign), None),
-                Destination::Suppressed(reason) => (config.topics.suppressed.as_str(), Some(reason.as_str())),
+                Destination::Suppressed(reason) => {
+                    (config.topics.suppressed.as_str(), Some(reason.as_str()))
+                }
             };
             let payload = encode_json(lead, score, destination);
             let key = lead.dedupe_key.to_hex();
@@ -331,4 +350,3 @@ fn handle(
     tally.record(&outcome);
     Ok(())
 }
-

@@ -9,13 +9,19 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{SetupError, check_topics, client_config};
+use super::{Role, SetupError, check_topics, client_config};
 use crate::config::KafkaConfig;
 
 /// Creates each topic that does not exist yet, with `partitions` partitions.
 /// Returns the names of the topics it created.
-pub async fn create(kafka: &KafkaConfig, names: &[&str], partitions: i32) -> Result<Vec<String>, SetupError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create().map_err(SetupError::Client)?;
+pub async fn create(
+    kafka: &KafkaConfig,
+    names: &[&str],
+    partitions: i32,
+) -> Result<Vec<String>, SetupError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
+        .create()
+        .map_err(SetupError::Client)?;
     // Fail fast on an unreachable broker rather than waiting on the admin call.
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     admin
@@ -30,7 +36,9 @@ pub async fn create(kafka: &KafkaConfig, names: &[&str], partitions: i32) -> Res
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
     let results = admin
         .create_topics(&new, &options)
         .await
@@ -53,7 +61,9 @@ pub async fn create(kafka: &KafkaConfig, names: &[&str], partitions: i32) -> Res
 
 /// Records held by each topic (the sum over partitions of high minus low watermark).
 pub fn counts(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<u64>, SetupError> {
-    let consumer: BaseConsumer = client_config(kafka).create().map_err(SetupError::Client)?;
+    let consumer: BaseConsumer = client_config(kafka, Role::Admin, &[])
+        .create()
+        .map_err(SetupError::Client)?;
     let partitions = check_topics(consumer.client(), kafka, names)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     names

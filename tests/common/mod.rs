@@ -1,0 +1,262 @@
+//! Helpers for integration tests against the real local broker that
+//! `scripts/kafka.sh` starts. Each test gets its own topics and consumer
+//! group, so tests run in parallel without seeing each other's records.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Bootstrap servers of the test broker.
+pub fn bootstrap() -> String {
+    std::env::var("LEADFLOW_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// How long any wait for the broker or leadflow may take before a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A test's own topics, consumer group and config file.
+pub struct Env {
+    pub input: String,
+    pub nurture: String,
+    pub demand_gen: String,
+    pub suppressed: String,
+    pub dead_letter: String,
+    pub group: String,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Creates topics named after `name` with `partitions` partitions each,
+    /// and a config file pointing at them. `extra` is appended to the file.
+    pub fn new(name: &str, partitions: i32, extra: &str) -> Env {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let id = format!(
+            "{name}-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("leadflow.toml");
+        let env = Env {
+            input: format!("{id}.raw"),
+            nurture: format!("{id}.nurture"),
+            demand_gen: format!("{id}.demand-gen"),
+            suppressed: format!("{id}.suppressed"),
+            dead_letter: format!("{id}.dlq"),
+            group: format!("{id}.group"),
+            config,
+            _dir: dir,
+        };
+        let catalog = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/quickstart.toml"
+        ))
+        .expect("quickstart config");
+        let catalog = &catalog[catalog
+            .find("[[catalog]]")
+            .expect("catalog in quickstart config")..];
+        let text = format!(
+            "[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\ninput = {:?}\nnurture = {:?}\ndemand_gen = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n{extra}\n\n{catalog}",
+            bootstrap(),
+            env.group,
+            env.input,
+            env.nurture,
+            env.demand_gen,
+            env.suppressed,
+            env.dead_letter,
+        );
+        std::fs::write(&env.config, text).expect("write config");
+        let out = env.leadflow(&["topics", "create", "--partitions", &partitions.to_string()]);
+        assert!(
+            out.status.success(),
+            "topics create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    /// A `leadflow` command using this test's config.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_leadflow"));
+        command.arg("--config").arg(&self.config).args(args);
+        command.env("RUST_LOG", "warn");
+        command
+    }
+
+    /// Runs `leadflow` to completion.
+    pub fn leadflow(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run leadflow")
+    }
+}
+
+/// A record to write to a given partition.
+pub struct TestRecord<'a> {
+    pub partition: i32,
+    pub key: Option<&'a str>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub timestamp_ms: i64,
+}
+
+/// Writes records in order and waits until the broker has them all.
+pub fn produce(topic: &str, records: &[TestRecord<'_>]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for r in records {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in r.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .partition(r.partition)
+            .timestamp(r.timestamp_ms)
+            .headers(headers);
+        if let Some(key) = r.key {
+            record = record.key(key);
+        }
+        if let Some(value) = r.value {
+            record = record.payload(value);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("enqueue");
+    }
+    producer.flush(PATIENCE).expect("all records acknowledged");
+}
+
+fn consumer(group: Option<&str>) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap())
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false");
+    config.set("group.id", group.unwrap_or("leadflow-test-reader"));
+    config.create().expect("consumer")
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), PATIENCE)
+        .expect("topic metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Every record in `topic`, read with `read_committed`, in partition then offset order.
+pub fn read_all(topic: &str) -> Vec<OwnedMessage> {
+    let consumer = consumer(None);
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions(&consumer, topic) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, PATIENCE)
+            .expect("watermarks");
+        if high > low {
+            ends.insert(partition, high);
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("assign");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        let Some(result) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = result.expect("consume").detach();
+        let partition = message.partition();
+        if ends
+            .get(&partition)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&partition);
+        }
+        records.push(message);
+    }
+    records.sort_by_key(|m| (m.partition(), m.offset()));
+    records
+}
+
+/// The group's committed offsets on `topic`, by partition (absent when none).
+pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer = consumer(Some(group));
+    let mut list = TopicPartitionList::new();
+    for partition in partitions(&consumer, topic) {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, PATIENCE)
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The high watermark of every partition of `topic`.
+pub fn ends(topic: &str) -> BTreeMap<i32, i64> {
+    let consumer = consumer(None);
+    partitions(&consumer, topic)
+        .into_iter()
+        .map(|p| {
+            (
+                p,
+                consumer
+                    .fetch_watermarks(topic, p, PATIENCE)
+                    .expect("watermarks")
+                    .1,
+            )
+        })
+        .collect()
+}
+
+/// A header's value as UTF-8.
+pub fn header<'a>(message: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    leadflow::kafka::headers::get(message.headers()?, key)
+}
+
+/// The (partition, offset) of the input record an output came from.
+pub fn source_of(message: &OwnedMessage) -> (i32, i64) {
+    let partition = header(message, "leadflow.source.partition")
+        .and_then(|p| p.parse().ok())
+        .expect("source partition header");
+    let offset = header(message, "leadflow.source.offset")
+        .and_then(|p| p.parse().ok())
+        .expect("source offset header");
+    (partition, offset)
+}
+
+/// The `event_id` field of a JSON record value.
+pub fn event_id(message: &OwnedMessage) -> String {
+    let value: serde_json::Value =
+        serde_json::from_slice(message.payload().expect("value")).expect("JSON value");
+    value["event_id"].as_str().expect("event_id").to_owned()
+}

@@ -1,0 +1,365 @@
+//! End-to-end tests of `leadflow run` against the real local broker
+//! (`scripts/kafka.sh`). Run with `--features kafka-tests`; the README's
+//! test command starts and stops the broker around them.
+
+#![cfg(feature = "kafka-tests")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{
+    Env, PATIENCE, TestRecord, committed, ends, event_id, header, produce, read_all, source_of,
+};
+use leadflow::config::Config;
+use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
+use leadflow::stages::route::Destination;
+use rdkafka::Timestamp;
+use rdkafka::message::{Headers, Message};
+
+const T0: i64 = 1_741_083_302_000; // 2025-03-04T10:15:02Z
+
+fn lead(id: &str, email: &str, source: &str) -> String {
+    serde_json::json!({
+        "event_id": id,
+        "received_at": "2025-03-04T10:15:02Z",
+        "UserDetails": {"FirstName": "Ana", "LastName": "Silva", "Email": email, "Title": "CIO", "Country": "PT"},
+        "LeadSource": source,
+        "OfferTitle": "Contoso Sales Insights",
+    })
+    .to_string()
+}
+
+#[test]
+fn a_known_mix_lands_exactly_where_it_belongs() {
+    let env = Env::new("mix", 2, "[pipeline]\nmax_record_bytes = 4096");
+    let appsource = "SPZA-PLT|contoso.sales-insights";
+    let portal = "AzurePortal-Create|contoso.contoso-gateway-byol";
+    let gateway = "AzureMarketplace-INS|contoso.contoso-gateway-byol";
+    let p0: Vec<String> = vec![
+        lead("a1", "ana.silva@fabrikam.com", appsource),
+        lead("a2", "ana.silva@fabrikam.com", appsource), // exact repeat
+        lead("r1", "raj.mehta@northwindtraders.com", portal),
+        lead("r2", " RAJ.Mehta@NorthwindTraders.com ", portal), // differs by case
+        r#"{"event_id":"bad1","UserDetails":{"Email":"#.to_owned(), // malformed JSON
+        lead(
+            "d1",
+            "omar@tailspintoys.com",
+            "SPZA-DNC|contoso.sales-insights",
+        ),
+    ];
+    let p1: Vec<String> = vec![
+        lead("g1", "lee.wong@gmail.com", gateway),
+        lead("g2", "Lee.Wong+trial@gmail.com", gateway), // +tag on gmail
+        lead("g3", "leewong@googlemail.com", gateway),   // dots, googlemail
+        lead("m1", "", appsource),                       // missing email
+        lead("t1", "MSFT_TEST_636573304831318844@test.com", appsource),
+        lead("u1", "kim@contoso.com", "Bing-INS|contoso.sales-insights"), // unknown source
+        // No envelope, split form, offer by title.
+        r#"{"UserDetails":{"Email":"noah@litware.co.uk"},"LeadSource":"AppSource","ActionCode":"INS","OfferTitle":"Contoso Sales Insights"}"#.to_owned(),
+        lead("o1", "big@contoso.com", &format!("{appsource}{}", " ".repeat(5000))), // oversized
+    ];
+    let mut records = Vec::new();
+    for (partition, values) in [(0, &p0), (1, &p1)] {
+        for value in values {
+            records.push(TestRecord {
+                partition,
+                key: Some("input-key"),
+                value: Some(value.as_bytes()),
+                headers: &[("traceparent", "00-abc-01")],
+                timestamp_ms: T0,
+            });
+        }
+    }
+    produce(&env.input, &records);
+
+    let out = env.leadflow(&["run", "--until-drained"]);
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tally: Tally = serde_json::from_slice(&out.stdout).expect("tally on stdout");
+    let expected = Tally {
+        inputs: 14,
+        nurture: 2,
+        demand_gen: 2,
+        suppressed: 1,
+        duplicates: 4,
+        test_leads: 1,
+        dead_letter: [
+            ("json_syntax", 1),
+            ("missing_email", 1),
+            ("unknown_source", 1),
+            ("oversized", 1),
+        ]
+        .into_iter()
+        .map(|(class, n)| (class.to_owned(), n))
+        .collect(),
+    };
+    assert_eq!(tally, expected);
+
+    // Outputs are partitioned by dedupe key, so compare them as sets.
+    let ids = |topic: &str| -> BTreeSet<String> { read_all(topic).iter().map(event_id).collect() };
+    let set = |ids: &[&str]| -> BTreeSet<String> { ids.iter().map(|s| (*s).to_owned()).collect() };
+    assert_eq!(
+        ids(&env.nurture),
+        set(&["a1", &format!("{}/1/6", env.input)])
+    );
+    assert_eq!(ids(&env.demand_gen), set(&["r1", "g1"]));
+    let suppressed = read_all(&env.suppressed);
+    assert_eq!(
+        suppressed.iter().map(event_id).collect::<Vec<_>>(),
+        vec!["d1"]
+    );
+    assert_eq!(
+        header(&suppressed[0], "leadflow.suppressed.reason"),
+        Some("do_not_contact")
+    );
+
+    // Campaign records are keyed by the dedupe key and carry their provenance.
+    let nurture = read_all(&env.nurture);
+    let ana = nurture
+        .iter()
+        .find(|m| event_id(m) == "a1")
+        .expect("a1 in nurture");
+    let value: serde_json::Value =
+        serde_json::from_slice(ana.payload().expect("value")).expect("json");
+    assert_eq!(ana.key(), value["dedupe_key"].as_str().map(str::as_bytes));
+    assert_eq!(value["email"], "ana.silva@fabrikam.com");
+    assert_eq!(value["campaign"], "nurture");
+    assert_eq!(value["grade"], "B"); // Contact me 50 + CIO 25
+    assert_eq!(source_of(ana), (0, 0));
+    assert_eq!(ana.timestamp(), Timestamp::CreateTime(T0));
+
+    // Dead letters: original key, value, headers and timestamp, plus why and whence.
+    let dlq = read_all(&env.dead_letter);
+    let by_offset: BTreeMap<(i32, i64), _> = dlq.iter().map(|m| (source_of(m), m)).collect();
+    let expect_dead = [
+        ((0, 4), "decode", "json_syntax"),
+        ((1, 3), "decode", "missing_email"),
+        ((1, 5), "enrich", "unknown_source"),
+        ((1, 7), "decode", "oversized"),
+    ];
+    assert_eq!(dlq.len(), expect_dead.len());
+    for ((partition, offset), stage, class) in expect_dead {
+        let m = by_offset[&(partition, offset)];
+        let original = if partition == 0 { &p0 } else { &p1 };
+        assert_eq!(m.payload(), Some(original[offset as usize].as_bytes()));
+        assert_eq!(m.key(), Some(&b"input-key"[..]));
+        assert_eq!(m.timestamp(), Timestamp::CreateTime(T0));
+        assert_eq!(header(m, "traceparent"), Some("00-abc-01"));
+        assert_eq!(header(m, "leadflow.error.stage"), Some(stage));
+        assert_eq!(header(m, "leadflow.error.class"), Some(class));
+        assert!(header(m, "leadflow.error.message").is_some_and(|s| !s.is_empty()));
+        assert_eq!(header(m, "leadflow.source.topic"), Some(env.input.as_str()));
+        assert_eq!(
+            header(m, "leadflow.pipeline.version"),
+            Some(leadflow::PIPELINE_VERSION)
+        );
+        assert_eq!(m.headers().map(Headers::count), Some(8));
+    }
+
+    // Offsets are committed to the end of each partition.
+    assert_eq!(
+        committed(&env.group, &env.input),
+        BTreeMap::from([(0, 6), (1, 8)])
+    );
+}
+
+/// What the pipeline makes of each input record, computed offline with the
+/// same library code. Repeats of a lead share a partition (the generator
+/// keys by dedupe key), so processing partition by partition gives the
+/// same outcomes as any interleaving the live run saw.
+fn oracle(env: &Env) -> BTreeMap<(i32, i64), String> {
+    let config = Config::load(Some(&env.config)).expect("config");
+    let mut pipeline = Pipeline::new(PipelineSettings {
+        reference: config.reference("test").expect("catalog"),
+        dedupe_window_ms: config.dedupe_window_ms(),
+        max_record_bytes: config.pipeline.max_record_bytes,
+    });
+    read_all(&env.input)
+        .iter()
+        .map(|m| {
+            let source = SourcePosition {
+                topic: &env.input,
+                partition: m.partition(),
+                offset: m.offset(),
+            };
+            let outcome = pipeline.process(Input {
+                value: m.payload(),
+                timestamp_ms: m.timestamp().to_millis(),
+                source,
+            });
+            let place = match outcome {
+                Outcome::Routed {
+                    destination: Destination::Campaign(c),
+                    ..
+                } => config.topics.campaign(c).to_owned(),
+                Outcome::Routed {
+                    destination: Destination::Suppressed(_),
+                    ..
+                } => env.suppressed.clone(),
+                Outcome::Failed(_) => env.dead_letter.clone(),
+                Outcome::Duplicate { .. } => "duplicate".to_owned(),
+                Outcome::TestLead => "test".to_owned(),
+            };
+            ((m.partition(), m.offset()), place)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_run_restarts_without_losing_anything() {
+    // A short session lets the restarted run take over the killed one's
+    // partitions in seconds rather than after the default 45 s.
+    let env = Env::new(
+        "restart",
+        4,
+        "[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n[pipeline]\ncommit_interval_ms = 50\nmax_batch_records = 200",
+    );
+    let total: i64 = 30_000;
+    // Leads keep arriving while leadflow runs, so the kill lands mid-stream.
+    let producer = env
+        .command(&[
+            "produce",
+            "--count",
+            &total.to_string(),
+            "--rate",
+            "6000",
+            "--seed",
+            "7",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start produce");
+    let mut first = env.command(&["run"]).spawn().expect("start run");
+
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let done: i64 = committed(&env.group, &env.input).values().sum();
+        if done >= total / 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run committed only {done} records"
+        );
+        assert!(
+            first.try_wait().expect("poll run").is_none(),
+            "run exited early"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
+    }
+    first.kill().expect("kill -9 the run");
+    first.wait().expect("reap run");
+    let at_kill: i64 = committed(&env.group, &env.input).values().sum();
+    assert!(
+        at_kill < total,
+        "the kill came after everything was committed"
+    );
+
+    let produced = producer.wait_with_output().expect("produce");
+    assert!(produced.status.success(), "produce failed");
+    let generated: Tally = serde_json::from_slice(&produced.stdout).expect("expected tally");
+    assert_eq!(generated.inputs, total as u64);
+
+    let second = env.leadflow(&["run", "--until-drained"]);
+    assert!(
+        second.status.success(),
+        "restart failed: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(committed(&env.group, &env.input), ends(&env.input));
+
+    // The offline oracle agrees with the generator on where everything goes.
+    let oracle = oracle(&env);
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for place in oracle.values() {
+        *counts.entry(place.as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        counts.get(env.nurture.as_str()).copied().unwrap_or(0),
+        generated.nurture
+    );
+    assert_eq!(
+        counts.get(env.demand_gen.as_str()).copied().unwrap_or(0),
+        generated.demand_gen
+    );
+    assert_eq!(
+        counts.get("duplicate").copied().unwrap_or(0),
+        generated.duplicates
+    );
+    assert_eq!(
+        counts.get(env.suppressed.as_str()).copied().unwrap_or(0),
+        generated.suppressed
+    );
+    assert_eq!(
+        counts.get(env.dead_letter.as_str()).copied().unwrap_or(0),
+        generated.dead_letters()
+    );
+    assert_eq!(
+        counts.get("test").copied().unwrap_or(0),
+        generated.test_leads
+    );
+
+    // Every output names its input; no input reaches two different places,
+    // and nothing reaches a place the oracle did not send it (a repeat may
+    // pass dedupe after the restart, since dedupe state is in memory until
+    // the changelog arrives).
+    let mut seen: BTreeMap<(i32, i64), &str> = BTreeMap::new();
+    let outputs = [
+        &env.nurture,
+        &env.demand_gen,
+        &env.suppressed,
+        &env.dead_letter,
+    ];
+    let records: Vec<(&str, _)> = outputs
+        .iter()
+        .flat_map(|t| read_all(t).into_iter().map(move |m| (t.as_str(), m)))
+        .collect();
+    for (topic, m) in &records {
+        let source = source_of(m);
+        let place = oracle
+            .get(&source)
+            .map(String::as_str)
+            .expect("output of a known input");
+        assert!(
+            place == *topic || place == "duplicate",
+            "{source:?} expected in {place}, found in {topic}"
+        );
+        let first = seen.entry(source).or_insert(topic);
+        assert_eq!(*first, *topic, "{source:?} in two places");
+    }
+    // Nothing lost: every input the oracle routes somewhere is there.
+    let found: BTreeSet<(i32, i64)> = seen.keys().copied().collect();
+    let missing: Vec<_> = oracle
+        .iter()
+        .filter(|(source, place)| {
+            !matches!(place.as_str(), "duplicate" | "test") && !found.contains(source)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} inputs lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
+
+#[test]
+fn a_missing_topic_is_a_one_line_error_within_seconds() {
+    let env = Env::new("missing", 1, "");
+    let started = Instant::now();
+    let out = env.leadflow(&["run", "--input-topic", "no-such-topic-anywhere"]);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains("\"no-such-topic-anywhere\" does not exist"),
+        "{stderr}"
+    );
+}
