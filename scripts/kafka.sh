@@ -55,6 +55,9 @@ log.dirs=$data/kraft
 # Topics are created on purpose, so that a missing topic is an error leadflow reports.
 auto.create.topics.enable=false
 num.partitions=1
+# Generated leads carry event times from the past as record timestamps;
+# time-based retention would delete them minutes after they are written.
+log.retention.ms=-1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
 transaction.state.log.replication.factor=1

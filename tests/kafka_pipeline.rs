@@ -7,11 +7,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    Env, PATIENCE, TestRecord, committed, ends, event_id, header, produce, read_all, source_of,
+    Env, PATIENCE, Running, TestRecord, committed, ends, event_id, header, produce, read_all,
+    source_of,
 };
 use leadflow::config::Config;
 use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
@@ -222,20 +224,23 @@ fn a_killed_run_restarts_without_losing_anything() {
     );
     let total: i64 = 30_000;
     // Leads keep arriving while leadflow runs, so the kill lands mid-stream.
-    let producer = env
-        .command(&[
-            "produce",
-            "--count",
-            &total.to_string(),
-            "--rate",
-            "6000",
-            "--seed",
-            "7",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start produce");
-    let mut first = env.command(&["run"]).spawn().expect("start run");
+    let count = total.to_string();
+    let produce_args = [
+        "produce", "--count", &count, "--rate", "6000", "--seed", "7",
+    ];
+    let mut producer = Running(
+        env.command(&produce_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start produce"),
+    );
+    let mut first = Running(
+        env.command(&["run"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start run"),
+    );
 
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -248,22 +253,32 @@ fn a_killed_run_restarts_without_losing_anything() {
             "run committed only {done} records"
         );
         assert!(
-            first.try_wait().expect("poll run").is_none(),
+            first.0.try_wait().expect("poll run").is_none(),
             "run exited early"
         );
         std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
     }
-    first.kill().expect("kill -9 the run");
-    first.wait().expect("reap run");
+    first.0.kill().expect("kill -9 the run");
+    first.0.wait().expect("reap run");
     let at_kill: i64 = committed(&env.group, &env.input).values().sum();
     assert!(
         at_kill < total,
         "the kill came after everything was committed"
     );
 
-    let produced = producer.wait_with_output().expect("produce");
-    assert!(produced.status.success(), "produce failed");
-    let generated: Tally = serde_json::from_slice(&produced.stdout).expect("expected tally");
+    let mut stdout = String::new();
+    producer
+        .0
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut stdout)
+        .expect("read produce output");
+    assert!(
+        producer.0.wait().expect("produce").success(),
+        "produce failed"
+    );
+    let generated: Tally = serde_json::from_str(&stdout).expect("expected tally");
     assert_eq!(generated.inputs, total as u64);
 
     let second = env.leadflow(&["run", "--until-drained"]);
@@ -272,7 +287,12 @@ fn a_killed_run_restarts_without_losing_anything() {
         "restart failed: {}",
         String::from_utf8_lossy(&second.stderr)
     );
-    assert_eq!(committed(&env.group, &env.input), ends(&env.input));
+    assert_eq!(
+        committed(&env.group, &env.input),
+        ends(&env.input),
+        "restart did not commit to the end: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
 
     // The offline oracle agrees with the generator on where everything goes.
     let oracle = oracle(&env);

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -93,13 +93,24 @@ impl Env {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_leadflow"));
         command.arg("--config").arg(&self.config).args(args);
-        command.env("RUST_LOG", "warn");
+        command.env("RUST_LOG", "info");
         command
     }
 
     /// Runs `leadflow` to completion.
     pub fn leadflow(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run leadflow")
+    }
+}
+
+/// A child process that is killed when the test ends, pass or fail, so a
+/// failed test leaves nothing running.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, and the integration
+# tests against a real Apache Kafka broker, which this script starts on its
+# own port with fresh data and stops again however the tests end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export LEADFLOW_KAFKA_PORT=${LEADFLOW_KAFKA_PORT:-19092}
+export LEADFLOW_TEST_BOOTSTRAP="127.0.0.1:$LEADFLOW_KAFKA_PORT"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --features kafka-tests -- -D warnings
+cargo test --features kafka-tests --no-run
+
+scripts/kafka.sh reset
+trap 'scripts/kafka.sh stop' EXIT
+scripts/kafka.sh start
+
+cargo test --features kafka-tests
