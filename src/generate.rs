@@ -595,6 +595,23 @@ mod tests {
     }
 
     #[test]
+    fn the_quickstart_config_lists_the_generated_offers() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/quickstart.toml");
+        let config = Config::load(Some(std::path::Path::new(path))).expect("quickstart config");
+        let listed: Vec<_> = config
+            .catalog
+            .iter()
+            .map(|e| (&e.offer, &e.title, e.storefront))
+            .collect();
+        let generated = catalog();
+        let wanted: Vec<_> = generated
+            .iter()
+            .map(|e| (&e.offer, &e.title, e.storefront))
+            .collect();
+        assert_eq!(listed, wanted);
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_records() {
         let a: Vec<Vec<u8>> = Generator::new(GeneratorOptions::default())
             .take(500)

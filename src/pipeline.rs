@@ -265,6 +265,21 @@ mod tests {
         }
     }
 
+    /// Processes one lead that must be routed; returns it and its JSON encoding.
+    fn routed(value: &str, offset: i64) -> (Destination, Box<Lead>, Score, serde_json::Value) {
+        let outcome = pipeline().process(input(value, offset));
+        let Outcome::Routed {
+            destination,
+            lead,
+            score,
+        } = outcome
+        else {
+            panic!("expected a routed lead, got {outcome:?}");
+        };
+        let json = serde_json::from_slice(&encode_json(&lead, &score, destination)).expect("json");
+        (destination, lead, score, json)
+    }
+
     #[test]
     fn the_shared_examples_land_where_the_domain_says() {
         let mut pipeline = pipeline();
@@ -311,39 +326,50 @@ mod tests {
 
     #[test]
     fn leads_without_an_envelope_get_an_id_from_their_source_position() {
-        let mut pipeline = pipeline();
-        let outcome = pipeline.process(input(
+        let (_, lead, _, _) = routed(
             r#"{"LeadSource":"AzurePortal-Create|contoso.gw","UserDetails":{"Email":"ops@litware.com"}}"#,
             42,
-        ));
-        let Outcome::Routed { lead, .. } = outcome else {
-            panic!("expected a routed lead, got {outcome:?}");
-        };
+        );
         assert_eq!(lead.event_id.as_deref(), Some("leads.raw/0/42"));
         assert_eq!(lead.event_time_ms, 1_741_000_000_000);
     }
 
     #[test]
+    fn the_avro_schemas_parse_and_match_the_json_records() {
+        use apache_avro::Schema;
+        let field_names = |text: &str| -> Vec<String> {
+            match Schema::parse_str(text).expect("schema parses") {
+                Schema::Record(record) => record.fields.iter().map(|f| f.name.clone()).collect(),
+                other => panic!("not a record schema: {other:?}"),
+            }
+        };
+        let raw = field_names(include_str!("../schemas/raw-lead.avsc"));
+        assert!(raw.contains(&"UserDetails".to_owned()) && raw.contains(&"LeadSource".to_owned()));
+
+        let (_, _, _, json) = routed(
+            r#"{"LeadSource":"SPZA-PLT|contoso.si","UserDetails":{"Email":"a@b.com"}}"#,
+            0,
+        );
+        let mut keys: Vec<String> = json.as_object().expect("object").keys().cloned().collect();
+        let mut fields = field_names(include_str!("../schemas/campaign-lead.avsc"));
+        fields.sort();
+        keys.sort();
+        assert_eq!(
+            keys, fields,
+            "campaign-lead.avsc and the JSON encoding disagree"
+        );
+    }
+
+    #[test]
     fn encoded_campaign_leads_carry_score_grade_and_reasons() {
-        let mut pipeline = pipeline();
-        let outcome = pipeline.process(input(
+        let (destination, lead, score, json) = routed(
             r#"{"event_id":"e9","LeadSource":"SPZA-DNC|contoso.si","UserDetails":{"Email":"O@T.com","Title":"CIO"}}"#,
             0,
-        ));
-        let Outcome::Routed {
-            destination,
-            lead,
-            score,
-        } = outcome
-        else {
-            panic!("expected a routed lead, got {outcome:?}");
-        };
+        );
         assert_eq!(
             destination,
             Destination::Suppressed(SuppressionReason::DoNotContact)
         );
-        let json: serde_json::Value =
-            serde_json::from_slice(&encode_json(&lead, &score, destination)).expect("json");
         assert_eq!(json["event_id"], "e9");
         assert_eq!(json["email"], "o@t.com");
         assert_eq!(json["suppressed"], "do_not_contact");
