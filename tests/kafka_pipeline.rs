@@ -12,8 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    Env, PATIENCE, Running, TestRecord, committed, ends, event_id, header, produce, read_all,
-    source_of,
+    Env, PATIENCE, TestRecord, committed, ends, event_id, header, produce, read_all, source_of,
 };
 use leadflow::config::Config;
 use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
@@ -228,19 +227,8 @@ fn a_killed_run_restarts_without_losing_anything() {
     let produce_args = [
         "produce", "--count", &count, "--rate", "6000", "--seed", "7",
     ];
-    let mut producer = Running(
-        env.command(&produce_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start produce"),
-    );
-    let mut first = Running(
-        env.command(&["run"])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start run"),
-    );
+    let mut producer = env.spawn("produce", &produce_args, Stdio::piped());
+    let mut first = env.spawn("first-run", &["run"], Stdio::null());
 
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -254,7 +242,8 @@ fn a_killed_run_restarts_without_losing_anything() {
         );
         assert!(
             first.0.try_wait().expect("poll run").is_none(),
-            "run exited early"
+            "run exited early: {}",
+            first.log()
         );
         std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
     }
@@ -276,7 +265,8 @@ fn a_killed_run_restarts_without_losing_anything() {
         .expect("read produce output");
     assert!(
         producer.0.wait().expect("produce").success(),
-        "produce failed"
+        "produce failed: {}",
+        producer.log()
     );
     let generated: Tally = serde_json::from_str(&stdout).expect("expected tally");
     assert_eq!(generated.inputs, total as u64);
@@ -382,4 +372,39 @@ fn a_missing_topic_is_a_one_line_error_within_seconds() {
         line.contains("\"no-such-topic-anywhere\" does not exist"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_test_broker_supports_transactions() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let env = Env::new("txn", 1, "");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .set("transactional.id", format!("{}-txn", env.group))
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(PATIENCE)
+        .expect("init transactions");
+    for (value, commit) in [("aborted", false), ("committed", true)] {
+        producer.begin_transaction().expect("begin");
+        producer
+            .send(BaseRecord::<(), str>::to(&env.input).payload(value))
+            .map_err(|(e, _)| e)
+            .expect("send");
+        producer.flush(PATIENCE).expect("flush");
+        if commit {
+            producer.commit_transaction(PATIENCE).expect("commit");
+        } else {
+            producer.abort_transaction(PATIENCE).expect("abort");
+        }
+    }
+    // read_committed sees only the committed record.
+    let values: Vec<Vec<u8>> = read_all(&env.input)
+        .iter()
+        .filter_map(|m| m.payload().map(<[u8]>::to_vec))
+        .collect();
+    assert_eq!(values, vec![b"committed".to_vec()]);
 }

@@ -56,7 +56,51 @@ pub async fn create(
             }
         }
     }
+    wait_until_visible(admin.inner(), kafka, names)?;
     Ok(created)
+}
+
+/// Waits until every topic has a leader for each partition in the broker's
+/// metadata. A created topic takes a moment to propagate, and a command run
+/// right after `topics create` must find it.
+fn wait_until_visible<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    kafka: &KafkaConfig,
+    names: &[&str],
+) -> Result<(), SetupError> {
+    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let metadata =
+            client
+                .fetch_metadata(None, timeout)
+                .map_err(|source| SetupError::Unreachable {
+                    servers: kafka.bootstrap_servers.clone(),
+                    timeout_ms: kafka.connect_timeout_ms,
+                    source,
+                })?;
+        let missing = names.iter().find(|name| {
+            !metadata.topics().iter().any(|t| {
+                t.name() == **name
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
+        });
+        match missing {
+            None => return Ok(()),
+            Some(name) if std::time::Instant::now() >= deadline => {
+                return Err(SetupError::BadTopic {
+                    topic: (*name).to_owned(),
+                    reason: format!(
+                        "created but not visible with leaders within {} ms",
+                        kafka.connect_timeout_ms
+                    ),
+                });
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Records held by each topic (the sum over partitions of high minus low watermark).

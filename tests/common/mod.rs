@@ -4,14 +4,15 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -97,6 +98,19 @@ impl Env {
         command
     }
 
+    /// Starts `leadflow` in the background; `name` names its log file.
+    pub fn spawn(&self, name: &str, args: &[&str], stdout: Stdio) -> Running {
+        let log = self.config.with_file_name(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = self
+            .command(args)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start leadflow");
+        Running(child, log)
+    }
+
     /// Runs `leadflow` to completion.
     pub fn leadflow(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run leadflow")
@@ -104,8 +118,16 @@ impl Env {
 }
 
 /// A child process that is killed when the test ends, pass or fail, so a
-/// failed test leaves nothing running.
-pub struct Running(pub Child);
+/// failed test leaves nothing running. Its stderr goes to a file, read back
+/// by [`Running::log`] for failure messages.
+pub struct Running(pub Child, PathBuf);
+
+impl Running {
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -153,12 +175,13 @@ pub fn produce(topic: &str, records: &[TestRecord<'_>]) {
     producer.flush(PATIENCE).expect("all records acknowledged");
 }
 
-fn consumer(group: Option<&str>) -> BaseConsumer {
+fn consumer(group: Option<&str>, report_end: bool) -> BaseConsumer {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap())
         .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", report_end.to_string());
     config.set("group.id", group.unwrap_or("leadflow-test-reader"));
     config.create().expect("consumer")
 }
@@ -174,17 +197,20 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
         .collect()
 }
 
-/// Every record in `topic`, read with `read_committed`, in partition then offset order.
+/// Every record in `topic`, read with `read_committed`, in partition then
+/// offset order. A partition is done when the consumer reports its end
+/// (which, with transactions, lies past the commit markers that no message
+/// offset reaches); partitions that were empty at the start are skipped.
 pub fn read_all(topic: &str) -> Vec<OwnedMessage> {
-    let consumer = consumer(None);
-    let mut ends = BTreeMap::new();
+    let consumer = consumer(None, true);
+    let mut remaining = BTreeSet::new();
     let mut assignment = TopicPartitionList::new();
     for partition in partitions(&consumer, topic) {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, PATIENCE)
             .expect("watermarks");
         if high > low {
-            ends.insert(partition, high);
+            remaining.insert(partition);
             assignment
                 .add_partition_offset(topic, partition, Offset::Beginning)
                 .expect("assign");
@@ -193,20 +219,16 @@ pub fn read_all(topic: &str) -> Vec<OwnedMessage> {
     consumer.assign(&assignment).expect("assign");
     let mut records = Vec::new();
     let deadline = Instant::now() + PATIENCE;
-    while !ends.is_empty() {
+    while !remaining.is_empty() {
         assert!(Instant::now() < deadline, "reading {topic} timed out");
-        let Some(result) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = result.expect("consume").detach();
-        let partition = message.partition();
-        if ends
-            .get(&partition)
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            ends.remove(&partition);
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                remaining.remove(&partition);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(message)) => records.push(message.detach()),
         }
-        records.push(message);
     }
     records.sort_by_key(|m| (m.partition(), m.offset()));
     records
@@ -214,7 +236,7 @@ pub fn read_all(topic: &str) -> Vec<OwnedMessage> {
 
 /// The group's committed offsets on `topic`, by partition (absent when none).
 pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer = consumer(Some(group));
+    let consumer = consumer(Some(group), false);
     let mut list = TopicPartitionList::new();
     for partition in partitions(&consumer, topic) {
         list.add_partition(topic, partition);
@@ -234,7 +256,7 @@ pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
 
 /// The high watermark of every partition of `topic`.
 pub fn ends(topic: &str) -> BTreeMap<i32, i64> {
-    let consumer = consumer(None);
+    let consumer = consumer(None, false);
     partitions(&consumer, topic)
         .into_iter()
         .map(|p| {
