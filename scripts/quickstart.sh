@@ -36,11 +36,13 @@ import json, sys
 expected, actual, counts = (json.loads(a) for a in sys.argv[1:4])
 seconds = float(sys.argv[5]) - float(sys.argv[4])
 dead = sum(actual["dead_letter"].values())
+suppressed = sum(actual["suppressed"].values())
+campaign = actual["campaigns"]
 rows = [
     ("leads.raw (in)", counts["leads.raw"], actual["inputs"]),
-    ("campaign.appsource.nurture", counts["campaign.appsource.nurture"], actual["nurture"]),
-    ("campaign.azure-marketplace.demand-gen", counts["campaign.azure-marketplace.demand-gen"], actual["demand_gen"]),
-    ("leads.suppressed", counts["leads.suppressed"], actual["suppressed"]),
+    ("campaign.appsource.nurture", counts["campaign.appsource.nurture"], campaign.get("nurture", 0)),
+    ("campaign.azure-marketplace.demand-gen", counts["campaign.azure-marketplace.demand-gen"], campaign.get("demand-gen", 0)),
+    ("leads.suppressed", counts["leads.suppressed"], suppressed),
     ("leads.dlq", counts["leads.dlq"], dead),
     ("duplicates dropped", "-", actual["duplicates"]),
     ("test leads dropped", "-", actual["test_leads"]),
@@ -48,6 +50,7 @@ rows = [
 print(f"{'where':40} {'in topic':>10} {'leadflow':>10}")
 for name, in_topic, counted in rows:
     print(f"{name:40} {in_topic:>10} {counted:>10}")
+print("suppressed by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(actual["suppressed"].items())))
 print("dead letters by class: " + ", ".join(f"{k}={v}" for k, v in sorted(actual["dead_letter"].items())))
 print(f"wall time {seconds:.1f} s, {actual['inputs'] / seconds:,.0f} leads/s (including group join)")
 ok = expected == actual and all(isinstance(t, str) or t == c for _, t, c in rows)

@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use crate::domain::{Campaign, Offer, Storefront};
+use crate::domain::{Offer, Storefront};
 use crate::stages::enrich::{CatalogOffer, Reference};
+use crate::stages::route::{DisposablePolicy, MAX_ROUTES, Route, RoutingTable, default_routes};
+use crate::stages::score::ScoringRules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,16 +36,50 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: Topics,
     pub pipeline: PipelineConfig,
     pub dedupe: DedupeConfig,
+    pub scoring: ScoringConfig,
+    pub policy: PolicyConfig,
+    /// The routing table: storefront (and optionally grade and action) to
+    /// campaign topics.
+    pub routes: Vec<Route>,
     /// Offers the publisher lists, for leads whose `LeadSource` has no offer
     /// (looked up by title) and test drives (storefront by offer).
     pub catalog: Vec<CatalogEntry>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            topics: Topics::default(),
+            pipeline: PipelineConfig::default(),
+            dedupe: DedupeConfig::default(),
+            scoring: ScoringConfig::default(),
+            policy: PolicyConfig::default(),
+            routes: default_routes(),
+            catalog: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoringConfig {
+    /// A scoring rules file; without it the built-in `rules/scoring.toml` applies.
+    pub rules_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `suppress`, `dead-letter` or `allow`.
+    pub disposable_email: DisposablePolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,10 +114,6 @@ impl Default for KafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Topics {
     pub input: String,
-    /// AppSource leads: the nurture campaign.
-    pub nurture: String,
-    /// Azure Marketplace leads: the demand-generation campaign.
-    pub demand_gen: String,
     pub suppressed: String,
     pub dead_letter: String,
 }
@@ -89,30 +122,9 @@ impl Default for Topics {
     fn default() -> Self {
         Topics {
             input: "leads.raw".into(),
-            nurture: "campaign.appsource.nurture".into(),
-            demand_gen: "campaign.azure-marketplace.demand-gen".into(),
             suppressed: "leads.suppressed".into(),
             dead_letter: "leads.dlq".into(),
         }
-    }
-}
-
-impl Topics {
-    pub fn campaign(&self, campaign: Campaign) -> &str {
-        match campaign {
-            Campaign::Nurture => &self.nurture,
-            Campaign::DemandGeneration => &self.demand_gen,
-        }
-    }
-
-    /// Every topic leadflow writes to.
-    pub fn outputs(&self) -> [&str; 4] {
-        [
-            &self.nurture,
-            &self.demand_gen,
-            &self.suppressed,
-            &self.dead_letter,
-        ]
     }
 }
 
@@ -176,6 +188,27 @@ pub struct CatalogEntry {
     pub storefront: Storefront,
 }
 
+/// Parses TOML into `T`, turning a parse error into one line that names the
+/// file, the line and the key.
+pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |span| span.start);
+        let before = text.get(..offset).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let key = text
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.split_once('='))
+            .map_or_else(|| "?".to_owned(), |(k, _)| k.trim().to_owned());
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            key,
+            reason: e.message().replace('\n', " "),
+        }
+    })
+}
+
 impl Config {
     /// Loads a config file, or the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -186,24 +219,36 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| {
-            let offset = e.span().map_or(0, |span| span.start);
-            let before = text.get(..offset).unwrap_or_default();
-            let line = before.matches('\n').count() + 1;
-            let key = text
-                .lines()
-                .nth(line - 1)
-                .and_then(|l| l.split_once('='))
-                .map_or_else(|| "?".to_owned(), |(k, _)| k.trim().to_owned());
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                key,
-                reason: e.message().replace('\n', " "),
-            }
-        })?;
+        let config: Config = parse_toml(path, &text)?;
         config.validate(&path.display().to_string())?;
         Ok(config)
+    }
+
+    /// Every topic leadflow reads or writes: input, campaign topics (once
+    /// each), suppressed and dead-letter.
+    pub fn all_topics(&self) -> Vec<&str> {
+        let mut topics = vec![self.topics.input.as_str()];
+        for route in &self.routes {
+            if !topics.contains(&route.topic.as_str()) {
+                topics.push(&route.topic);
+            }
+        }
+        topics.push(&self.topics.suppressed);
+        topics.push(&self.topics.dead_letter);
+        topics
+    }
+
+    /// The routing table, with the disposable-email policy.
+    pub fn routing_table(&self) -> RoutingTable {
+        RoutingTable::new(self.routes.clone(), self.policy.disposable_email)
+    }
+
+    /// The scoring rules: the configured file, or the built-in defaults.
+    pub fn scoring_rules(&self) -> Result<ScoringRules, ConfigError> {
+        match &self.scoring.rules_file {
+            Some(path) => ScoringRules::load(path),
+            None => Ok(ScoringRules::default_rules()),
+        }
     }
 
     /// Checks what the types cannot: non-empty, distinct names and sane numbers.
@@ -224,8 +269,6 @@ impl Config {
         }
         let topics = [
             ("topics.input", &self.topics.input),
-            ("topics.nurture", &self.topics.nurture),
-            ("topics.demand_gen", &self.topics.demand_gen),
             ("topics.suppressed", &self.topics.suppressed),
             ("topics.dead_letter", &self.topics.dead_letter),
         ];
@@ -235,6 +278,32 @@ impl Config {
             }
             if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
                 return Err(invalid(key, format!("topic {name:?} is also {other}")));
+            }
+        }
+        if self.routes.is_empty() || self.routes.len() > MAX_ROUTES {
+            return Err(invalid(
+                "routes",
+                format!("need 1 to {MAX_ROUTES} routes, got {}", self.routes.len()),
+            ));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.campaign.trim().is_empty() {
+                return Err(invalid(
+                    &format!("routes[{i}].campaign"),
+                    "must not be empty".into(),
+                ));
+            }
+            if route.topic.trim().is_empty() {
+                return Err(invalid(
+                    &format!("routes[{i}].topic"),
+                    "must not be empty".into(),
+                ));
+            }
+            if let Some((key, _)) = topics.iter().find(|(_, name)| **name == route.topic) {
+                return Err(invalid(
+                    &format!("routes[{i}].topic"),
+                    format!("topic {:?} is also {key}", route.topic),
+                ));
             }
         }
         let p = &self.pipeline;
@@ -265,6 +334,7 @@ impl Config {
                 "must be greater than 0".into(),
             ));
         }
+        self.scoring_rules()?;
         self.reference(origin).map(|_| ())
     }
 
@@ -310,10 +380,8 @@ mod tests {
     fn defaults_need_no_file() {
         let config = Config::load(None).expect("defaults");
         assert_eq!(config.topics.input, "leads.raw");
-        assert_eq!(
-            config.topics.campaign(Campaign::Nurture),
-            "campaign.appsource.nurture"
-        );
+        assert_eq!(config.routes[0].topic, "campaign.appsource.nurture");
+        assert_eq!(config.routes[1].campaign, "demand-gen");
         assert_eq!(config.pipeline.commit_interval_ms, 100);
         assert_eq!(config.dedupe_window_ms(), 180 * 86_400_000);
     }
@@ -362,6 +430,30 @@ mod tests {
         let (_dir, path) = write("[topics]\nsuppressed = \"leads.dlq\"\n");
         let message = Config::load(Some(&path)).expect_err("clash").to_string();
         assert!(message.contains("topics.dead_letter"), "{message}");
+
+        let (_dir, path) = write(
+            "[[routes]]\ncampaign = \"x\"\nstorefront = \"appsource\"\ntopic = \"leads.raw\"\n",
+        );
+        let message = Config::load(Some(&path))
+            .expect_err("route clash")
+            .to_string();
+        assert!(message.contains("routes[0].topic"), "{message}");
+
+        let (_dir, path) =
+            write("[[routes]]\ncampaign = \"x\"\nstorefront = \"bing\"\ntopic = \"t\"\n");
+        let message = Config::load(Some(&path))
+            .expect_err("bad storefront")
+            .to_string();
+        assert!(
+            message.contains("storefront") && message.contains("line 3"),
+            "{message}"
+        );
+
+        let (_dir, path) = write("[scoring]\nrules_file = \"/nonexistent/rules.toml\"\n");
+        let message = Config::load(Some(&path))
+            .expect_err("missing rules")
+            .to_string();
+        assert!(message.contains("/nonexistent/rules.toml"), "{message}");
 
         let (_dir, path) =
             write("[[catalog]]\noffer = \"nodot\"\ntitle = \"x\"\nstorefront = \"appsource\"\n");

@@ -2,8 +2,11 @@
 //! marketplace names them. Nothing here knows about Kafka, I/O or metrics.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::reference::{Country, EmailClass};
 
 /// Where the customer acted. Each storefront feeds one campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -23,37 +26,11 @@ impl Storefront {
             Storefront::AzureMarketplace => "azure-marketplace",
         }
     }
-
-    /// The campaign a storefront's leads feed.
-    pub fn campaign(self) -> Campaign {
-        match self {
-            Storefront::AppSource => Campaign::Nurture,
-            Storefront::AzureMarketplace => Campaign::DemandGeneration,
-        }
-    }
 }
 
 impl fmt::Display for Storefront {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A campaign that downstream campaign tools run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Campaign {
-    Nurture,
-    #[serde(rename = "demand-gen")]
-    DemandGeneration,
-}
-
-impl Campaign {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Campaign::Nurture => "nurture",
-            Campaign::DemandGeneration => "demand-gen",
-        }
     }
 }
 
@@ -154,6 +131,46 @@ impl ActionCode {
             ActionCode::StartTestDrive => "StartTestDrive",
             ActionCode::Other(code) => code,
         }
+    }
+}
+
+/// A set of action codes, one bit each; every unknown code shares one bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ActionSet(pub u8);
+
+impl ActionSet {
+    fn bit(action: &ActionCode) -> u8 {
+        match action {
+            ActionCode::Install => 1,
+            ActionCode::PartnerLedTrial => 1 << 1,
+            ActionCode::DoNotContact => 1 << 2,
+            ActionCode::Create => 1 << 3,
+            ActionCode::StartTestDrive => 1 << 4,
+            ActionCode::Other(_) => 1 << 5,
+        }
+    }
+
+    pub fn with(self, action: &ActionCode) -> ActionSet {
+        ActionSet(self.0 | Self::bit(action))
+    }
+
+    pub fn without(self, action: &ActionCode) -> ActionSet {
+        ActionSet(self.0 & !Self::bit(action))
+    }
+
+    /// The actions in the set, in a fixed order; unknown codes as `Other`.
+    pub fn to_vec(self) -> Vec<ActionCode> {
+        [
+            ActionCode::Install,
+            ActionCode::PartnerLedTrial,
+            ActionCode::Create,
+            ActionCode::StartTestDrive,
+            ActionCode::DoNotContact,
+            ActionCode::Other("Other".into()),
+        ]
+        .into_iter()
+        .filter(|a| self.0 & Self::bit(a) != 0)
+        .collect()
     }
 }
 
@@ -264,9 +281,47 @@ impl DedupeKey {
         DedupeKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
     }
 
+    /// Identity of a person's interest in an offer, whatever the action:
+    /// (normalized email, offer). Used to remember earlier actions.
+    pub fn person_offer(normalized_email: &str, offer: &Offer) -> DedupeKey {
+        let mut text = String::with_capacity(normalized_email.len() + 64);
+        text.push_str(normalized_email);
+        text.push('\n');
+        text.push_str(&offer.publisher_id);
+        text.push('.');
+        text.push_str(&offer.offer_id);
+        DedupeKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+    }
+
     /// Lower-case hex, used as the record key of every output.
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)
+    }
+}
+
+/// How senior a job title is, for fit scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Seniority {
+    CLevel,
+    #[serde(rename = "vp")]
+    VicePresident,
+    Director,
+    Manager,
+    /// A title that names no management level.
+    #[serde(rename = "ic")]
+    IndividualContributor,
+}
+
+impl Seniority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seniority::CLevel => "c-level",
+            Seniority::VicePresident => "vp",
+            Seniority::Director => "director",
+            Seniority::Manager => "manager",
+            Seniority::IndividualContributor => "ic",
+        }
     }
 }
 
@@ -282,15 +337,34 @@ pub struct Lead {
     pub offer_title: Option<String>,
     /// Normalized per the provider rules in `enrich::normalize_email`.
     pub email: String,
+    /// Everything after the `@` of the normalized email.
     pub email_domain: String,
+    /// The domain an organisation registered, e.g. `contoso.co.uk`.
+    pub registrable_domain: String,
+    pub email_class: EmailClass,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
+    /// The phone as sent.
     pub phone: Option<String>,
-    pub country: Option<String>,
+    /// The phone in E.164, when it is a valid number.
+    pub phone_e164: Option<String>,
+    /// The country as sent.
+    pub country_code: Option<String>,
+    /// The country, when the code is ISO 3166 alpha-2 or alpha-3.
+    pub country: Option<&'static Country>,
     pub company: Option<String>,
     pub title: Option<String>,
+    /// `None` when there is no title.
+    pub seniority: Option<Seniority>,
+    /// Share of the optional profile fields present, 0–100.
+    pub completeness: u8,
     pub description: Option<String>,
     pub dedupe_key: DedupeKey,
+    /// (email, offer) without the action: see [`DedupeKey::person_offer`].
+    pub person_offer_key: DedupeKey,
+    /// Other actions this person took on this offer before, as far as the
+    /// dedupe state knows.
+    pub earlier_actions: Vec<ActionCode>,
 }
 
 /// Qualification grade on the combined score, A (best) to D.
@@ -316,10 +390,16 @@ impl Grade {
 /// The outcome of scoring: points, grade and the reasons behind them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Score {
-    pub points: i32,
+    /// Behaviour plus fit, 0–100.
+    pub points: u8,
+    pub behaviour: i32,
+    pub fit: i32,
     pub grade: Grade,
-    pub reasons: Vec<&'static str>,
-    pub rules_version: &'static str,
+    /// Marketing-qualified: enough behaviour and enough fit.
+    pub mql: bool,
+    /// The largest contributions, e.g. `"action PLT +50"`.
+    pub reasons: Vec<Arc<str>>,
+    pub rules_version: Arc<str>,
 }
 
 /// Why a lead was kept away from every campaign.
@@ -327,12 +407,15 @@ pub struct Score {
 pub enum SuppressionReason {
     /// The customer asked not to be contacted (`DNC`).
     DoNotContact,
+    /// The address is from a throw-away mail service.
+    DisposableEmail,
 }
 
 impl SuppressionReason {
     pub fn as_str(self) -> &'static str {
         match self {
             SuppressionReason::DoNotContact => "do_not_contact",
+            SuppressionReason::DisposableEmail => "disposable_email",
         }
     }
 }
@@ -351,18 +434,26 @@ pub(crate) mod fixtures {
             storefront,
             source_tag: SourceTag::AzureMarketplace,
             dedupe_key: DedupeKey::new("a@b.com", &offer, &action),
+            person_offer_key: DedupeKey::person_offer("a@b.com", &offer),
             action,
             offer,
             offer_title: None,
             email: "a@b.com".into(),
             email_domain: "b.com".into(),
+            registrable_domain: "b.com".into(),
+            email_class: EmailClass::Business,
             first_name: None,
             last_name: None,
             phone: None,
+            phone_e164: None,
+            country_code: None,
             country: None,
             company: None,
             title: None,
+            seniority: None,
+            completeness: 0,
             description: None,
+            earlier_actions: Vec::new(),
         }
     }
 }

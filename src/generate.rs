@@ -15,9 +15,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::CatalogEntry;
-use crate::domain::{ActionCode, Campaign, DedupeKey, Offer, Storefront};
+use crate::domain::{ActionCode, DedupeKey, Offer, Storefront};
 use crate::pipeline::Tally;
 use crate::stages::enrich::normalize_email;
+use crate::stages::route::default_routes;
 
 /// Offers the generator's leads are for. A config whose catalog lists them
 /// (see [`catalog`]) lets leadflow resolve bare and test-drive leads.
@@ -92,11 +93,14 @@ pub fn catalog() -> Vec<CatalogEntry> {
         .collect()
 }
 
-/// Where leadflow must put a generated record.
+/// Where leadflow must put a generated record, with the default routing
+/// table and policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expected {
-    Campaign(Campaign),
-    Suppressed,
+    /// The default campaign of the storefront.
+    Campaign(Storefront),
+    /// Suppressed with this reason.
+    Suppressed(&'static str),
     Duplicate,
     TestLead,
     /// Dead-lettered with this error class.
@@ -190,9 +194,18 @@ impl Generator {
         let t = &mut self.expected;
         t.inputs += 1;
         match expected {
-            Expected::Campaign(Campaign::Nurture) => t.nurture += 1,
-            Expected::Campaign(Campaign::DemandGeneration) => t.demand_gen += 1,
-            Expected::Suppressed => t.suppressed += 1,
+            Expected::Campaign(storefront) => {
+                t.routed += 1;
+                for route in default_routes()
+                    .iter()
+                    .filter(|r| r.storefront == *storefront)
+                {
+                    *t.campaigns.entry(route.campaign.clone()).or_default() += 1;
+                }
+            }
+            Expected::Suppressed(reason) => {
+                *t.suppressed.entry((*reason).to_owned()).or_default() += 1
+            }
             Expected::Duplicate => t.duplicates += 1,
             Expected::TestLead => t.test_leads += 1,
             Expected::DeadLetter(class) => {
@@ -239,6 +252,11 @@ impl Generator {
                 false,
             ),
             20..25 => (format!("s{n}@stateu.edu"), None, true),
+            25..27 => (
+                format!("{}{n}@mailinator.com", first.to_lowercase()),
+                None,
+                false,
+            ),
             _ => {
                 let (company, domain) = self.pick(COMPANIES);
                 (
@@ -472,9 +490,11 @@ impl Iterator for Generator {
             let is_dnc = roll < dup + bad + test + dnc;
             let person = self.new_person(n, is_dnc);
             let expected = if is_dnc {
-                Expected::Suppressed
+                Expected::Suppressed("do_not_contact")
+            } else if person.email.ends_with("@mailinator.com") {
+                Expected::Suppressed("disposable_email")
             } else {
-                Expected::Campaign(OFFERS[person.offer].2.campaign())
+                Expected::Campaign(OFFERS[person.offer].2)
             };
             let email = person.email.clone();
             let value = self.render(&person, &email, time_ms, None);
@@ -519,29 +539,26 @@ mod tests {
             catalog: catalog(),
             ..Config::default()
         };
-        Pipeline::new(PipelineSettings {
-            reference: config.reference("test").expect("catalog"),
-            dedupe_window_ms: config.dedupe_window_ms(),
-            max_record_bytes: 64 * 1024,
-        })
+        Pipeline::new(PipelineSettings::from_config(&config).expect("settings"))
     }
 
     fn outcome_matches(outcome: &Outcome, expected: &Expected) -> bool {
         match (outcome, expected) {
             (
                 Outcome::Routed {
-                    destination: Destination::Campaign(c),
+                    destination: Destination::Campaigns(_),
+                    lead,
                     ..
                 },
                 Expected::Campaign(e),
-            ) => c == e,
+            ) => lead.storefront == *e,
             (
                 Outcome::Routed {
-                    destination: Destination::Suppressed(_),
+                    destination: Destination::Suppressed(r),
                     ..
                 },
-                Expected::Suppressed,
-            ) => true,
+                Expected::Suppressed(e),
+            ) => r.as_str() == *e,
             (Outcome::Duplicate { .. }, Expected::Duplicate)
             | (Outcome::TestLead, Expected::TestLead) => true,
             (Outcome::Failed(f), Expected::DeadLetter(class)) => f.class == *class,
@@ -576,12 +593,12 @@ mod tests {
                 lead.expected,
                 String::from_utf8_lossy(&lead.value)
             );
-            tally.record(&outcome);
+            tally.record(&outcome, pipeline.routing());
         }
         assert_eq!(&tally, generator.expected());
         // Every kind of record occurred.
         let t = generator.expected();
-        assert!(t.nurture > 0 && t.demand_gen > 0 && t.suppressed > 0);
+        assert!(t.campaigns.len() == 2 && t.suppressed.len() == 2);
         assert!(t.duplicates > 0 && t.test_leads > 0);
         for class in [
             "json_syntax",

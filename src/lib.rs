@@ -13,12 +13,8 @@ pub mod error;
 pub mod generate;
 pub mod kafka;
 pub mod pipeline;
+pub mod reference;
 pub mod stages;
 
-/// The pipeline version carried in `leadflow.pipeline.version` headers.
-pub const PIPELINE_VERSION: &str = concat!(
-    "leadflow/",
-    env!("CARGO_PKG_VERSION"),
-    " rules/",
-    "builtin-1"
-);
+/// leadflow's name and version, the first half of `leadflow.pipeline.version`.
+pub const LEADFLOW_VERSION: &str = concat!("leadflow/", env!("CARGO_PKG_VERSION"));

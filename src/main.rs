@@ -171,9 +171,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Topics(TopicsCommand::Create { partitions }) => {
-            let t = &config.topics;
-            let mut names = vec![t.input.as_str()];
-            names.extend(t.outputs());
+            let names = config.all_topics();
             let created = runtime.block_on(topics::create(&config.kafka, &names, partitions))?;
             for name in created {
                 eprintln!("created {name}");
@@ -181,9 +179,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Topics(TopicsCommand::Counts) => {
-            let t = &config.topics;
-            let mut names = vec![t.input.as_str()];
-            names.extend(t.outputs());
+            let names = config.all_topics();
             let counts = topics::counts(&config.kafka, &names)?;
             let map: serde_json::Map<String, serde_json::Value> = names
                 .iter()

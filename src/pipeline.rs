@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Campaign, Lead, Score};
+use crate::domain::{ActionCode, Lead, Score};
 use crate::error::{Failure, Stage};
 use crate::stages::decode::decode_json;
-use crate::stages::dedupe::{Deduper, Verdict};
+use crate::stages::dedupe::Deduper;
 use crate::stages::enrich::{Reference, enrich};
-use crate::stages::route::{Destination, route};
-use crate::stages::score::score;
+use crate::stages::route::{Destination, RoutingTable, route};
+use crate::stages::score::{ScoringRules, score};
 
 /// Where a record came from. Used to derive an id for leads that arrive
 /// without the `event_id` envelope, so the id is stable across reprocessing.
@@ -38,7 +38,7 @@ pub struct Input<'a> {
 /// What became of one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Scored and routed to a campaign or to suppression.
+    /// Scored and routed to campaigns or to suppression.
     Routed {
         destination: Destination,
         lead: Box<Lead>,
@@ -56,24 +56,53 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub reference: Reference,
+    pub rules: ScoringRules,
+    pub routing: RoutingTable,
     pub dedupe_window_ms: i64,
     pub max_record_bytes: usize,
+}
+
+impl PipelineSettings {
+    /// Everything from a validated configuration.
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<PipelineSettings, crate::config::ConfigError> {
+        Ok(PipelineSettings {
+            reference: config.reference("config")?,
+            rules: config.scoring_rules()?,
+            routing: config.routing_table(),
+            dedupe_window_ms: config.dedupe_window_ms(),
+            max_record_bytes: config.pipeline.max_record_bytes,
+        })
+    }
 }
 
 /// The stages and their state.
 #[derive(Debug)]
 pub struct Pipeline {
     reference: Reference,
+    rules: ScoringRules,
+    routing: RoutingTable,
     deduper: Deduper,
     max_record_bytes: usize,
+    version: String,
 }
 
 impl Pipeline {
     pub fn new(settings: PipelineSettings) -> Pipeline {
+        crate::reference::warm_up();
+        let version = format!(
+            "{} rules/{}",
+            crate::LEADFLOW_VERSION,
+            settings.rules.version()
+        );
         Pipeline {
             reference: settings.reference,
+            rules: settings.rules,
+            routing: settings.routing,
             deduper: Deduper::new(settings.dedupe_window_ms),
             max_record_bytes: settings.max_record_bytes,
+            version,
         }
     }
 
@@ -93,17 +122,19 @@ impl Pipeline {
             } = input.source;
             raw.event_id = Some(format!("{topic}/{partition}/{offset}"));
         }
-        let lead = match enrich(raw, &self.reference) {
+        let mut lead = match enrich(raw, &self.reference) {
             Ok(lead) => lead,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Enrich, &e)),
         };
-        if let Verdict::Duplicate { first_seen_ms } =
-            self.deduper.observe(lead.dedupe_key, lead.event_time_ms)
-        {
+        if let Some(first_seen_ms) = self.deduper.duplicate_of(&lead) {
             return Outcome::Duplicate { first_seen_ms };
         }
-        let score = score(&lead);
-        let destination = route(&lead);
+        let score = score(&lead, &self.rules);
+        let destination = match route(&lead, &score, &self.routing) {
+            Ok(destination) => destination,
+            Err(e) => return Outcome::Failed(Failure::new(Stage::Route, &e)),
+        };
+        lead.earlier_actions = self.deduper.record(&lead).to_vec();
         Outcome::Routed {
             destination,
             lead: Box::new(lead),
@@ -115,6 +146,15 @@ impl Pipeline {
     pub fn dedupe_keys(&self) -> usize {
         self.deduper.len()
     }
+
+    pub fn routing(&self) -> &RoutingTable {
+        &self.routing
+    }
+
+    /// `leadflow/VERSION rules/RULES-VERSION`, for `leadflow.pipeline.version`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
 }
 
 /// The campaign-lead record written to campaign and suppressed topics.
@@ -123,35 +163,53 @@ struct CampaignLead<'a> {
     event_id: Option<&'a str>,
     event_time_ms: i64,
     storefront: &'static str,
-    campaign: Option<&'static str>,
+    campaign: Option<&'a str>,
     suppressed: Option<&'static str>,
     source_tag: &'static str,
     action_code: &'a str,
+    earlier_actions: Vec<&'a str>,
     publisher_id: &'a str,
     offer_id: &'a str,
     offer_title: Option<&'a str>,
     email: &'a str,
     email_domain: &'a str,
+    registrable_domain: &'a str,
+    email_class: &'static str,
     first_name: Option<&'a str>,
     last_name: Option<&'a str>,
     phone: Option<&'a str>,
+    phone_e164: Option<&'a str>,
     country: Option<&'a str>,
+    country_name: Option<&'static str>,
+    region: Option<&'static str>,
     company: Option<&'a str>,
     title: Option<&'a str>,
+    seniority: Option<&'static str>,
+    completeness: u8,
     description: Option<&'a str>,
-    score: i32,
+    score: u8,
+    behaviour: i32,
+    fit: i32,
     grade: &'static str,
-    reasons: &'a [&'static str],
-    rules_version: &'static str,
+    mql: bool,
+    reasons: Vec<&'a str>,
+    rules_version: &'a str,
     dedupe_key: String,
 }
 
-/// Encodes a routed lead as JSON (the campaign-lead shape in `schemas/`).
-pub fn encode_json(lead: &Lead, score: &Score, destination: Destination) -> Vec<u8> {
-    let (campaign, suppressed) = match destination {
-        Destination::Campaign(c) => (Some(c.as_str()), None),
-        Destination::Suppressed(reason) => (None, Some(reason.as_str())),
+/// Encodes a routed lead as JSON (the campaign-lead shape in `schemas/`),
+/// for one campaign or, with `campaign` `None`, as suppressed.
+pub fn encode_json(
+    lead: &Lead,
+    score: &Score,
+    destination: Destination,
+    campaign: Option<&str>,
+) -> Vec<u8> {
+    let suppressed = match destination {
+        Destination::Campaigns(_) => None,
+        Destination::Suppressed(reason) => Some(reason.as_str()),
     };
+    let country = lead.country;
     let record = CampaignLead {
         event_id: lead.event_id.as_deref(),
         event_time_ms: lead.event_time_ms,
@@ -160,22 +218,35 @@ pub fn encode_json(lead: &Lead, score: &Score, destination: Destination) -> Vec<
         suppressed,
         source_tag: lead.source_tag.as_str(),
         action_code: lead.action.code(),
+        earlier_actions: lead.earlier_actions.iter().map(ActionCode::code).collect(),
         publisher_id: &lead.offer.publisher_id,
         offer_id: &lead.offer.offer_id,
         offer_title: lead.offer_title.as_deref(),
         email: &lead.email,
         email_domain: &lead.email_domain,
+        registrable_domain: &lead.registrable_domain,
+        email_class: lead.email_class.as_str(),
         first_name: lead.first_name.as_deref(),
         last_name: lead.last_name.as_deref(),
         phone: lead.phone.as_deref(),
-        country: lead.country.as_deref(),
+        phone_e164: lead.phone_e164.as_deref(),
+        country: country
+            .map(|c| c.alpha2.as_str())
+            .or(lead.country_code.as_deref()),
+        country_name: country.map(|c| c.name),
+        region: country.and_then(|c| c.region.as_deref()),
         company: lead.company.as_deref(),
         title: lead.title.as_deref(),
+        seniority: lead.seniority.map(|s| s.as_str()),
+        completeness: lead.completeness,
         description: lead.description.as_deref(),
         score: score.points,
+        behaviour: score.behaviour,
+        fit: score.fit,
         grade: score.grade.as_str(),
-        reasons: &score.reasons,
-        rules_version: score.rules_version,
+        mql: score.mql,
+        reasons: score.reasons.iter().map(|r| &**r).collect(),
+        rules_version: &score.rules_version,
         dedupe_key: lead.dedupe_key.to_hex(),
     };
     // Serializing this struct of strings and numbers cannot fail.
@@ -183,13 +254,16 @@ pub fn encode_json(lead: &Lead, score: &Score, destination: Destination) -> Vec<
 }
 
 /// Counts of outcomes. Every input lands in exactly one bucket, so
-/// `inputs == nurture + demand_gen + suppressed + dead_letter + duplicates + test_leads`.
+/// `inputs == routed + suppressed + dead letters + duplicates + test_leads`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub inputs: u64,
-    pub nurture: u64,
-    pub demand_gen: u64,
-    pub suppressed: u64,
+    /// Leads routed to at least one campaign.
+    pub routed: u64,
+    /// Records written per campaign name; a lead may feed several.
+    pub campaigns: BTreeMap<String, u64>,
+    /// Suppressed leads by reason.
+    pub suppressed: BTreeMap<String, u64>,
     pub duplicates: u64,
     pub test_leads: u64,
     /// Dead letters by error class.
@@ -197,13 +271,25 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn record(&mut self, outcome: &Outcome) {
+    /// Counts an outcome; `routing` names the campaigns of routed leads.
+    pub fn record(&mut self, outcome: &Outcome, routing: &RoutingTable) {
         self.inputs += 1;
         match outcome {
             Outcome::Routed { destination, .. } => match destination {
-                Destination::Campaign(Campaign::Nurture) => self.nurture += 1,
-                Destination::Campaign(Campaign::DemandGeneration) => self.demand_gen += 1,
-                Destination::Suppressed(_) => self.suppressed += 1,
+                Destination::Campaigns(set) => {
+                    self.routed += 1;
+                    for i in set.iter() {
+                        if let Some(route) = routing.routes().get(i) {
+                            *self.campaigns.entry(route.campaign.clone()).or_default() += 1;
+                        }
+                    }
+                }
+                Destination::Suppressed(reason) => {
+                    *self
+                        .suppressed
+                        .entry(reason.as_str().to_owned())
+                        .or_default() += 1;
+                }
             },
             Outcome::Duplicate { .. } => self.duplicates += 1,
             Outcome::TestLead => self.test_leads += 1,
@@ -220,12 +306,15 @@ impl Tally {
         self.dead_letter.values().sum()
     }
 
+    pub fn suppressed_total(&self) -> u64 {
+        self.suppressed.values().sum()
+    }
+
     /// True when every input is accounted for by exactly one bucket.
     pub fn balances(&self) -> bool {
         self.inputs
-            == self.nurture
-                + self.demand_gen
-                + self.suppressed
+            == self.routed
+                + self.suppressed_total()
                 + self.duplicates
                 + self.test_leads
                 + self.dead_letters()
@@ -246,11 +335,7 @@ mod tests {
             storefront = "azure-marketplace"
         "#;
         let config: Config = toml::from_str(text).expect("config");
-        Pipeline::new(PipelineSettings {
-            reference: config.reference("test").expect("catalog"),
-            dedupe_window_ms: config.dedupe_window_ms(),
-            max_record_bytes: 64 * 1024,
-        })
+        Pipeline::new(PipelineSettings::from_config(&config).expect("settings"))
     }
 
     fn input(value: &str, offset: i64) -> Input<'_> {
@@ -265,6 +350,23 @@ mod tests {
         }
     }
 
+    /// Where an outcome sends a lead, in words.
+    fn place(outcome: &Outcome, routing: &RoutingTable) -> String {
+        match outcome {
+            Outcome::Routed { destination, .. } => match destination {
+                Destination::Campaigns(set) => set
+                    .iter()
+                    .map(|i| routing.routes()[i].campaign.clone())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                Destination::Suppressed(r) => r.as_str().to_owned(),
+            },
+            Outcome::Duplicate { .. } => "duplicate".into(),
+            Outcome::TestLead => "test".into(),
+            Outcome::Failed(f) => format!("{}:{}", f.stage, f.class),
+        }
+    }
+
     /// Processes one lead that must be routed; returns it and its JSON encoding.
     fn routed(value: &str, offset: i64) -> (Destination, Box<Lead>, Score, serde_json::Value) {
         let outcome = pipeline().process(input(value, offset));
@@ -276,7 +378,8 @@ mod tests {
         else {
             panic!("expected a routed lead, got {outcome:?}");
         };
-        let json = serde_json::from_slice(&encode_json(&lead, &score, destination)).expect("json");
+        let json =
+            serde_json::from_slice(&encode_json(&lead, &score, destination, None)).expect("json");
         (destination, lead, score, json)
     }
 
@@ -290,16 +393,8 @@ mod tests {
             .enumerate()
             .map(|(i, line)| {
                 let outcome = pipeline.process(input(line, i as i64));
-                tally.record(&outcome);
-                match outcome {
-                    Outcome::Routed { destination, .. } => match destination {
-                        Destination::Campaign(c) => c.as_str().to_owned(),
-                        Destination::Suppressed(r) => r.as_str().to_owned(),
-                    },
-                    Outcome::Duplicate { .. } => "duplicate".into(),
-                    Outcome::TestLead => "test".into(),
-                    Outcome::Failed(f) => format!("{}:{}", f.stage, f.class),
-                }
+                tally.record(&outcome, pipeline.routing());
+                place(&outcome, pipeline.routing())
             })
             .collect();
         assert_eq!(
@@ -313,7 +408,7 @@ mod tests {
                 "do_not_contact",       // Omar, DNC
                 "test",                 // MSFT_TEST
                 "demand-gen",           // .edu test drive
-                "nurture",              // disposable address, policy comes later
+                "disposable_email",     // mailinator.com: suppressed by default policy
                 "decode:missing_email", // Sam, empty email
                 "duplicate",            // Ana again, spelled differently
                 "demand-gen",           // no envelope
@@ -321,6 +416,9 @@ mod tests {
         );
         assert!(tally.balances());
         assert_eq!(tally.duplicates, 2);
+        assert_eq!(tally.routed, 6);
+        assert_eq!(tally.campaigns.get("nurture"), Some(&2));
+        assert_eq!(tally.suppressed.get("disposable_email"), Some(&1));
         assert_eq!(tally.dead_letter.get("missing_email"), Some(&1));
     }
 
@@ -332,6 +430,21 @@ mod tests {
         );
         assert_eq!(lead.event_id.as_deref(), Some("leads.raw/0/42"));
         assert_eq!(lead.event_time_ms, 1_741_000_000_000);
+    }
+
+    #[test]
+    fn a_lead_that_fails_routing_is_dead_lettered_and_not_remembered() {
+        let config: Config = toml::from_str(
+            "[[routes]]\ncampaign = \"nurture\"\nstorefront = \"appsource\"\ntopic = \"n\"\n",
+        )
+        .expect("config");
+        let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
+        let azure = r#"{"LeadSource":"AzurePortal-Create|contoso.gw","UserDetails":{"Email":"ops@litware.com"}}"#;
+        for offset in 0..2 {
+            let outcome = pipeline.process(input(azure, offset));
+            assert_eq!(place(&outcome, pipeline.routing()), "route:unroutable");
+        }
+        assert_eq!(pipeline.dedupe_keys(), 0);
     }
 
     #[test]
@@ -363,7 +476,7 @@ mod tests {
     #[test]
     fn encoded_campaign_leads_carry_score_grade_and_reasons() {
         let (destination, lead, score, json) = routed(
-            r#"{"event_id":"e9","LeadSource":"SPZA-DNC|contoso.si","UserDetails":{"Email":"O@T.com","Title":"CIO"}}"#,
+            r#"{"event_id":"e9","LeadSource":"SPZA-DNC|contoso.si","UserDetails":{"Email":"O@T.com","Title":"CIO","Country":"PRT"}}"#,
             0,
         );
         assert_eq!(
@@ -375,7 +488,26 @@ mod tests {
         assert_eq!(json["suppressed"], "do_not_contact");
         assert_eq!(json["campaign"], serde_json::Value::Null);
         assert_eq!(json["grade"], score.grade.as_str());
-        assert_eq!(json["reasons"][0], "title:c-level");
+        assert_eq!(json["reasons"][0], "title C-level +25");
+        assert_eq!(json["seniority"], "c-level");
+        assert_eq!(json["country"], "PT");
+        assert_eq!(json["country_name"], "Portugal");
+        assert_eq!(json["region"], "Europe");
+        assert_eq!(json["rules_version"], "default-2025.1");
         assert_eq!(json["dedupe_key"], lead.dedupe_key.to_hex());
+    }
+
+    #[test]
+    fn later_actions_carry_the_earlier_ones() {
+        let mut pipeline = pipeline();
+        let contact =
+            r#"{"LeadSource":"SPZA-PLT|contoso.si","UserDetails":{"Email":"kim@contoso.com"}}"#;
+        let install =
+            r#"{"LeadSource":"SPZA-INS|contoso.si","UserDetails":{"Email":"Kim@Contoso.com"}}"#;
+        pipeline.process(input(contact, 0));
+        let Outcome::Routed { lead, .. } = pipeline.process(input(install, 1)) else {
+            panic!("a new action is a new lead");
+        };
+        assert_eq!(lead.earlier_actions, vec![ActionCode::PartnerLedTrial]);
     }
 }

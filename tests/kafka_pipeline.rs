@@ -83,22 +83,22 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let tally: Tally = serde_json::from_slice(&out.stdout).expect("tally on stdout");
+    let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+    };
     let expected = Tally {
         inputs: 14,
-        nurture: 2,
-        demand_gen: 2,
-        suppressed: 1,
+        routed: 4,
+        campaigns: counts(&[("nurture", 2), ("demand-gen", 2)]),
+        suppressed: counts(&[("do_not_contact", 1)]),
         duplicates: 4,
         test_leads: 1,
-        dead_letter: [
+        dead_letter: counts(&[
             ("json_syntax", 1),
             ("missing_email", 1),
             ("unknown_source", 1),
             ("oversized", 1),
-        ]
-        .into_iter()
-        .map(|(class, n)| (class.to_owned(), n))
-        .collect(),
+        ]),
     };
     assert_eq!(tally, expected);
 
@@ -131,7 +131,17 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
     assert_eq!(ana.key(), value["dedupe_key"].as_str().map(str::as_bytes));
     assert_eq!(value["email"], "ana.silva@fabrikam.com");
     assert_eq!(value["campaign"], "nurture");
-    assert_eq!(value["grade"], "B"); // Contact me 50 + CIO 25
+    // Contact me 50; CIO 25 + business email 10: 85.
+    assert_eq!(
+        (value["score"].as_u64(), value["grade"].as_str()),
+        (Some(85), Some("A"))
+    );
+    assert_eq!(header(ana, "leadflow.storefront"), Some("appsource"));
+    assert_eq!(header(ana, "leadflow.grade"), Some("A"));
+    assert_eq!(
+        header(ana, "leadflow.rules.version"),
+        Some("default-2025.1")
+    );
     assert_eq!(source_of(ana), (0, 0));
     assert_eq!(ana.timestamp(), Timestamp::CreateTime(T0));
 
@@ -158,7 +168,7 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
         assert_eq!(header(m, "leadflow.source.topic"), Some(env.input.as_str()));
         assert_eq!(
             header(m, "leadflow.pipeline.version"),
-            Some(leadflow::PIPELINE_VERSION)
+            Some(format!("{} rules/default-2025.1", leadflow::LEADFLOW_VERSION).as_str())
         );
         assert_eq!(m.headers().map(Headers::count), Some(8));
     }
@@ -174,14 +184,11 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
 /// same library code. Repeats of a lead share a partition (the generator
 /// keys by dedupe key), so processing partition by partition gives the
 /// same outcomes as any interleaving the live run saw.
-fn oracle(env: &Env) -> BTreeMap<(i32, i64), String> {
+fn oracle(env: &Env) -> (BTreeMap<(i32, i64), String>, Tally) {
     let config = Config::load(Some(&env.config)).expect("config");
-    let mut pipeline = Pipeline::new(PipelineSettings {
-        reference: config.reference("test").expect("catalog"),
-        dedupe_window_ms: config.dedupe_window_ms(),
-        max_record_bytes: config.pipeline.max_record_bytes,
-    });
-    read_all(&env.input)
+    let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
+    let mut tally = Tally::default();
+    let places = read_all(&env.input)
         .iter()
         .map(|m| {
             let source = SourcePosition {
@@ -194,11 +201,18 @@ fn oracle(env: &Env) -> BTreeMap<(i32, i64), String> {
                 timestamp_ms: m.timestamp().to_millis(),
                 source,
             });
+            tally.record(&outcome, pipeline.routing());
             let place = match outcome {
                 Outcome::Routed {
-                    destination: Destination::Campaign(c),
+                    destination: Destination::Campaigns(set),
                     ..
-                } => config.topics.campaign(c).to_owned(),
+                } => {
+                    let topics: Vec<&str> = set
+                        .iter()
+                        .map(|i| config.routes[i].topic.as_str())
+                        .collect();
+                    topics.join("+")
+                }
                 Outcome::Routed {
                     destination: Destination::Suppressed(_),
                     ..
@@ -209,7 +223,8 @@ fn oracle(env: &Env) -> BTreeMap<(i32, i64), String> {
             };
             ((m.partition(), m.offset()), place)
         })
-        .collect()
+        .collect();
+    (places, tally)
 }
 
 #[test]
@@ -285,35 +300,8 @@ fn a_killed_run_restarts_without_losing_anything() {
     );
 
     // The offline oracle agrees with the generator on where everything goes.
-    let oracle = oracle(&env);
-    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    for place in oracle.values() {
-        *counts.entry(place.as_str()).or_default() += 1;
-    }
-    assert_eq!(
-        counts.get(env.nurture.as_str()).copied().unwrap_or(0),
-        generated.nurture
-    );
-    assert_eq!(
-        counts.get(env.demand_gen.as_str()).copied().unwrap_or(0),
-        generated.demand_gen
-    );
-    assert_eq!(
-        counts.get("duplicate").copied().unwrap_or(0),
-        generated.duplicates
-    );
-    assert_eq!(
-        counts.get(env.suppressed.as_str()).copied().unwrap_or(0),
-        generated.suppressed
-    );
-    assert_eq!(
-        counts.get(env.dead_letter.as_str()).copied().unwrap_or(0),
-        generated.dead_letters()
-    );
-    assert_eq!(
-        counts.get("test").copied().unwrap_or(0),
-        generated.test_leads
-    );
+    let (oracle, oracle_tally) = oracle(&env);
+    assert_eq!(oracle_tally, generated);
 
     // Every output names its input; no input reaches two different places,
     // and nothing reaches a place the oracle did not send it (a repeat may

@@ -17,6 +17,9 @@ pub const SOURCE_PARTITION: &str = "leadflow.source.partition";
 pub const SOURCE_OFFSET: &str = "leadflow.source.offset";
 pub const PIPELINE_VERSION: &str = "leadflow.pipeline.version";
 pub const SUPPRESSED_REASON: &str = "leadflow.suppressed.reason";
+pub const STOREFRONT: &str = "leadflow.storefront";
+pub const GRADE: &str = "leadflow.grade";
+pub const RULES_VERSION: &str = "leadflow.rules.version";
 
 fn add(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
     headers.insert(Header {
@@ -25,10 +28,27 @@ fn add(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
     })
 }
 
+/// What a campaign or suppressed record says about itself in headers, so
+/// consumers can filter without decoding the value.
+#[derive(Debug, Clone, Copy)]
+pub struct LeadHeaders<'a> {
+    pub storefront: &'a str,
+    pub grade: &'a str,
+    pub rules_version: &'a str,
+    pub suppressed_reason: Option<&'a str>,
+}
+
 /// Headers of a campaign or suppressed record.
-pub fn output(source: SourcePosition<'_>, suppressed_reason: Option<&str>) -> OwnedHeaders {
-    let headers = provenance(OwnedHeaders::new_with_capacity(5), source);
-    match suppressed_reason {
+pub fn output(
+    source: SourcePosition<'_>,
+    pipeline_version: &str,
+    lead: LeadHeaders<'_>,
+) -> OwnedHeaders {
+    let headers = provenance(OwnedHeaders::new_with_capacity(8), source, pipeline_version);
+    let headers = add(headers, STOREFRONT, lead.storefront);
+    let headers = add(headers, GRADE, lead.grade);
+    let headers = add(headers, RULES_VERSION, lead.rules_version);
+    match lead.suppressed_reason {
         Some(reason) => add(headers, SUPPRESSED_REASON, reason),
         None => headers,
     }
@@ -38,6 +58,7 @@ pub fn output(source: SourcePosition<'_>, suppressed_reason: Option<&str>) -> Ow
 pub fn dead_letter<H: Headers>(
     original: Option<&H>,
     source: SourcePosition<'_>,
+    pipeline_version: &str,
     failure: &Failure,
 ) -> OwnedHeaders {
     let count = original.map_or(0, Headers::count);
@@ -50,14 +71,18 @@ pub fn dead_letter<H: Headers>(
     let headers = add(headers, ERROR_STAGE, failure.stage.as_str());
     let headers = add(headers, ERROR_CLASS, failure.class);
     let headers = add(headers, ERROR_MESSAGE, &failure.message);
-    provenance(headers, source)
+    provenance(headers, source, pipeline_version)
 }
 
-fn provenance(headers: OwnedHeaders, source: SourcePosition<'_>) -> OwnedHeaders {
+fn provenance(
+    headers: OwnedHeaders,
+    source: SourcePosition<'_>,
+    pipeline_version: &str,
+) -> OwnedHeaders {
     let headers = add(headers, SOURCE_TOPIC, source.topic);
     let headers = add(headers, SOURCE_PARTITION, &source.partition.to_string());
     let headers = add(headers, SOURCE_OFFSET, &source.offset.to_string());
-    add(headers, PIPELINE_VERSION, crate::PIPELINE_VERSION)
+    add(headers, PIPELINE_VERSION, pipeline_version)
 }
 
 /// The value of the last header named `key`, as UTF-8.
@@ -91,7 +116,7 @@ mod tests {
             partition: 3,
             offset: 42,
         };
-        let headers = dead_letter(Some(&original), source, &failure);
+        let headers = dead_letter(Some(&original), source, "leadflow/test rules/r1", &failure);
         assert_eq!(get(&headers, "traceparent"), Some("00-abc-01"));
         assert_eq!(get(&headers, ERROR_STAGE), Some("decode"));
         assert_eq!(get(&headers, ERROR_CLASS), Some("json_syntax"));
@@ -101,7 +126,7 @@ mod tests {
         assert_eq!(get(&headers, SOURCE_OFFSET), Some("42"));
         assert_eq!(
             get(&headers, PIPELINE_VERSION),
-            Some(crate::PIPELINE_VERSION)
+            Some("leadflow/test rules/r1")
         );
         assert_eq!(headers.count(), 8);
     }
@@ -113,8 +138,21 @@ mod tests {
             partition: 0,
             offset: 1,
         };
-        let headers = output(source, Some("do_not_contact"));
+        let lead = LeadHeaders {
+            storefront: "appsource",
+            grade: "B",
+            rules_version: "r1",
+            suppressed_reason: Some("do_not_contact"),
+        };
+        let headers = output(source, "v", lead);
         assert_eq!(get(&headers, SUPPRESSED_REASON), Some("do_not_contact"));
-        assert_eq!(get(&output(source, None), SUPPRESSED_REASON), None);
+        assert_eq!(get(&headers, STOREFRONT), Some("appsource"));
+        assert_eq!(get(&headers, GRADE), Some("B"));
+        assert_eq!(get(&headers, RULES_VERSION), Some("r1"));
+        let campaign = LeadHeaders {
+            suppressed_reason: None,
+            ..lead
+        };
+        assert_eq!(get(&output(source, "v", campaign), SUPPRESSED_REASON), None);
     }
 }

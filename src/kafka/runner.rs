@@ -31,6 +31,7 @@ use super::{
     send,
 };
 use crate::config::Config;
+use crate::domain::{Lead, Score};
 use crate::error::{Failure, Stage};
 use crate::pipeline::{
     Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally, encode_json,
@@ -193,9 +194,7 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
         .create_with_context(context)
         .map_err(SetupError::Client)?;
 
-    let mut needed = vec![topics.input.as_str()];
-    needed.extend(topics.outputs());
-    check_topics(consumer.client(), kafka, &needed)?;
+    check_topics(consumer.client(), kafka, &config.all_topics())?;
     consumer
         .subscribe(&[&topics.input])
         .map_err(|source| RunError::Subscribe {
@@ -204,11 +203,7 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
         })?;
     info!(input = %topics.input, group = %kafka.group_id, "consuming");
 
-    let mut pipeline = Pipeline::new(PipelineSettings {
-        reference: config.reference("config")?,
-        dedupe_window_ms: config.dedupe_window_ms(),
-        max_record_bytes: config.pipeline.max_record_bytes,
-    });
+    let mut pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
     let mut tally = Tally::default();
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
     let mut last_report = Instant::now();
@@ -297,33 +292,25 @@ fn handle(
             destination,
             ref lead,
             ref score,
-        } => {
-            let (topic, reason) = match destination {
-                Destination::Campaign(campaign) => (config.topics.campaign(campaign), None),
-                Destination::Suppressed(reason) => {
-                    (config.topics.suppressed.as_str(), Some(reason.as_str()))
-                }
-            };
-            let payload = encode_json(lead, score, destination);
-            let key = lead.dedupe_key.to_hex();
-            let mut record = BaseRecord::to(topic)
-                .key(key.as_bytes())
-                .payload(payload.as_slice())
-                .headers(headers::output(source, reason));
-            if let Some(ts) = timestamp_ms {
-                record = record.timestamp(ts);
-            }
-            match send(producer, record) {
-                Ok(()) => outcome,
-                // The broker will never take this record (too large, say):
-                // it becomes a dead letter rather than stopping the pipeline.
-                Err(e) => Outcome::Failed(Failure {
-                    stage: Stage::Produce,
-                    class: "produce_rejected",
-                    message: format!("{topic}: {e}"),
-                }),
-            }
-        }
+        } => match send_lead(
+            producer,
+            config,
+            pipeline,
+            source,
+            timestamp_ms,
+            destination,
+            lead,
+            score,
+        ) {
+            Ok(()) => outcome,
+            // The broker will never take this record (too large, say): it
+            // becomes a dead letter rather than stopping the pipeline.
+            Err((topic, e)) => Outcome::Failed(Failure {
+                stage: Stage::Produce,
+                class: "produce_rejected",
+                message: format!("{topic}: {e}"),
+            }),
+        },
         other => other,
     };
     if let Outcome::Failed(failure) = &outcome {
@@ -331,6 +318,7 @@ fn handle(
         let mut record = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
             message.headers(),
             source,
+            pipeline.version(),
             failure,
         ));
         if let Some(key) = message.key() {
@@ -347,6 +335,51 @@ fn handle(
             source,
         })?;
     }
-    tally.record(&outcome);
+    tally.record(&outcome, pipeline.routing());
+    Ok(())
+}
+
+/// Produces a routed lead to each of its campaign topics, or to the
+/// suppressed topic. On a rejected record, returns the topic and the error.
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename these.
+fn send_lead<'a>(
+    producer: &LeadProducer,
+    config: &'a Config,
+    pipeline: &'a Pipeline,
+    source: SourcePosition<'_>,
+    timestamp_ms: Option<i64>,
+    destination: Destination,
+    lead: &Lead,
+    score: &Score,
+) -> Result<(), (&'a str, KafkaError)> {
+    let key = lead.dedupe_key.to_hex();
+    let mut lead_headers = headers::LeadHeaders {
+        storefront: lead.storefront.as_str(),
+        grade: score.grade.as_str(),
+        rules_version: &score.rules_version,
+        suppressed_reason: None,
+    };
+    let targets: Vec<(&str, Option<&str>)> = match destination {
+        Destination::Campaigns(set) => set
+            .iter()
+            .filter_map(|i| pipeline.routing().routes().get(i))
+            .map(|route| (route.topic.as_str(), Some(route.campaign.as_str())))
+            .collect(),
+        Destination::Suppressed(reason) => {
+            lead_headers.suppressed_reason = Some(reason.as_str());
+            vec![(config.topics.suppressed.as_str(), None)]
+        }
+    };
+    for (topic, campaign) in targets {
+        let payload = encode_json(lead, score, destination, campaign);
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload.as_slice())
+            .headers(headers::output(source, pipeline.version(), lead_headers));
+        if let Some(ts) = timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        send(producer, record).map_err(|e| (topic, e))?;
+    }
     Ok(())
 }

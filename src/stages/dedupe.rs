@@ -2,22 +2,17 @@
 //!
 //! Two leads are the same when their [`DedupeKey`] (normalized email, offer,
 //! action) is equal and their event times lie within the window of the
-//! occurrence that was let through. A new action by the same person for the
-//! same offer has another key, so it is a new lead. State lives in memory
-//! only: it is lost on restart (durable state comes with the changelog).
+//! occurrence that was let through, in either direction, so late repeats are
+//! caught too. A repeat after the window is a new lead and restarts it. A
+//! new action by the same person for the same offer has another key, so it
+//! is a new lead, and it learns which other actions that person took on that
+//! offer. Checking and recording are separate steps, so that a lead which
+//! fails a later stage leaves no trace. State lives in memory only: it is
+//! lost on restart (durable state comes with the changelog).
 
 use std::collections::HashMap;
 
-use crate::domain::DedupeKey;
-
-/// The verdict on one lead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// First occurrence within the window: let it through.
-    New,
-    /// Repeat of the lead let through at `first_seen_ms` (event time).
-    Duplicate { first_seen_ms: i64 },
-}
+use crate::domain::{ActionSet, DedupeKey, Lead};
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -32,6 +27,8 @@ struct Seen {
 pub struct Deduper {
     window_ms: i64,
     seen: HashMap<DedupeKey, Seen>,
+    /// (email, offer) → actions let through, and the latest event time.
+    actions: HashMap<DedupeKey, (ActionSet, i64)>,
 }
 
 impl Deduper {
@@ -39,34 +36,39 @@ impl Deduper {
         Deduper {
             window_ms,
             seen: HashMap::new(),
+            actions: HashMap::new(),
         }
     }
 
-    /// Records an occurrence of `key` at `event_time_ms` and says whether it
-    /// is new. The window is measured from the occurrence that was let
-    /// through, in either direction, so late (out-of-order) repeats are
-    /// caught too; a repeat after the window is a new lead and restarts it.
-    pub fn observe(&mut self, key: DedupeKey, event_time_ms: i64) -> Verdict {
-        match self.seen.get_mut(&key) {
-            Some(seen)
-                if event_time_ms.abs_diff(seen.emitted_ms) < self.window_ms.unsigned_abs() =>
-            {
-                seen.last_seen_ms = seen.last_seen_ms.max(event_time_ms);
-                Verdict::Duplicate {
-                    first_seen_ms: seen.emitted_ms,
-                }
-            }
-            _ => {
-                self.seen.insert(
-                    key,
-                    Seen {
-                        emitted_ms: event_time_ms,
-                        last_seen_ms: event_time_ms,
-                    },
-                );
-                Verdict::New
-            }
+    /// If `lead` repeats one let through within the window, notes the repeat
+    /// and returns the event time of the one let through.
+    pub fn duplicate_of(&mut self, lead: &Lead) -> Option<i64> {
+        let seen = self.seen.get_mut(&lead.dedupe_key)?;
+        if lead.event_time_ms.abs_diff(seen.emitted_ms) >= self.window_ms.unsigned_abs() {
+            return None;
         }
+        seen.last_seen_ms = seen.last_seen_ms.max(lead.event_time_ms);
+        Some(seen.emitted_ms)
+    }
+
+    /// Records `lead` as let through and returns the person's other actions
+    /// on the same offer.
+    pub fn record(&mut self, lead: &Lead) -> ActionSet {
+        self.seen.insert(
+            lead.dedupe_key,
+            Seen {
+                emitted_ms: lead.event_time_ms,
+                last_seen_ms: lead.event_time_ms,
+            },
+        );
+        let entry = self
+            .actions
+            .entry(lead.person_offer_key)
+            .or_insert((ActionSet::default(), lead.event_time_ms));
+        let earlier = entry.0.without(&lead.action);
+        entry.0 = entry.0.with(&lead.action);
+        entry.1 = entry.1.max(lead.event_time_ms);
+        earlier
     }
 
     /// Forgets keys whose last occurrence is a full window older than
@@ -76,6 +78,8 @@ impl Deduper {
         let window = self.window_ms;
         self.seen
             .retain(|_, seen| now_ms.saturating_sub(seen.last_seen_ms) < window);
+        self.actions
+            .retain(|_, (_, last_seen_ms)| now_ms.saturating_sub(*last_seen_ms) < window);
         before - self.seen.len()
     }
 
@@ -92,51 +96,99 @@ impl Deduper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ActionCode, Storefront, fixtures};
 
     const DAY: i64 = 86_400_000;
+
+    fn lead_at(action: ActionCode, event_time_ms: i64) -> Lead {
+        let mut lead = fixtures::lead(Storefront::AppSource, action);
+        lead.event_time_ms = event_time_ms;
+        lead
+    }
+
+    /// Checks and, when new, records: what the pipeline does.
+    fn observe(dedupe: &mut Deduper, lead: &Lead) -> Option<i64> {
+        let duplicate = dedupe.duplicate_of(lead);
+        if duplicate.is_none() {
+            dedupe.record(lead);
+        }
+        duplicate
+    }
 
     #[test]
     fn repeats_within_the_window_are_duplicates() {
         let mut dedupe = Deduper::new(180 * DAY);
-        let key = DedupeKey(7);
-        assert_eq!(dedupe.observe(key, 1_000), Verdict::New);
         assert_eq!(
-            dedupe.observe(key, 1_000 + 179 * DAY),
-            Verdict::Duplicate {
-                first_seen_ms: 1_000
-            }
+            observe(&mut dedupe, &lead_at(ActionCode::Install, 1_000)),
+            None
+        );
+        assert_eq!(
+            observe(
+                &mut dedupe,
+                &lead_at(ActionCode::Install, 1_000 + 179 * DAY)
+            ),
+            Some(1_000)
         );
         // Out of order: earlier than the one let through, still within the window.
         assert_eq!(
-            dedupe.observe(key, 500),
-            Verdict::Duplicate {
-                first_seen_ms: 1_000
-            }
+            observe(&mut dedupe, &lead_at(ActionCode::Install, 500)),
+            Some(1_000)
         );
-        assert_eq!(dedupe.observe(DedupeKey(8), 1_000), Verdict::New);
+        assert_eq!(
+            observe(&mut dedupe, &lead_at(ActionCode::Create, 1_000)),
+            None
+        );
     }
 
     #[test]
     fn a_repeat_after_the_window_is_a_new_lead_and_restarts_it() {
         let mut dedupe = Deduper::new(10 * DAY);
-        let key = DedupeKey(1);
-        assert_eq!(dedupe.observe(key, 0), Verdict::New);
-        assert_eq!(dedupe.observe(key, 10 * DAY), Verdict::New);
+        assert_eq!(observe(&mut dedupe, &lead_at(ActionCode::Install, 0)), None);
         assert_eq!(
-            dedupe.observe(key, 15 * DAY),
-            Verdict::Duplicate {
-                first_seen_ms: 10 * DAY
-            }
+            observe(&mut dedupe, &lead_at(ActionCode::Install, 10 * DAY)),
+            None
         );
+        assert_eq!(
+            observe(&mut dedupe, &lead_at(ActionCode::Install, 15 * DAY)),
+            Some(10 * DAY)
+        );
+    }
+
+    #[test]
+    fn a_lead_that_is_checked_but_not_recorded_leaves_no_trace() {
+        let mut dedupe = Deduper::new(10 * DAY);
+        let lead = lead_at(ActionCode::Install, 0);
+        assert_eq!(dedupe.duplicate_of(&lead), None);
+        assert_eq!(dedupe.duplicate_of(&lead), None);
+        assert!(dedupe.is_empty());
+    }
+
+    #[test]
+    fn a_new_action_by_the_same_person_carries_the_earlier_ones() {
+        let mut dedupe = Deduper::new(180 * DAY);
+        let contact = lead_at(ActionCode::PartnerLedTrial, 0);
+        let install = lead_at(ActionCode::Install, DAY);
+        assert_ne!(contact.dedupe_key, install.dedupe_key);
+        assert_eq!(contact.person_offer_key, install.person_offer_key);
+        assert_eq!(dedupe.record(&contact).to_vec(), vec![]);
+        assert_eq!(dedupe.duplicate_of(&install), None);
+        assert_eq!(
+            dedupe.record(&install).to_vec(),
+            vec![ActionCode::PartnerLedTrial]
+        );
+        assert_eq!(dedupe.duplicate_of(&install), Some(DAY));
     }
 
     #[test]
     fn expiry_forgets_keys_idle_for_a_window() {
         let mut dedupe = Deduper::new(10 * DAY);
-        dedupe.observe(DedupeKey(1), 0);
-        dedupe.observe(DedupeKey(2), 5 * DAY);
+        observe(&mut dedupe, &lead_at(ActionCode::Install, 0));
+        observe(&mut dedupe, &lead_at(ActionCode::Create, 5 * DAY));
         assert_eq!(dedupe.expire(12 * DAY), 1);
         assert_eq!(dedupe.len(), 1);
-        assert_eq!(dedupe.observe(DedupeKey(1), 12 * DAY), Verdict::New);
+        assert_eq!(
+            observe(&mut dedupe, &lead_at(ActionCode::Install, 12 * DAY)),
+            None
+        );
     }
 }

@@ -9,8 +9,11 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{ActionCode, DedupeKey, Lead, Offer, RawLead, SourceTag, Storefront};
+use crate::domain::{
+    ActionCode, DedupeKey, Lead, Offer, RawLead, Seniority, SourceTag, Storefront,
+};
 use crate::error::ErrorClass;
+use crate::reference;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnrichError {
@@ -107,6 +110,9 @@ const PLUS_TAG_DOMAINS: &[&str] = &[
 /// googlemail.com to gmail.com. Rejects what cannot be an address.
 pub fn normalize_email(raw: &str) -> Result<String, EnrichError> {
     let invalid = || EnrichError::InvalidEmail(raw.to_owned());
+    if !email_address::EmailAddress::is_valid(raw.trim()) {
+        return Err(invalid());
+    }
     let lowered = raw.trim().to_lowercase();
     let (local, domain) = lowered.split_once('@').ok_or_else(invalid)?;
     let domain_ok = domain.contains('.')
@@ -187,10 +193,31 @@ pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> 
     };
 
     let dedupe_key = DedupeKey::new(&email, &offer, &action);
+    let person_offer_key = DedupeKey::person_offer(&email, &offer);
     let email_domain = email
         .rsplit_once('@')
         .map(|(_, domain)| domain.to_owned())
         .unwrap_or_default();
+    let registrable_domain = reference::registrable_domain(&email_domain)
+        .unwrap_or(&email_domain)
+        .to_owned();
+    let email_class = reference::email_class(&email_domain);
+    let country = raw.country.as_deref().and_then(reference::country);
+    let phone_e164 = raw
+        .phone
+        .as_deref()
+        .and_then(|p| reference::e164(p, country));
+    let seniority = raw.title.as_deref().map(seniority);
+    let profile = [
+        raw.first_name.is_some(),
+        raw.last_name.is_some(),
+        raw.phone.is_some(),
+        raw.country.is_some(),
+        raw.company.is_some(),
+        raw.title.is_some(),
+    ];
+    let present = profile.iter().filter(|p| **p).count();
+    let completeness = u8::try_from(present * 100 / profile.len()).unwrap_or(100);
     Ok(Lead {
         event_id: raw.event_id,
         event_time_ms: raw.event_time_ms,
@@ -201,15 +228,66 @@ pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> 
         offer_title: raw.offer_title,
         email,
         email_domain,
+        registrable_domain,
+        email_class,
         first_name: raw.first_name,
         last_name: raw.last_name,
         phone: raw.phone,
-        country: raw.country,
+        phone_e164,
+        country_code: raw.country,
+        country,
         company: raw.company,
         title: raw.title,
+        seniority,
+        completeness,
         description: raw.description,
         dedupe_key,
+        person_offer_key,
+        earlier_actions: Vec::new(),
     })
+}
+
+/// Seniority from a job title, by whole words, so that "Doctor" is no CTO.
+pub fn seniority(title: &str) -> Seniority {
+    let title = title.to_lowercase();
+    let words: Vec<&str> = title
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let has = |w: &str| words.contains(&w);
+    let c_level = words.iter().any(|w| {
+        matches!(
+            *w,
+            "ceo"
+                | "cto"
+                | "cio"
+                | "cfo"
+                | "coo"
+                | "cmo"
+                | "ciso"
+                | "cdo"
+                | "chief"
+                | "founder"
+                | "owner"
+                | "president"
+        )
+    }) && !title.contains("vice president");
+    if c_level {
+        Seniority::CLevel
+    } else if has("vp")
+        || has("svp")
+        || has("evp")
+        || title.contains("vice president")
+        || has("head")
+    {
+        Seniority::VicePresident
+    } else if has("director") {
+        Seniority::Director
+    } else if has("manager") || has("lead") {
+        Seniority::Manager
+    } else {
+        Seniority::IndividualContributor
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +345,38 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn recognises_seniority_by_whole_words() {
+        assert_eq!(seniority("CIO"), Seniority::CLevel);
+        assert_eq!(seniority("VP Engineering"), Seniority::VicePresident);
+        assert_eq!(seniority("Vice President, Sales"), Seniority::VicePresident);
+        assert_eq!(seniority("Head of Sales Ops"), Seniority::VicePresident);
+        assert_eq!(seniority("Director of Platform"), Seniority::Director);
+        assert_eq!(seniority("IT Manager"), Seniority::Manager);
+        assert_eq!(
+            seniority("Cloud Architect"),
+            Seniority::IndividualContributor
+        );
+        // "cto" inside another word is not a CTO.
+        assert_eq!(seniority("Doctor"), Seniority::IndividualContributor);
+    }
+
+    #[test]
+    fn derives_profile_fields_from_reference_data() {
+        let mut lead = raw("SPZA-PLT|contoso.sales-insights", None);
+        lead.email = "Ana@Mail.Fabrikam.co.uk".into();
+        lead.country = Some("PRT".into());
+        lead.phone = Some("351912345678".into());
+        lead.title = Some("Head of Sales Ops".into());
+        let lead = enrich(lead, &catalog()).expect("enriched");
+        assert_eq!(lead.registrable_domain, "fabrikam.co.uk");
+        assert_eq!(lead.email_class, crate::domain::EmailClass::Business);
+        assert_eq!(lead.country.map(|c| c.name), Some("Portugal"));
+        assert_eq!(lead.phone_e164.as_deref(), Some("+351912345678"));
+        assert_eq!(lead.seniority, Some(Seniority::VicePresident));
+        assert_eq!(lead.completeness, 50); // phone, country, title of six fields
     }
 
     #[test]

