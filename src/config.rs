@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::domain::{Offer, Storefront};
+use crate::stages::decode::Format;
 use crate::stages::enrich::{CatalogOffer, Reference};
 use crate::stages::route::{DisposablePolicy, MAX_ROUTES, Route, RoutingTable, default_routes};
 use crate::stages::score::ScoringRules;
@@ -116,6 +117,10 @@ pub struct Topics {
     pub input: String,
     pub suppressed: String,
     pub dead_letter: String,
+    /// Encoding of the input topic: `json` or `avro`.
+    pub input_format: Format,
+    /// Encoding of campaign and suppressed records, unless a route sets its own.
+    pub output_format: Format,
 }
 
 impl Default for Topics {
@@ -124,6 +129,8 @@ impl Default for Topics {
             input: "leads.raw".into(),
             suppressed: "leads.suppressed".into(),
             dead_letter: "leads.dlq".into(),
+            input_format: Format::Json,
+            output_format: Format::Json,
         }
     }
 }

@@ -269,6 +269,16 @@ pub struct DedupeKey(pub u128);
 
 impl DedupeKey {
     pub fn new(normalized_email: &str, offer: &Offer, action: &ActionCode) -> DedupeKey {
+        Self::hash(normalized_email, offer, Some(action))
+    }
+
+    /// Identity of a person's interest in an offer, whatever the action:
+    /// (normalized email, offer). Used to remember earlier actions.
+    pub fn person_offer(normalized_email: &str, offer: &Offer) -> DedupeKey {
+        Self::hash(normalized_email, offer, None)
+    }
+
+    fn hash(normalized_email: &str, offer: &Offer, action: Option<&ActionCode>) -> DedupeKey {
         // Separators that cannot occur in the parts keep distinct triples distinct.
         let mut text = String::with_capacity(normalized_email.len() + 64);
         text.push_str(normalized_email);
@@ -276,20 +286,10 @@ impl DedupeKey {
         text.push_str(&offer.publisher_id);
         text.push('.');
         text.push_str(&offer.offer_id);
-        text.push('\n');
-        text.push_str(action.code());
-        DedupeKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
-    }
-
-    /// Identity of a person's interest in an offer, whatever the action:
-    /// (normalized email, offer). Used to remember earlier actions.
-    pub fn person_offer(normalized_email: &str, offer: &Offer) -> DedupeKey {
-        let mut text = String::with_capacity(normalized_email.len() + 64);
-        text.push_str(normalized_email);
-        text.push('\n');
-        text.push_str(&offer.publisher_id);
-        text.push('.');
-        text.push_str(&offer.offer_id);
+        if let Some(action) = action {
+            text.push('\n');
+            text.push_str(action.code());
+        }
         DedupeKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
     }
 

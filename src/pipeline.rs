@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ActionCode, Lead, Score};
+use crate::domain::{Lead, Score};
 use crate::error::{Failure, Stage};
-use crate::stages::decode::decode_json;
+use crate::stages::decode::{Decoder, Format};
 use crate::stages::dedupe::Deduper;
 use crate::stages::enrich::{Reference, enrich};
 use crate::stages::route::{Destination, RoutingTable, route};
@@ -55,6 +55,7 @@ pub enum Outcome {
 /// Settings the stages need, taken from configuration once.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
+    pub input_format: Format,
     pub reference: Reference,
     pub rules: ScoringRules,
     pub routing: RoutingTable,
@@ -68,6 +69,7 @@ impl PipelineSettings {
         config: &crate::config::Config,
     ) -> Result<PipelineSettings, crate::config::ConfigError> {
         Ok(PipelineSettings {
+            input_format: config.topics.input_format,
             reference: config.reference("config")?,
             rules: config.scoring_rules()?,
             routing: config.routing_table(),
@@ -80,11 +82,11 @@ impl PipelineSettings {
 /// The stages and their state.
 #[derive(Debug)]
 pub struct Pipeline {
+    decoder: Decoder,
     reference: Reference,
     rules: ScoringRules,
     routing: RoutingTable,
     deduper: Deduper,
-    max_record_bytes: usize,
     version: String,
 }
 
@@ -97,17 +99,17 @@ impl Pipeline {
             settings.rules.version()
         );
         Pipeline {
+            decoder: Decoder::new(settings.input_format, settings.max_record_bytes),
             reference: settings.reference,
             rules: settings.rules,
             routing: settings.routing,
             deduper: Deduper::new(settings.dedupe_window_ms),
-            max_record_bytes: settings.max_record_bytes,
             version,
         }
     }
 
     pub fn process(&mut self, input: Input<'_>) -> Outcome {
-        let mut raw = match decode_json(input.value, input.timestamp_ms, self.max_record_bytes) {
+        let mut raw = match self.decoder.decode(input.value, input.timestamp_ms) {
             Ok(raw) => raw,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Decode, &e)),
         };
@@ -155,102 +157,6 @@ impl Pipeline {
     pub fn version(&self) -> &str {
         &self.version
     }
-}
-
-/// The campaign-lead record written to campaign and suppressed topics.
-#[derive(Debug, Serialize)]
-struct CampaignLead<'a> {
-    event_id: Option<&'a str>,
-    event_time_ms: i64,
-    storefront: &'static str,
-    campaign: Option<&'a str>,
-    suppressed: Option<&'static str>,
-    source_tag: &'static str,
-    action_code: &'a str,
-    earlier_actions: Vec<&'a str>,
-    publisher_id: &'a str,
-    offer_id: &'a str,
-    offer_title: Option<&'a str>,
-    email: &'a str,
-    email_domain: &'a str,
-    registrable_domain: &'a str,
-    email_class: &'static str,
-    first_name: Option<&'a str>,
-    last_name: Option<&'a str>,
-    phone: Option<&'a str>,
-    phone_e164: Option<&'a str>,
-    country: Option<&'a str>,
-    country_name: Option<&'static str>,
-    region: Option<&'static str>,
-    company: Option<&'a str>,
-    title: Option<&'a str>,
-    seniority: Option<&'static str>,
-    completeness: u8,
-    description: Option<&'a str>,
-    score: u8,
-    behaviour: i32,
-    fit: i32,
-    grade: &'static str,
-    mql: bool,
-    reasons: Vec<&'a str>,
-    rules_version: &'a str,
-    dedupe_key: String,
-}
-
-/// Encodes a routed lead as JSON (the campaign-lead shape in `schemas/`),
-/// for one campaign or, with `campaign` `None`, as suppressed.
-pub fn encode_json(
-    lead: &Lead,
-    score: &Score,
-    destination: Destination,
-    campaign: Option<&str>,
-) -> Vec<u8> {
-    let suppressed = match destination {
-        Destination::Campaigns(_) => None,
-        Destination::Suppressed(reason) => Some(reason.as_str()),
-    };
-    let country = lead.country;
-    let record = CampaignLead {
-        event_id: lead.event_id.as_deref(),
-        event_time_ms: lead.event_time_ms,
-        storefront: lead.storefront.as_str(),
-        campaign,
-        suppressed,
-        source_tag: lead.source_tag.as_str(),
-        action_code: lead.action.code(),
-        earlier_actions: lead.earlier_actions.iter().map(ActionCode::code).collect(),
-        publisher_id: &lead.offer.publisher_id,
-        offer_id: &lead.offer.offer_id,
-        offer_title: lead.offer_title.as_deref(),
-        email: &lead.email,
-        email_domain: &lead.email_domain,
-        registrable_domain: &lead.registrable_domain,
-        email_class: lead.email_class.as_str(),
-        first_name: lead.first_name.as_deref(),
-        last_name: lead.last_name.as_deref(),
-        phone: lead.phone.as_deref(),
-        phone_e164: lead.phone_e164.as_deref(),
-        country: country
-            .map(|c| c.alpha2.as_str())
-            .or(lead.country_code.as_deref()),
-        country_name: country.map(|c| c.name),
-        region: country.and_then(|c| c.region.as_deref()),
-        company: lead.company.as_deref(),
-        title: lead.title.as_deref(),
-        seniority: lead.seniority.map(|s| s.as_str()),
-        completeness: lead.completeness,
-        description: lead.description.as_deref(),
-        score: score.points,
-        behaviour: score.behaviour,
-        fit: score.fit,
-        grade: score.grade.as_str(),
-        mql: score.mql,
-        reasons: score.reasons.iter().map(|r| &**r).collect(),
-        rules_version: &score.rules_version,
-        dedupe_key: lead.dedupe_key.to_hex(),
-    };
-    // Serializing this struct of strings and numbers cannot fail.
-    serde_json::to_vec(&record).unwrap_or_default()
 }
 
 /// Counts of outcomes. Every input lands in exactly one bucket, so
@@ -325,7 +231,8 @@ impl Tally {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::domain::SuppressionReason;
+    use crate::domain::{ActionCode, SuppressionReason};
+    use crate::stages::encode::Encoder;
 
     fn pipeline() -> Pipeline {
         let text = r#"
@@ -378,8 +285,10 @@ mod tests {
         else {
             panic!("expected a routed lead, got {outcome:?}");
         };
-        let json =
-            serde_json::from_slice(&encode_json(&lead, &score, destination, None)).expect("json");
+        let bytes = Encoder::new(Format::Json)
+            .encode(&lead, &score, destination, None)
+            .expect("encode");
+        let json = serde_json::from_slice(&bytes).expect("json");
         (destination, lead, score, json)
     }
 

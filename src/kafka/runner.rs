@@ -33,9 +33,8 @@ use super::{
 use crate::config::Config;
 use crate::domain::{Lead, Score};
 use crate::error::{Failure, Stage};
-use crate::pipeline::{
-    Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally, encode_json,
-};
+use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
+use crate::stages::encode::Encoder;
 use crate::stages::route::Destination;
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +203,7 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     info!(input = %topics.input, group = %kafka.group_id, "consuming");
 
     let mut pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
+    let sink = Sink::new(&producer, config);
     let mut tally = Tally::default();
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
     let mut last_report = Instant::now();
@@ -226,7 +226,7 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
                     batch += 1;
                     let partition = message.partition();
                     let next = message.offset() + 1;
-                    handle(&message, &mut pipeline, &producer, config, &mut tally)?;
+                    handle(&message, &mut pipeline, &sink, &mut tally)?;
                     let context = consumer.context();
                     lock(&context.pending).insert(partition, next);
                     lock(&context.at_end).remove(&partition);
@@ -272,8 +272,7 @@ fn drained(consumer: &BaseConsumer<RunContext>) -> bool {
 fn handle(
     message: &BorrowedMessage<'_>,
     pipeline: &mut Pipeline,
-    producer: &LeadProducer,
-    config: &Config,
+    sink: &Sink<'_>,
     tally: &mut Tally,
 ) -> Result<(), RunError> {
     let source = SourcePosition {
@@ -292,29 +291,15 @@ fn handle(
             destination,
             ref lead,
             ref score,
-        } => match send_lead(
-            producer,
-            config,
-            pipeline,
-            source,
-            timestamp_ms,
-            destination,
-            lead,
-            score,
-        ) {
+        } => match sink.send_lead(pipeline, source, timestamp_ms, (destination, lead, score)) {
             Ok(()) => outcome,
-            // The broker will never take this record (too large, say): it
-            // becomes a dead letter rather than stopping the pipeline.
-            Err((topic, e)) => Outcome::Failed(Failure {
-                stage: Stage::Produce,
-                class: "produce_rejected",
-                message: format!("{topic}: {e}"),
-            }),
+            // Rather than stop the pipeline, the record becomes a dead letter.
+            Err(failure) => Outcome::Failed(failure),
         },
         other => other,
     };
     if let Outcome::Failed(failure) = &outcome {
-        let dlq = config.topics.dead_letter.as_str();
+        let dlq = sink.config.topics.dead_letter.as_str();
         let mut record = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
             message.headers(),
             source,
@@ -330,7 +315,7 @@ fn handle(
         if let Some(ts) = timestamp_ms {
             record = record.timestamp(ts);
         }
-        send(producer, record).map_err(|source| RunError::DeadLetter {
+        send(sink.producer, record).map_err(|source| RunError::DeadLetter {
             topic: dlq.to_owned(),
             source,
         })?;
@@ -339,47 +324,81 @@ fn handle(
     Ok(())
 }
 
-/// Produces a routed lead to each of its campaign topics, or to the
-/// suppressed topic. On a rejected record, returns the topic and the error.
-#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename these.
-fn send_lead<'a>(
-    producer: &LeadProducer,
+/// Where outputs go and how they are encoded: one encoder per route (in
+/// table order) and one for the suppressed topic.
+struct Sink<'a> {
+    producer: &'a LeadProducer,
     config: &'a Config,
-    pipeline: &'a Pipeline,
-    source: SourcePosition<'_>,
-    timestamp_ms: Option<i64>,
-    destination: Destination,
-    lead: &Lead,
-    score: &Score,
-) -> Result<(), (&'a str, KafkaError)> {
-    let key = lead.dedupe_key.to_hex();
-    let mut lead_headers = headers::LeadHeaders {
-        storefront: lead.storefront.as_str(),
-        grade: score.grade.as_str(),
-        rules_version: &score.rules_version,
-        suppressed_reason: None,
-    };
-    let targets: Vec<(&str, Option<&str>)> = match destination {
-        Destination::Campaigns(set) => set
-            .iter()
-            .filter_map(|i| pipeline.routing().routes().get(i))
-            .map(|route| (route.topic.as_str(), Some(route.campaign.as_str())))
-            .collect(),
-        Destination::Suppressed(reason) => {
-            lead_headers.suppressed_reason = Some(reason.as_str());
-            vec![(config.topics.suppressed.as_str(), None)]
+    routes: Vec<Encoder>,
+    suppressed: Encoder,
+}
+
+impl<'a> Sink<'a> {
+    fn new(producer: &'a LeadProducer, config: &'a Config) -> Sink<'a> {
+        let output = config.topics.output_format;
+        Sink {
+            producer,
+            config,
+            routes: config
+                .routes
+                .iter()
+                .map(|route| Encoder::new(route.format.unwrap_or(output)))
+                .collect(),
+            suppressed: Encoder::new(output),
         }
-    };
-    for (topic, campaign) in targets {
-        let payload = encode_json(lead, score, destination, campaign);
-        let mut record = BaseRecord::to(topic)
-            .key(key.as_bytes())
-            .payload(payload.as_slice())
-            .headers(headers::output(source, pipeline.version(), lead_headers));
-        if let Some(ts) = timestamp_ms {
-            record = record.timestamp(ts);
-        }
-        send(producer, record).map_err(|e| (topic, e))?;
     }
-    Ok(())
+
+    /// Produces a routed lead to each of its campaign topics, or to the
+    /// suppressed topic. A lead that cannot be encoded, or whose record the
+    /// broker will never take (too large, say), fails at the produce stage.
+    fn send_lead(
+        &self,
+        pipeline: &Pipeline,
+        source: SourcePosition<'_>,
+        timestamp_ms: Option<i64>,
+        (destination, lead, score): (Destination, &Lead, &Score),
+    ) -> Result<(), Failure> {
+        let key = lead.dedupe_key.to_hex();
+        let mut lead_headers = headers::LeadHeaders {
+            storefront: lead.storefront.as_str(),
+            grade: score.grade.as_str(),
+            rules_version: &score.rules_version,
+            suppressed_reason: None,
+        };
+        let targets: Vec<(&str, Option<&str>, &Encoder)> = match destination {
+            Destination::Campaigns(set) => set
+                .iter()
+                .filter_map(|i| Some((pipeline.routing().routes().get(i)?, self.routes.get(i)?)))
+                .map(|(route, encoder)| {
+                    (route.topic.as_str(), Some(route.campaign.as_str()), encoder)
+                })
+                .collect(),
+            Destination::Suppressed(reason) => {
+                lead_headers.suppressed_reason = Some(reason.as_str());
+                vec![(
+                    self.config.topics.suppressed.as_str(),
+                    None,
+                    &self.suppressed,
+                )]
+            }
+        };
+        for (topic, campaign, encoder) in targets {
+            let payload = encoder
+                .encode(lead, score, destination, campaign)
+                .map_err(|e| Failure::new(Stage::Produce, &e))?;
+            let mut record = BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(payload.as_slice())
+                .headers(headers::output(source, pipeline.version(), lead_headers));
+            if let Some(ts) = timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            send(self.producer, record).map_err(|e| Failure {
+                stage: Stage::Produce,
+                class: "produce_rejected",
+                message: format!("{topic}: {e}"),
+            })?;
+        }
+        Ok(())
+    }
 }

@@ -1,14 +1,18 @@
-//! decode: bytes → [`RawLead`].
+//! decode: bytes → [`RawLead`], from JSON or from Avro.
 //!
-//! Accepts Microsoft's lead payload with or without the `event_id` /
+//! JSON: Microsoft's lead payload with or without the `event_id` /
 //! `received_at` envelope, with field names in any case (`UserDetails` and
 //! `userDetails` both occur), numbers where strings were expected (phones),
-//! and any optional field missing, null or empty. Rejects, with a precise
-//! class, what cannot be a lead: bytes that are not JSON, JSON that is not a
-//! lead object, an absent email, an unparsable `received_at`, and records over
-//! the size limit. Never panics on input.
+//! and any optional field missing, null or empty. Avro: a datum of
+//! `schemas/raw-lead.avsc`, without framing. Rejects, with a precise class,
+//! what cannot be a lead: bytes that do not parse, a parsed value that is not
+//! a lead, an absent email, an unparsable `received_at`, and records over the
+//! size limit. Never panics on input.
 
 use std::fmt;
+use std::sync::LazyLock;
+
+use apache_avro::reader::datum::GenericDatumReader;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use time::OffsetDateTime;
@@ -16,6 +20,82 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::domain::RawLead;
 use crate::error::ErrorClass;
+
+/// How the records of a topic are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    #[default]
+    Json,
+    /// A bare Avro datum (no container, no registry framing).
+    Avro,
+}
+
+/// The raw-lead schema, for Avro input.
+pub const RAW_LEAD_SCHEMA: &str = include_str!("../../schemas/raw-lead.avsc");
+
+/// The parsed raw-lead schema. It is compiled in and checked by a unit
+/// test; readers borrow it for the life of the process.
+static RAW_LEAD: LazyLock<Option<apache_avro::Schema>> =
+    LazyLock::new(|| apache_avro::Schema::parse_str(RAW_LEAD_SCHEMA).ok());
+
+/// Decodes raw leads of one format.
+pub struct Decoder {
+    max_record_bytes: usize,
+    /// `None` for JSON.
+    avro: Option<GenericDatumReader<'static>>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("avro", &self.avro.is_some())
+            .field("max_record_bytes", &self.max_record_bytes)
+            .finish()
+    }
+}
+
+impl Decoder {
+    pub fn new(format: Format, max_record_bytes: usize) -> Decoder {
+        let avro = match format {
+            Format::Json => None,
+            Format::Avro => {
+                // A corrupt length prefix must not make the decoder allocate
+                // more than a record can hold. The setting is process-wide
+                // and takes the first value set.
+                apache_avro::util::max_allocation_bytes(max_record_bytes.max(1024));
+                RAW_LEAD
+                    .as_ref()
+                    .and_then(|schema| GenericDatumReader::builder(schema).build().ok())
+            }
+        };
+        Decoder {
+            max_record_bytes,
+            avro,
+        }
+    }
+
+    /// Decodes one record. `record_timestamp_ms` is the event time used
+    /// when the lead carries no `received_at`.
+    pub fn decode(
+        &self,
+        bytes: Option<&[u8]>,
+        record_timestamp_ms: Option<i64>,
+    ) -> Result<RawLead, DecodeError> {
+        let bytes = bytes.ok_or(DecodeError::EmptyRecord)?;
+        if bytes.len() > self.max_record_bytes {
+            return Err(DecodeError::Oversized {
+                size: bytes.len(),
+                limit: self.max_record_bytes,
+            });
+        }
+        let wire = match &self.avro {
+            None => parse_json(bytes)?,
+            Some(reader) => parse_avro(bytes, reader)?,
+        };
+        finish(wire, record_timestamp_ms)
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -27,6 +107,8 @@ pub enum DecodeError {
     JsonSyntax(String),
     #[error("JSON is not a lead: {0}")]
     JsonShape(String),
+    #[error("not a raw-lead Avro datum: {0}")]
+    AvroDecode(String),
     #[error("lead has no email address")]
     MissingEmail,
     #[error("received_at {0:?} is not an RFC 3339 timestamp")]
@@ -42,6 +124,7 @@ impl ErrorClass for DecodeError {
             DecodeError::Oversized { .. } => "oversized",
             DecodeError::JsonSyntax(_) => "json_syntax",
             DecodeError::JsonShape(_) => "json_shape",
+            DecodeError::AvroDecode(_) => "avro_decode",
             DecodeError::MissingEmail => "missing_email",
             DecodeError::InvalidTimestamp(_) => "invalid_timestamp",
             DecodeError::MissingEventTime => "missing_event_time",
@@ -49,24 +132,80 @@ impl ErrorClass for DecodeError {
     }
 }
 
-/// Decodes one JSON lead. `record_timestamp_ms` is the event time used when
-/// the lead carries no `received_at` envelope.
+/// Decodes one JSON lead; see [`Decoder::decode`].
 pub fn decode_json(
     bytes: Option<&[u8]>,
     record_timestamp_ms: Option<i64>,
     max_record_bytes: usize,
 ) -> Result<RawLead, DecodeError> {
-    let bytes = bytes.ok_or(DecodeError::EmptyRecord)?;
-    if bytes.len() > max_record_bytes {
-        return Err(DecodeError::Oversized {
-            size: bytes.len(),
-            limit: max_record_bytes,
-        });
-    }
-    let wire: WireLead = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    Decoder::new(Format::Json, max_record_bytes).decode(bytes, record_timestamp_ms)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<WireLead, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => DecodeError::JsonShape(e.to_string()),
         _ => DecodeError::JsonSyntax(e.to_string()),
-    })?;
+    })
+}
+
+fn parse_avro(
+    bytes: &[u8],
+    datum_reader: &GenericDatumReader<'_>,
+) -> Result<WireLead, DecodeError> {
+    use apache_avro::types::Value;
+    let mut reader = bytes;
+    let value = datum_reader
+        .read_value(&mut reader)
+        .map_err(|e| DecodeError::AvroDecode(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(DecodeError::AvroDecode(format!(
+            "{} bytes after the datum",
+            reader.len()
+        )));
+    }
+    let Value::Record(fields) = value else {
+        return Err(DecodeError::AvroDecode("not a record".into()));
+    };
+    let mut lead = WireLead::default();
+    for (name, value) in fields {
+        match top_field(&name) {
+            TopField::EventId => lead.event_id = avro_text(value),
+            TopField::ReceivedAt => lead.received_at = avro_text(value),
+            TopField::LeadSource => lead.lead_source = avro_text(value),
+            TopField::ActionCode => lead.action_code = avro_text(value),
+            TopField::OfferTitle => lead.offer_title = avro_text(value),
+            TopField::Description => lead.description = avro_text(value),
+            TopField::UserDetails => {
+                let Value::Record(details) = value else {
+                    continue;
+                };
+                for (name, value) in details {
+                    if let Some(slot) = lead.user_slot(user_field(&name)) {
+                        *slot = avro_text(value);
+                    }
+                }
+            }
+            TopField::Other => {}
+        }
+    }
+    Ok(lead)
+}
+
+/// A text field of an Avro datum: trimmed, empty meaning absent.
+fn avro_text(value: apache_avro::types::Value) -> Option<String> {
+    use apache_avro::types::Value;
+    match value {
+        Value::Union(_, inner) => avro_text(*inner),
+        Value::String(s) => {
+            let trimmed = s.trim();
+            (!trimmed.is_empty()).then(|| trimmed.to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Checks what every lead needs and builds the [`RawLead`].
+fn finish(wire: WireLead, record_timestamp_ms: Option<i64>) -> Result<RawLead, DecodeError> {
     let event_time_ms = match wire.received_at {
         Some(text) => parse_rfc3339_ms(&text).ok_or(DecodeError::InvalidTimestamp(text))?,
         None => record_timestamp_ms.ok_or(DecodeError::MissingEventTime)?,
@@ -111,6 +250,22 @@ struct WireLead {
     action_code: Option<String>,
     offer_title: Option<String>,
     description: Option<String>,
+}
+
+impl WireLead {
+    /// Where a `UserDetails` field goes; `None` for fields leadflow ignores.
+    fn user_slot(&mut self, field: UserField) -> Option<&mut Option<String>> {
+        Some(match field {
+            UserField::FirstName => &mut self.first_name,
+            UserField::LastName => &mut self.last_name,
+            UserField::Email => &mut self.email,
+            UserField::Phone => &mut self.phone,
+            UserField::Country => &mut self.country,
+            UserField::Company => &mut self.company,
+            UserField::Title => &mut self.title,
+            UserField::Other => return None,
+        })
+    }
 }
 
 /// Field names are matched case-insensitively, so they are resolved by hand
@@ -291,20 +446,12 @@ impl<'de> Visitor<'de> for UserDetails<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let lead = self.0;
         while let Some(field) = map.next_key_seed(FieldName(user_field))? {
-            let slot = match field {
-                UserField::FirstName => &mut lead.first_name,
-                UserField::LastName => &mut lead.last_name,
-                UserField::Email => &mut lead.email,
-                UserField::Phone => &mut lead.phone,
-                UserField::Country => &mut lead.country,
-                UserField::Company => &mut lead.company,
-                UserField::Title => &mut lead.title,
-                UserField::Other => {
+            match lead.user_slot(field) {
+                Some(slot) => *slot = map.next_value::<Text>()?.0,
+                None => {
                     map.next_value::<IgnoredAny>()?;
-                    continue;
                 }
-            };
-            *slot = map.next_value::<Text>()?.0;
+            }
         }
         Ok(())
     }
@@ -399,6 +546,78 @@ mod tests {
             decode_json(Some(br#"{"UserDetails":{"Email":"a@b.c"}}"#), None, LIMIT)
                 .map_err(|e| e.class()),
             Err("missing_event_time")
+        );
+    }
+
+    /// Encodes a JSON lead as a raw-lead Avro datum, as an Avro producer would.
+    pub(crate) fn to_avro(json: &str) -> Vec<u8> {
+        use apache_avro::types::Value;
+        let schema = apache_avro::Schema::parse_str(RAW_LEAD_SCHEMA).expect("schema");
+        let lead: serde_json::Value = serde_json::from_str(json).expect("json");
+        let text = |v: &serde_json::Value| match v.as_str() {
+            Some(s) => Value::Union(1, Box::new(Value::String(s.to_owned()))),
+            None => Value::Union(0, Box::new(Value::Null)),
+        };
+        let details = lead
+            .get("UserDetails")
+            .or_else(|| lead.get("userDetails"))
+            .cloned()
+            .unwrap_or_default();
+        let user = [
+            "FirstName",
+            "LastName",
+            "Email",
+            "Phone",
+            "Country",
+            "Company",
+            "Title",
+        ]
+        .iter()
+        .map(|f| ((*f).to_owned(), text(&details[*f])))
+        .collect();
+        let record = Value::Record(vec![
+            ("event_id".into(), text(&lead["event_id"])),
+            ("received_at".into(), text(&lead["received_at"])),
+            ("UserDetails".into(), Value::Record(user)),
+            ("LeadSource".into(), text(&lead["LeadSource"])),
+            ("ActionCode".into(), text(&lead["ActionCode"])),
+            ("OfferTitle".into(), text(&lead["OfferTitle"])),
+            ("Description".into(), text(&lead["Description"])),
+        ]);
+        apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .expect("writer")
+            .write_value_to_vec(record)
+            .expect("avro datum")
+    }
+
+    #[test]
+    fn avro_and_json_decode_to_the_same_lead() {
+        let avro = Decoder::new(Format::Avro, LIMIT);
+        for line in include_str!("../../tests/data/raw-leads.jsonl").lines() {
+            let from_json = decode(line);
+            let from_avro = avro.decode(Some(&to_avro(line)), Some(1_700_000_000_000));
+            assert_eq!(from_avro, from_json, "{line}");
+        }
+    }
+
+    #[test]
+    fn classifies_what_is_not_an_avro_lead() {
+        let avro = Decoder::new(Format::Avro, LIMIT);
+        let class = |bytes: &[u8]| {
+            avro.decode(Some(bytes), Some(0))
+                .map(|_| ())
+                .map_err(|e| e.class())
+        };
+        assert_eq!(class(b"{\"UserDetails\":{}}"), Err("avro_decode"));
+        assert_eq!(class(&[0xff; 16]), Err("avro_decode"));
+        let mut trailing = to_avro(r#"{"UserDetails":{"Email":"a@b.c"}}"#);
+        assert_eq!(class(&trailing), Ok(()));
+        trailing.push(0);
+        assert_eq!(class(&trailing), Err("avro_decode"));
+        assert_eq!(
+            class(&to_avro(r#"{"UserDetails":{}}"#)),
+            Err("missing_email")
         );
     }
 

@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod dedupe;
+pub mod encode;
 pub mod enrich;
 pub mod route;
 pub mod score;

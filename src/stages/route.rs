@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::domain::{ActionCode, EmailClass, Grade, Lead, Score, Storefront, SuppressionReason};
 use crate::error::ErrorClass;
+use crate::stages::decode::Format;
 
 /// One row of the routing table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -25,6 +26,9 @@ pub struct Route {
     /// Only leads with these action codes; empty admits every action.
     #[serde(default)]
     pub actions: Vec<String>,
+    /// Encoding of this topic's records; `topics.output_format` when unset.
+    #[serde(default)]
+    pub format: Option<Format>,
 }
 
 /// The routes leadflow uses when the configuration names none.
@@ -36,6 +40,7 @@ pub fn default_routes() -> Vec<Route> {
             topic: "campaign.appsource.nurture".into(),
             grades: Vec::new(),
             actions: Vec::new(),
+            format: None,
         },
         Route {
             campaign: "demand-gen".into(),
@@ -43,6 +48,7 @@ pub fn default_routes() -> Vec<Route> {
             topic: "campaign.azure-marketplace.demand-gen".into(),
             grades: Vec::new(),
             actions: Vec::new(),
+            format: None,
         },
     ]
 }
@@ -266,6 +272,7 @@ mod tests {
             topic: "campaign.appsource.sales-ready".into(),
             grades: vec![Grade::A, Grade::B],
             actions: Vec::new(),
+            format: None,
         });
         routes.push(Route {
             campaign: "trials".into(),
@@ -273,6 +280,7 @@ mod tests {
             topic: "campaign.appsource.trials".into(),
             grades: Vec::new(),
             actions: vec!["starttestdrive".into(), "PLT".into()],
+            format: None,
         });
         let table = RoutingTable::new(routes, DisposablePolicy::Suppress);
         let plt = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
