@@ -17,6 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::config::CatalogEntry;
 use crate::domain::{ActionCode, DedupeKey, Offer, Storefront};
 use crate::pipeline::Tally;
+use crate::stages::decode::Format;
 use crate::stages::enrich::normalize_email;
 use crate::stages::route::default_routes;
 
@@ -131,6 +132,8 @@ pub struct GeneratorOptions {
     pub test_lead_ratio: f64,
     /// Event time of the first lead; later ones are about a second apart.
     pub start_time_ms: i64,
+    /// Encoding of the records: JSON, or raw-lead Avro datums.
+    pub format: Format,
 }
 
 impl Default for GeneratorOptions {
@@ -143,6 +146,7 @@ impl Default for GeneratorOptions {
             test_lead_ratio: 0.005,
             // 2025-03-01T00:00:00Z: fixed, so a seed reproduces the same bytes.
             start_time_ms: 1_740_787_200_000,
+            format: Format::Json,
         }
     }
 }
@@ -512,9 +516,81 @@ impl Iterator for Generator {
                 expected,
             }
         };
+        let lead = match self.options.format {
+            Format::Json => lead,
+            Format::Avro => as_avro(lead),
+        };
         self.tally(&lead.expected);
         Some(lead)
     }
+}
+
+/// The same record for an Avro topic. What is not a JSON object is written
+/// as it is and fails Avro decoding instead of JSON parsing.
+fn as_avro(mut lead: GeneratedLead) -> GeneratedLead {
+    match to_raw_avro(&lead.value) {
+        Some(datum) => lead.value = datum,
+        None => {
+            if let Expected::DeadLetter(class) = &mut lead.expected {
+                *class = "avro_decode";
+            }
+        }
+    }
+    lead
+}
+
+/// Re-encodes a JSON lead as a raw-lead Avro datum, as an Avro producer
+/// would write it. `None` when the bytes are not a JSON object (a malformed
+/// record, which is then written as it is).
+pub fn to_raw_avro(json: &[u8]) -> Option<Vec<u8>> {
+    use apache_avro::types::Value as Avro;
+    let lead: Map<String, Value> = serde_json::from_slice(json).ok()?;
+    let field = |object: &Map<String, Value>, name: &str| -> Avro {
+        let text = object
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        match text {
+            Some(s) => Avro::Union(1, Box::new(Avro::String(s))),
+            None => Avro::Union(0, Box::new(Avro::Null)),
+        }
+    };
+    let empty = Map::new();
+    let details = lead
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("UserDetails"))
+        .and_then(|(_, v)| v.as_object())
+        .unwrap_or(&empty);
+    let user = [
+        "FirstName",
+        "LastName",
+        "Email",
+        "Phone",
+        "Country",
+        "Company",
+        "Title",
+    ]
+    .iter()
+    .map(|name| ((*name).to_owned(), field(details, name)))
+    .collect();
+    let record = Avro::Record(vec![
+        ("event_id".into(), field(&lead, "event_id")),
+        ("received_at".into(), field(&lead, "received_at")),
+        ("UserDetails".into(), Avro::Record(user)),
+        ("LeadSource".into(), field(&lead, "LeadSource")),
+        ("ActionCode".into(), field(&lead, "ActionCode")),
+        ("OfferTitle".into(), field(&lead, "OfferTitle")),
+        ("Description".into(), field(&lead, "Description")),
+    ]);
+    let schema = crate::stages::decode::raw_lead_schema()?;
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .ok()?;
+    writer.write_value_to_vec(record).ok()
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -626,6 +702,43 @@ mod tests {
             .map(|e| (&e.offer, &e.title, e.storefront))
             .collect();
         assert_eq!(listed, wanted);
+    }
+
+    #[test]
+    fn avro_records_land_where_the_generator_says_too() {
+        let config = Config {
+            catalog: catalog(),
+            topics: crate::config::Topics {
+                input_format: Format::Avro,
+                ..crate::config::Topics::default()
+            },
+            ..Config::default()
+        };
+        let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
+        let mut generator = Generator::new(GeneratorOptions {
+            format: Format::Avro,
+            malformed_ratio: 0.1,
+            ..GeneratorOptions::default()
+        });
+        let mut tally = Tally::default();
+        for (offset, lead) in generator.by_ref().take(3_000).enumerate() {
+            let outcome = pipeline.process(Input {
+                value: Some(&lead.value),
+                timestamp_ms: Some(lead.timestamp_ms),
+                source: SourcePosition {
+                    topic: "t",
+                    partition: 0,
+                    offset: offset as i64,
+                },
+            });
+            assert!(
+                outcome_matches(&outcome, &lead.expected),
+                "record {offset}: {outcome:?}"
+            );
+            tally.record(&outcome, pipeline.routing());
+        }
+        assert_eq!(&tally, generator.expected());
+        assert!(tally.dead_letter.contains_key("avro_decode"));
     }
 
     #[test]

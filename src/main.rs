@@ -13,6 +13,7 @@ use leadflow::generate::GeneratorOptions;
 use leadflow::kafka::produce::{ProduceOptions, produce};
 use leadflow::kafka::runner::{RunOptions, run};
 use leadflow::kafka::topics;
+use leadflow::stages::decode::Format;
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +85,15 @@ struct ProduceArgs {
     /// Create the topic with this many partitions if it does not exist.
     #[arg(long)]
     partitions: Option<i32>,
+    /// Record encoding [default: `topics.input_format`].
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Json,
+    Avro,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +173,11 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     malformed_ratio: args.malformed,
                     dnc_ratio: args.dnc,
                     test_lead_ratio: args.test_leads,
+                    format: match args.format {
+                        Some(FormatArg::Json) => Format::Json,
+                        Some(FormatArg::Avro) => Format::Avro,
+                        None => config.topics.input_format,
+                    },
                     ..GeneratorOptions::default()
                 },
             };

@@ -396,3 +396,107 @@ fn the_test_broker_supports_transactions() {
         .collect();
     assert_eq!(values, vec![b"committed".to_vec()]);
 }
+
+/// Where each line of `tests/data/raw-leads.jsonl` (the shared examples)
+/// must end, in order.
+const EXAMPLE_PLACES: [&str; 12] = [
+    "nurture",                     // Contact me on AppSource
+    "demand-gen",                  // portal Create
+    "demand-gen",                  // bare AzureMarketplace + ActionCode, offer by title
+    "duplicate",                   // the same gmail identity, offer and action
+    "nurture",                     // AppSource Get it now
+    "suppressed:do_not_contact",   // DNC
+    "test",                        // MSFT_TEST
+    "demand-gen",                  // .edu test drive
+    "suppressed:disposable_email", // mailinator.com
+    "dlq:missing_email",           // empty email
+    "duplicate",                   // Ana again, spelled differently
+    "demand-gen",                  // no envelope
+];
+
+/// Runs the shared examples through the broker in `format` and checks that
+/// every line lands where the domain notes say.
+fn examples_land_where_the_domain_says(format: &str) {
+    let topics = format!("input_format = \"{format}\"\noutput_format = \"{format}\"");
+    let env = Env::with_topics(&format!("examples-{format}"), 1, &topics, "");
+    let lines: Vec<Vec<u8>> = include_str!("data/raw-leads.jsonl")
+        .lines()
+        .map(|line| match format {
+            "avro" => leadflow::generate::to_raw_avro(line.as_bytes()).expect("a lead object"),
+            _ => line.as_bytes().to_vec(),
+        })
+        .collect();
+    let records: Vec<TestRecord<'_>> = lines
+        .iter()
+        .map(|value| TestRecord {
+            partition: 0,
+            key: None,
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: T0,
+        })
+        .collect();
+    produce(&env.input, &records);
+    let out = env.leadflow(&["run", "--until-drained"]);
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let schema = apache_avro::Schema::parse_str(leadflow::stages::encode::CAMPAIGN_LEAD_SCHEMA)
+        .expect("schema");
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader");
+    let decode = |m: &rdkafka::message::OwnedMessage| -> serde_json::Value {
+        let bytes = m.payload().expect("value");
+        match format {
+            "avro" => {
+                let value = reader
+                    .read_value(&mut &bytes[..])
+                    .expect("a campaign-lead datum");
+                serde_json::Value::try_from(value).expect("as json")
+            }
+            _ => serde_json::from_slice(bytes).expect("json"),
+        }
+    };
+    let mut places = vec!["duplicate or test".to_owned(); lines.len()];
+    for (topic, label) in [(&env.nurture, "nurture"), (&env.demand_gen, "demand-gen")] {
+        for m in read_all(topic) {
+            let value = decode(&m);
+            assert_eq!(value["campaign"], label);
+            places[source_of(&m).1 as usize] = label.to_owned();
+        }
+    }
+    for m in read_all(&env.suppressed) {
+        let value = decode(&m);
+        let reason = header(&m, "leadflow.suppressed.reason").expect("reason header");
+        assert_eq!(value["suppressed"], reason);
+        places[source_of(&m).1 as usize] = format!("suppressed:{reason}");
+    }
+    for m in read_all(&env.dead_letter) {
+        let class = header(&m, "leadflow.error.class").expect("class header");
+        places[source_of(&m).1 as usize] = format!("dlq:{class}");
+    }
+    let expected: Vec<String> = EXAMPLE_PLACES
+        .iter()
+        .map(|p| match *p {
+            "duplicate" | "test" => "duplicate or test".to_owned(),
+            p => p.to_owned(),
+        })
+        .collect();
+    assert_eq!(places, expected);
+    let tally: Tally = serde_json::from_slice(&out.stdout).expect("tally");
+    assert_eq!((tally.duplicates, tally.test_leads), (2, 1));
+}
+
+#[test]
+fn the_shared_examples_land_where_the_domain_says_in_json() {
+    examples_land_where_the_domain_says("json");
+}
+
+#[test]
+fn the_shared_examples_land_where_the_domain_says_in_avro() {
+    examples_land_where_the_domain_says("avro");
+}

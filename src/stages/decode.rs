@@ -39,6 +39,11 @@ pub const RAW_LEAD_SCHEMA: &str = include_str!("../../schemas/raw-lead.avsc");
 static RAW_LEAD: LazyLock<Option<apache_avro::Schema>> =
     LazyLock::new(|| apache_avro::Schema::parse_str(RAW_LEAD_SCHEMA).ok());
 
+/// The raw-lead schema, parsed once.
+pub fn raw_lead_schema() -> Option<&'static apache_avro::Schema> {
+    RAW_LEAD.as_ref()
+}
+
 /// Decodes raw leads of one format.
 pub struct Decoder {
     max_record_bytes: usize,
@@ -64,8 +69,7 @@ impl Decoder {
                 // more than a record can hold. The setting is process-wide
                 // and takes the first value set.
                 apache_avro::util::max_allocation_bytes(max_record_bytes.max(1024));
-                RAW_LEAD
-                    .as_ref()
+                raw_lead_schema()
                     .and_then(|schema| GenericDatumReader::builder(schema).build().ok())
             }
         };
@@ -549,54 +553,13 @@ mod tests {
         );
     }
 
-    /// Encodes a JSON lead as a raw-lead Avro datum, as an Avro producer would.
-    pub(crate) fn to_avro(json: &str) -> Vec<u8> {
-        use apache_avro::types::Value;
-        let schema = apache_avro::Schema::parse_str(RAW_LEAD_SCHEMA).expect("schema");
-        let lead: serde_json::Value = serde_json::from_str(json).expect("json");
-        let text = |v: &serde_json::Value| match v.as_str() {
-            Some(s) => Value::Union(1, Box::new(Value::String(s.to_owned()))),
-            None => Value::Union(0, Box::new(Value::Null)),
-        };
-        let details = lead
-            .get("UserDetails")
-            .or_else(|| lead.get("userDetails"))
-            .cloned()
-            .unwrap_or_default();
-        let user = [
-            "FirstName",
-            "LastName",
-            "Email",
-            "Phone",
-            "Country",
-            "Company",
-            "Title",
-        ]
-        .iter()
-        .map(|f| ((*f).to_owned(), text(&details[*f])))
-        .collect();
-        let record = Value::Record(vec![
-            ("event_id".into(), text(&lead["event_id"])),
-            ("received_at".into(), text(&lead["received_at"])),
-            ("UserDetails".into(), Value::Record(user)),
-            ("LeadSource".into(), text(&lead["LeadSource"])),
-            ("ActionCode".into(), text(&lead["ActionCode"])),
-            ("OfferTitle".into(), text(&lead["OfferTitle"])),
-            ("Description".into(), text(&lead["Description"])),
-        ]);
-        apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-            .build()
-            .expect("writer")
-            .write_value_to_vec(record)
-            .expect("avro datum")
-    }
-
     #[test]
     fn avro_and_json_decode_to_the_same_lead() {
         let avro = Decoder::new(Format::Avro, LIMIT);
         for line in include_str!("../../tests/data/raw-leads.jsonl").lines() {
             let from_json = decode(line);
-            let from_avro = avro.decode(Some(&to_avro(line)), Some(1_700_000_000_000));
+            let datum = crate::generate::to_raw_avro(line.as_bytes()).expect("a lead object");
+            let from_avro = avro.decode(Some(&datum), Some(1_700_000_000_000));
             assert_eq!(from_avro, from_json, "{line}");
         }
     }
@@ -611,6 +574,8 @@ mod tests {
         };
         assert_eq!(class(b"{\"UserDetails\":{}}"), Err("avro_decode"));
         assert_eq!(class(&[0xff; 16]), Err("avro_decode"));
+        let to_avro =
+            |json: &str| crate::generate::to_raw_avro(json.as_bytes()).expect("a lead object");
         let mut trailing = to_avro(r#"{"UserDetails":{"Email":"a@b.c"}}"#);
         assert_eq!(class(&trailing), Ok(()));
         trailing.push(0);

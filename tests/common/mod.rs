@@ -41,6 +41,11 @@ impl Env {
     /// Creates topics named after `name` with `partitions` partitions each,
     /// and a config file pointing at them. `extra` starts the file.
     pub fn new(name: &str, partitions: i32, extra: &str) -> Env {
+        Env::with_topics(name, partitions, "", extra)
+    }
+
+    /// Like [`Env::new`], with `topics` added to the `[topics]` table.
+    pub fn with_topics(name: &str, partitions: i32, topics: &str, extra: &str) -> Env {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -71,7 +76,7 @@ impl Env {
             .find("[[catalog]]")
             .expect("catalog in quickstart config")..];
         let text = format!(
-            "{extra}\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\ninput = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n\
+            "{extra}\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\n{topics}\ninput = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n\
              [[routes]]\ncampaign = \"nurture\"\nstorefront = \"appsource\"\ntopic = {:?}\n\n\
              [[routes]]\ncampaign = \"demand-gen\"\nstorefront = \"azure-marketplace\"\ntopic = {:?}\n\n{catalog}",
             bootstrap(),
