@@ -88,6 +88,8 @@ pub struct Pipeline {
     routing: RoutingTable,
     deduper: Deduper,
     version: String,
+    /// Latest event time of any lead, the clock of dedupe expiry.
+    latest_event_ms: i64,
 }
 
 impl Pipeline {
@@ -105,6 +107,7 @@ impl Pipeline {
             routing: settings.routing,
             deduper: Deduper::new(settings.dedupe_window_ms),
             version,
+            latest_event_ms: i64::MIN,
         }
     }
 
@@ -128,6 +131,7 @@ impl Pipeline {
             Ok(lead) => lead,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Enrich, &e)),
         };
+        self.latest_event_ms = self.latest_event_ms.max(lead.event_time_ms);
         if let Some(first_seen_ms) = self.deduper.duplicate_of(&lead) {
             return Outcome::Duplicate { first_seen_ms };
         }
@@ -142,6 +146,13 @@ impl Pipeline {
             lead: Box::new(lead),
             score,
         }
+    }
+
+    /// Forgets dedupe keys idle for a whole window, measured from the latest
+    /// event time seen (event time, not wall-clock time, so a replay of old
+    /// leads dedupes as the live run did). Returns how many were forgotten.
+    pub fn expire_dedupe(&mut self) -> usize {
+        self.deduper.expire(self.latest_event_ms)
     }
 
     /// Keys held by the dedupe state.
@@ -404,6 +415,27 @@ mod tests {
         assert_eq!(json["region"], "Europe");
         assert_eq!(json["rules_version"], "default-2025.1");
         assert_eq!(json["dedupe_key"], lead.dedupe_key.to_hex());
+    }
+
+    #[test]
+    fn dedupe_state_expires_by_event_time() {
+        let mut pipeline = pipeline();
+        let at = |day: i64, email: &str| {
+            let received = time::OffsetDateTime::from_unix_timestamp(1_741_000_000 + day * 86_400)
+                .expect("time")
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("rfc3339");
+            format!(
+                r#"{{"received_at":"{received}","LeadSource":"SPZA-PLT|contoso.si","UserDetails":{{"Email":"{email}"}}}}"#
+            )
+        };
+        pipeline.process(input(&at(0, "old@contoso.com"), 0));
+        pipeline.process(input(&at(100, "new@contoso.com"), 1));
+        assert_eq!(pipeline.expire_dedupe(), 0);
+        pipeline.process(input(&at(200, "newer@contoso.com"), 2));
+        // 200 days on, the day-0 lead is past the 180-day window; day 100 is not.
+        assert_eq!(pipeline.expire_dedupe(), 1);
+        assert_eq!(pipeline.dedupe_keys(), 2);
     }
 
     #[test]

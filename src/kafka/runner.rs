@@ -156,6 +156,8 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     let kafka = &config.kafka;
     let topics = &config.topics;
     let delivery_timeout = Duration::from_millis(config.pipeline.delivery_timeout_ms);
+    // Reference data and rules first: a bad rules file fails before any I/O.
+    let mut pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
 
     let delivery_timeout_ms = config.pipeline.delivery_timeout_ms.to_string();
     let producer_defaults = [
@@ -202,7 +204,6 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
         })?;
     info!(input = %topics.input, group = %kafka.group_id, "consuming");
 
-    let mut pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
     let sink = Sink::new(&producer, config);
     let mut tally = Tally::default();
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
@@ -240,7 +241,13 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
         producer.poll(Duration::ZERO);
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
-            info!(?tally, dedupe_keys = pipeline.dedupe_keys(), "progress");
+            let expired = pipeline.expire_dedupe();
+            info!(
+                ?tally,
+                dedupe_keys = pipeline.dedupe_keys(),
+                expired,
+                "progress"
+            );
         }
         if options.until_drained && drained(&consumer) {
             info!("input drained");

@@ -1,0 +1,42 @@
+//! Fuzzes the decoder and the stages behind it with arbitrary record values.
+//! The first byte picks the input format (even: JSON, odd: Avro); the rest is
+//! the record value. Any panic is a bug: bad input must become an error.
+
+#![no_main]
+
+use std::sync::{LazyLock, Mutex};
+
+use leadflow::config::Config;
+use leadflow::pipeline::{Input, Pipeline, PipelineSettings, SourcePosition};
+use leadflow::stages::decode::Format;
+use libfuzzer_sys::fuzz_target;
+
+fn pipeline(format: Format) -> Mutex<Pipeline> {
+    let mut config = Config {
+        catalog: leadflow::generate::catalog(),
+        ..Config::default()
+    };
+    config.topics.input_format = format;
+    let settings = PipelineSettings::from_config(&config).expect("default settings are valid");
+    Mutex::new(Pipeline::new(settings))
+}
+
+static JSON: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| pipeline(Format::Json));
+static AVRO: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| pipeline(Format::Avro));
+
+fuzz_target!(|data: &[u8]| {
+    let Some((selector, value)) = data.split_first() else {
+        return;
+    };
+    let pipeline = if selector % 2 == 0 { &JSON } else { &AVRO };
+    let mut pipeline = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = pipeline.process(Input {
+        value: Some(value),
+        timestamp_ms: Some(1_741_083_302_000),
+        source: SourcePosition {
+            topic: "leads.raw",
+            partition: 0,
+            offset: 0,
+        },
+    });
+});
