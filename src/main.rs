@@ -51,6 +51,9 @@ struct RunArgs {
     /// Input topic, overriding `topics.input`.
     #[arg(long)]
     input_topic: Option<String>,
+    /// This process's stable name in the group, overriding `kafka.instance_id`.
+    #[arg(long, env = "LEADFLOW_INSTANCE_ID")]
+    instance_id: Option<String>,
     /// Exit once every assigned partition is read to its end and committed.
     #[arg(long)]
     until_drained: bool,
@@ -147,6 +150,9 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(input) = args.input_topic {
                 config.topics.input = input;
+            }
+            if let Some(instance) = args.instance_id {
+                config.kafka.instance_id = Some(instance);
             }
             config.validate("command line")?;
             let shutdown = Arc::new(AtomicBool::new(false));

@@ -90,6 +90,8 @@ pub struct Pipeline {
     version: String,
     /// Latest event time of any lead, the clock of dedupe expiry.
     latest_event_ms: i64,
+    /// `latest_event_ms` at the last commit, for rollback.
+    committed_event_ms: i64,
 }
 
 impl Pipeline {
@@ -108,6 +110,7 @@ impl Pipeline {
             deduper: Deduper::new(settings.dedupe_window_ms),
             version,
             latest_event_ms: i64::MIN,
+            committed_event_ms: i64::MIN,
         }
     }
 
@@ -148,10 +151,25 @@ impl Pipeline {
         }
     }
 
+    /// The outputs of everything processed so far are committed: state
+    /// changes up to here are permanent.
+    pub fn commit_batch(&mut self) {
+        self.deduper.commit();
+        self.committed_event_ms = self.latest_event_ms;
+    }
+
+    /// The outputs since the last commit were aborted: forget their state
+    /// changes, so that reprocessing the same records gives the same outcomes.
+    pub fn rollback_batch(&mut self) {
+        self.deduper.rollback();
+        self.latest_event_ms = self.committed_event_ms;
+    }
+
     /// Forgets dedupe keys idle for a whole window, measured from the latest
     /// event time seen (event time, not wall-clock time, so a replay of old
     /// leads dedupes as the live run did). Returns how many were forgotten.
     pub fn expire_dedupe(&mut self) -> usize {
+        self.commit_batch();
         self.deduper.expire(self.latest_event_ms)
     }
 
@@ -225,6 +243,23 @@ impl Tally {
 
     pub fn suppressed_total(&self) -> u64 {
         self.suppressed.values().sum()
+    }
+
+    /// Adds another tally's counts to this one.
+    pub fn merge(&mut self, other: Tally) {
+        self.inputs += other.inputs;
+        self.routed += other.routed;
+        self.duplicates += other.duplicates;
+        self.test_leads += other.test_leads;
+        for (mine, theirs) in [
+            (&mut self.campaigns, other.campaigns),
+            (&mut self.suppressed, other.suppressed),
+            (&mut self.dead_letter, other.dead_letter),
+        ] {
+            for (key, n) in theirs {
+                *mine.entry(key).or_default() += n;
+            }
+        }
     }
 
     /// True when every input is accounted for by exactly one bucket.
@@ -436,6 +471,30 @@ mod tests {
         // 200 days on, the day-0 lead is past the 180-day window; day 100 is not.
         assert_eq!(pipeline.expire_dedupe(), 1);
         assert_eq!(pipeline.dedupe_keys(), 2);
+    }
+
+    #[test]
+    fn a_rolled_back_batch_replays_to_the_same_outcomes() {
+        let mut pipeline = pipeline();
+        let lines: Vec<&str> = include_str!("../tests/data/raw-leads.jsonl")
+            .lines()
+            .collect();
+        let run = |pipeline: &mut Pipeline, range: std::ops::Range<usize>| -> Vec<String> {
+            range
+                .map(|i| {
+                    place(
+                        &pipeline.process(input(lines[i], i as i64)),
+                        pipeline.routing(),
+                    )
+                })
+                .collect()
+        };
+        let first = run(&mut pipeline, 0..4);
+        pipeline.commit_batch();
+        let aborted = run(&mut pipeline, 4..12);
+        pipeline.rollback_batch();
+        assert_eq!(run(&mut pipeline, 4..12), aborted);
+        assert_eq!(first[3], "duplicate");
     }
 
     #[test]

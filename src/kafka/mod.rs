@@ -18,7 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 
 use crate::config::KafkaConfig;
 
@@ -142,7 +142,9 @@ impl DeliveryTracker {
     }
 }
 
-pub(crate) type LeadProducer = BaseProducer<DeliveryTracker>;
+/// Producers poll on their own thread: transactional aborts need delivery
+/// reports served while the caller blocks.
+pub(crate) type LeadProducer = ThreadedProducer<DeliveryTracker>;
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind.

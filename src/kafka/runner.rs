@@ -1,16 +1,25 @@
-//! The processing loop, in at-least-once mode.
+//! The processing loop, exactly-once (the default) or at-least-once.
 //!
 //! Records are read in batches of at most `commit_interval_ms` or
 //! `max_batch_records`. Each record's outputs (campaign, suppressed or
-//! dead-letter record) are produced as it is processed; at the end of the
-//! batch the producer is flushed, and only when every output is
-//! acknowledged are the consumed offsets committed. A crash between the two
-//! repeats that batch's outputs on restart, never loses them. The same
-//! commit runs when partitions are revoked, so a rebalance hands over a
-//! committed position.
+//! dead-letter record) are produced as it is processed, and the batch ends
+//! with a commit:
 //!
-//! The batch boundary is the seam for exactly-once: there the flush and
-//! commit become a transaction commit carrying the offsets.
+//! - **exactly-once**: the batch is one Kafka transaction. The consumed
+//!   offsets join it (`send_offsets_to_transaction`, with fresh group
+//!   metadata) and it commits atomically. A retriable commit error is
+//!   retried; one that requires an abort aborts, rolls the dedupe state back
+//!   to the last commit and rewinds the consumer to the batch's first
+//!   offsets, so the batch is processed again; a fatal one (fenced, say)
+//!   ends the process with an error. The `transactional.id` is
+//!   `GROUP-INSTANCE`, stable across restarts, so a restarted instance
+//!   fences its predecessor.
+//! - **at-least-once**: the producer is flushed and, only when every output
+//!   is acknowledged, the offsets are committed. A crash between the two
+//!   repeats that batch's outputs on restart, never loses them.
+//!
+//! The same commit runs when partitions are revoked, so a rebalance hands
+//! over a committed position.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +39,7 @@ use super::{
     DeliveryTracker, LeadProducer, Role, SetupError, check_topics, client_config, headers, lock,
     send,
 };
-use crate::config::Config;
+use crate::config::{Config, ProcessingGuarantee};
 use crate::domain::{Lead, Score};
 use crate::error::{Failure, Stage};
 use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
@@ -49,6 +58,15 @@ pub enum RunError {
     DeadLetter { topic: String, source: KafkaError },
     #[error("cannot subscribe to {topic:?}: {source}")]
     Subscribe { topic: String, source: KafkaError },
+    #[error("cannot start transactions as {id:?}: {source}")]
+    InitTransactions { id: String, source: KafkaError },
+    #[error("transaction failed: {0}")]
+    Transaction(KafkaError),
+    #[error("the consumer has no group metadata to commit offsets with")]
+    NoGroupMetadata,
+    /// The transaction was aborted; the batch must be processed again.
+    #[error("transaction aborted: {0}")]
+    Aborted(KafkaError),
 }
 
 /// How `leadflow run` ends.
@@ -64,6 +82,11 @@ pub struct RunOptions {
 struct RunContext {
     input: String,
     producer: Arc<LeadProducer>,
+    exactly_once: bool,
+    /// A transaction is open (exactly-once only).
+    in_transaction: AtomicBool,
+    /// A commit ran inside a rebalance callback, for the loop to catch up.
+    committed_in_callback: AtomicBool,
     delivery_timeout: Duration,
     /// Next offset to commit per input partition, for processed records.
     pending: Mutex<BTreeMap<i32, i64>>,
@@ -90,10 +113,19 @@ impl ConsumerContext for RunContext {
         if let Rebalance::Revoke(revoked) = rebalance {
             // Hand over a committed position so the next owner does not
             // repeat what this process already produced.
-            if let Err(e) = self.commit(consumer) {
-                warn!(error = %e, "commit before revoke failed; the next owner may repeat some outputs");
-                if matches!(e, RunError::Delivery(_)) {
+            match self.commit(consumer) {
+                Ok(()) => self.committed_in_callback.store(true, Ordering::Relaxed),
+                // Under exactly-once the partitions' outputs are not
+                // visible; stopping is the way to keep them from being lost
+                // here and repeated there.
+                Err(e) if self.exactly_once => {
                     lock(&self.failure).get_or_insert(e);
+                }
+                Err(e) => {
+                    warn!(error = %e, "commit before revoke failed; the next owner may repeat some outputs");
+                    if matches!(e, RunError::Delivery(_)) {
+                        lock(&self.failure).get_or_insert(e);
+                    }
                 }
             }
             let mut pending = lock(&self.pending);
@@ -119,11 +151,22 @@ impl ConsumerContext for RunContext {
 }
 
 impl RunContext {
-    /// Waits for every output produced so far, then commits the offsets of
-    /// the records that produced them.
+    /// Commits the outputs of the records processed so far together with
+    /// their offsets: one transaction under exactly-once, a flush and then
+    /// an offset commit under at-least-once.
     fn commit(&self, consumer: &BaseConsumer<Self>) -> Result<(), RunError> {
         let mut pending = lock(&self.pending);
         if pending.is_empty() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::with_capacity(pending.len());
+        for (partition, offset) in pending.iter() {
+            // Cannot fail for a non-negative offset.
+            let _ = offsets.add_partition_offset(&self.input, *partition, Offset::Offset(*offset));
+        }
+        if self.exactly_once {
+            self.commit_transaction(consumer, &offsets)?;
+            pending.clear();
             return Ok(());
         }
         self.producer
@@ -131,11 +174,6 @@ impl RunContext {
             .map_err(|e| RunError::Delivery(e.to_string()))?;
         if let Some(failure) = self.producer.context().take() {
             return Err(RunError::Delivery(failure));
-        }
-        let mut offsets = TopicPartitionList::with_capacity(pending.len());
-        for (partition, offset) in pending.iter() {
-            // Cannot fail for a non-negative offset.
-            let _ = offsets.add_partition_offset(&self.input, *partition, Offset::Offset(*offset));
         }
         match consumer.commit(&offsets, CommitMode::Sync) {
             Ok(()) => {
@@ -148,6 +186,70 @@ impl RunContext {
         }
         Ok(())
     }
+
+    /// Opens a transaction unless one is open.
+    fn begin(&self) -> Result<(), RunError> {
+        if self.exactly_once && !self.in_transaction.load(Ordering::Relaxed) {
+            self.producer
+                .begin_transaction()
+                .map_err(RunError::Transaction)?;
+            self.in_transaction.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Adds the offsets to the open transaction and commits it, retrying
+    /// what librdkafka calls retriable until the delivery timeout.
+    fn commit_transaction(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), RunError> {
+        // A batch of only duplicates and test leads produced nothing, but
+        // its offsets still commit in a transaction.
+        self.begin()?;
+        let deadline = Instant::now() + self.delivery_timeout;
+        let timeout = Duration::from_secs(10).min(self.delivery_timeout);
+        let mut offsets_sent = false;
+        loop {
+            let attempt = if offsets_sent {
+                Ok(())
+            } else {
+                // Fresh group metadata every time: a rebalance changes the
+                // generation, and stale metadata would fence this process.
+                let metadata = consumer.group_metadata().ok_or(RunError::NoGroupMetadata)?;
+                self.producer
+                    .send_offsets_to_transaction(offsets, &metadata, timeout)
+            }
+            .map(|()| offsets_sent = true)
+            .and_then(|()| self.producer.commit_transaction(timeout));
+            let error = match attempt {
+                Ok(()) => {
+                    self.in_transaction.store(false, Ordering::Relaxed);
+                    debug!(partitions = offsets.count(), "transaction committed");
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            let (retriable, abortable) = match &error {
+                KafkaError::Transaction(e) => (e.is_retriable(), e.txn_requires_abort()),
+                _ => (false, false),
+            };
+            if retriable && Instant::now() < deadline {
+                warn!(%error, "transaction commit failed; retrying");
+                continue;
+            }
+            if abortable {
+                warn!(%error, "transaction must be aborted; the batch will be processed again");
+                self.producer
+                    .abort_transaction(timeout)
+                    .map_err(RunError::Transaction)?;
+                self.in_transaction.store(false, Ordering::Relaxed);
+                return Err(RunError::Aborted(error));
+            }
+            return Err(RunError::Transaction(error));
+        }
+    }
 }
 
 /// Runs the pipeline until `shutdown` is set (or the input is drained, with
@@ -159,6 +261,7 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     // Reference data and rules first: a bad rules file fails before any I/O.
     let mut pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
 
+    let exactly_once = config.pipeline.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
     let delivery_timeout_ms = config.pipeline.delivery_timeout_ms.to_string();
     let producer_defaults = [
         ("enable.idempotence", "true"),
@@ -166,9 +269,19 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
         // Java's default partitioner, so a key lands where Java clients put it.
         ("partitioner", "murmur2_random"),
         ("message.timeout.ms", delivery_timeout_ms.as_str()),
+        // A transaction left open by a crash blocks read_committed readers
+        // (and committed-offset reads) until it times out or a restart fences
+        // it, so it is kept as short as delivery allows (librdkafka requires
+        // message.timeout.ms <= transaction.timeout.ms).
+        ("transaction.timeout.ms", delivery_timeout_ms.as_str()),
     ];
+    let mut producer_config = client_config(kafka, Role::Producer, &producer_defaults);
+    let transactional_id = config.transactional_id();
+    if exactly_once {
+        producer_config.set("transactional.id", &transactional_id);
+    }
     let producer: Arc<LeadProducer> = Arc::new(
-        client_config(kafka, Role::Producer, &producer_defaults)
+        producer_config
             .create_with_context(DeliveryTracker::default())
             .map_err(SetupError::Client)?,
     );
@@ -186,6 +299,9 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     let context = RunContext {
         input: topics.input.clone(),
         producer: Arc::clone(&producer),
+        exactly_once,
+        in_transaction: AtomicBool::new(false),
+        committed_in_callback: AtomicBool::new(false),
         delivery_timeout,
         pending: Mutex::default(),
         at_end: Mutex::default(),
@@ -196,6 +312,17 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
         .map_err(SetupError::Client)?;
 
     check_topics(consumer.client(), kafka, &config.all_topics())?;
+    if exactly_once {
+        // Fences any earlier producer with this transactional.id and
+        // aborts what it left open.
+        producer
+            .init_transactions(delivery_timeout)
+            .map_err(|source| RunError::InitTransactions {
+                id: transactional_id.clone(),
+                source,
+            })?;
+        info!(transactional_id = %transactional_id, "exactly-once");
+    }
     consumer
         .subscribe(&[&topics.input])
         .map_err(|source| RunError::Subscribe {
@@ -212,32 +339,55 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     while !shutdown.load(Ordering::Relaxed) {
         let deadline = Instant::now() + commit_interval;
         let mut batch = 0;
+        // First offset of each partition in this batch, to rewind to on abort.
+        let mut batch_start: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut batch_tally = Tally::default();
         while batch < config.pipeline.max_batch_records && !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            match consumer.poll(deadline - now) {
+            let polled = consumer.poll(deadline - now);
+            let context = consumer.context();
+            if context.committed_in_callback.swap(false, Ordering::Relaxed) {
+                // A revoke committed the batch so far inside `poll`.
+                pipeline.commit_batch();
+                tally.merge(std::mem::take(&mut batch_tally));
+                batch_start.clear();
+            }
+            if let Some(error) = lock(&context.failure).take() {
+                return Err(error);
+            }
+            match polled {
                 None => break,
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    lock(&consumer.context().at_end).insert(partition);
+                    lock(&context.at_end).insert(partition);
                 }
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
                 Some(Ok(message)) => {
                     batch += 1;
                     let partition = message.partition();
-                    let next = message.offset() + 1;
-                    handle(&message, &mut pipeline, &sink, &mut tally)?;
-                    let context = consumer.context();
-                    lock(&context.pending).insert(partition, next);
+                    batch_start.entry(partition).or_insert(message.offset());
+                    context.begin()?;
+                    handle(&message, &mut pipeline, &sink, &mut batch_tally)?;
+                    lock(&context.pending).insert(partition, message.offset() + 1);
                     lock(&context.at_end).remove(&partition);
                 }
             }
-            if let Some(error) = lock(&consumer.context().failure).take() {
-                return Err(error);
-            }
         }
-        consumer.context().commit(&consumer)?;
+        match consumer.context().commit(&consumer) {
+            Ok(()) => {
+                pipeline.commit_batch();
+                tally.merge(batch_tally);
+            }
+            Err(RunError::Aborted(_)) => {
+                // Nothing of the batch is visible: forget its state changes
+                // and read its records again.
+                pipeline.rollback_batch();
+                rewind(&consumer, &topics.input, &batch_start)?;
+            }
+            Err(e) => return Err(e),
+        }
         producer.poll(Duration::ZERO);
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
@@ -258,6 +408,31 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     consumer.unsubscribe();
     info!(?tally, "stopped");
     Ok(tally)
+}
+
+/// Seeks each partition of an aborted batch back to the batch's first
+/// record, and forgets what the batch had pending.
+fn rewind(
+    consumer: &BaseConsumer<RunContext>,
+    topic: &str,
+    batch_start: &BTreeMap<i32, i64>,
+) -> Result<(), RunError> {
+    let context = consumer.context();
+    let mut pending = lock(&context.pending);
+    let mut at_end = lock(&context.at_end);
+    for (partition, offset) in batch_start {
+        pending.remove(partition);
+        at_end.remove(partition);
+        consumer
+            .seek(
+                topic,
+                *partition,
+                Offset::Offset(*offset),
+                Duration::from_secs(10),
+            )
+            .map_err(RunError::Transaction)?;
+    }
+    Ok(())
 }
 
 /// Every assigned partition read to its end, and nothing left to commit.

@@ -7,8 +7,11 @@
 //! new action by the same person for the same offer has another key, so it
 //! is a new lead, and it learns which other actions that person took on that
 //! offer. Checking and recording are separate steps, so that a lead which
-//! fails a later stage leaves no trace. State lives in memory only: it is
-//! lost on restart (durable state comes with the changelog).
+//! fails a later stage leaves no trace. Every change since the last
+//! [`Deduper::commit`] is journaled, so that an aborted transaction can
+//! [`Deduper::rollback`] the state to match what was committed. State lives
+//! in memory only: it is lost on restart (durable state comes with the
+//! changelog).
 
 use std::collections::HashMap;
 
@@ -22,6 +25,13 @@ struct Seen {
     last_seen_ms: i64,
 }
 
+/// The value a key held before a change, to put back on rollback.
+#[derive(Debug)]
+enum Undo {
+    Seen(DedupeKey, Option<Seen>),
+    Actions(DedupeKey, Option<(ActionSet, i64)>),
+}
+
 /// In-memory dedupe state.
 #[derive(Debug)]
 pub struct Deduper {
@@ -29,6 +39,8 @@ pub struct Deduper {
     seen: HashMap<DedupeKey, Seen>,
     /// (email, offer) → actions let through, and the latest event time.
     actions: HashMap<DedupeKey, (ActionSet, i64)>,
+    /// Changes since the last commit, oldest first.
+    journal: Vec<Undo>,
 }
 
 impl Deduper {
@@ -37,6 +49,32 @@ impl Deduper {
             window_ms,
             seen: HashMap::new(),
             actions: HashMap::new(),
+            journal: Vec::new(),
+        }
+    }
+
+    /// Makes the changes so far permanent: a later rollback stops here.
+    pub fn commit(&mut self) {
+        self.journal.clear();
+    }
+
+    /// Undoes every change since the last commit.
+    pub fn rollback(&mut self) {
+        while let Some(undo) = self.journal.pop() {
+            match undo {
+                Undo::Seen(key, Some(before)) => {
+                    self.seen.insert(key, before);
+                }
+                Undo::Seen(key, None) => {
+                    self.seen.remove(&key);
+                }
+                Undo::Actions(key, Some(before)) => {
+                    self.actions.insert(key, before);
+                }
+                Undo::Actions(key, None) => {
+                    self.actions.remove(&key);
+                }
+            }
         }
     }
 
@@ -47,6 +85,7 @@ impl Deduper {
         if lead.event_time_ms.abs_diff(seen.emitted_ms) >= self.window_ms.unsigned_abs() {
             return None;
         }
+        self.journal.push(Undo::Seen(lead.dedupe_key, Some(*seen)));
         seen.last_seen_ms = seen.last_seen_ms.max(lead.event_time_ms);
         Some(seen.emitted_ms)
     }
@@ -54,13 +93,17 @@ impl Deduper {
     /// Records `lead` as let through and returns the person's other actions
     /// on the same offer.
     pub fn record(&mut self, lead: &Lead) -> ActionSet {
-        self.seen.insert(
+        let before = self.seen.insert(
             lead.dedupe_key,
             Seen {
                 emitted_ms: lead.event_time_ms,
                 last_seen_ms: lead.event_time_ms,
             },
         );
+        self.journal.push(Undo::Seen(lead.dedupe_key, before));
+        let before = self.actions.get(&lead.person_offer_key).copied();
+        self.journal
+            .push(Undo::Actions(lead.person_offer_key, before));
         let entry = self
             .actions
             .entry(lead.person_offer_key)
@@ -72,8 +115,10 @@ impl Deduper {
     }
 
     /// Forgets keys whose last occurrence is a full window older than
-    /// `now_ms` (event time), and returns how many were forgotten.
+    /// `now_ms` (event time), and returns how many were forgotten. Commits
+    /// first: expiry is not journaled.
     pub fn expire(&mut self, now_ms: i64) -> usize {
+        self.commit();
         let before = self.seen.len();
         let window = self.window_ms;
         self.seen
@@ -177,6 +222,33 @@ mod tests {
             vec![ActionCode::PartnerLedTrial]
         );
         assert_eq!(dedupe.duplicate_of(&install), Some(DAY));
+    }
+
+    #[test]
+    fn rollback_restores_the_last_committed_state() {
+        let mut dedupe = Deduper::new(10 * DAY);
+        let contact = lead_at(ActionCode::PartnerLedTrial, 0);
+        observe(&mut dedupe, &contact);
+        dedupe.commit();
+        // An aborted batch: a new lead, a repeat and a new action.
+        let install = lead_at(ActionCode::Install, DAY);
+        assert_eq!(observe(&mut dedupe, &install), None);
+        assert_eq!(
+            observe(&mut dedupe, &lead_at(ActionCode::PartnerLedTrial, 2 * DAY)),
+            Some(0)
+        );
+        dedupe.rollback();
+        assert_eq!(dedupe.len(), 1);
+        // Replayed after the abort, everything happens as the first time.
+        assert_eq!(dedupe.duplicate_of(&install), None);
+        assert_eq!(
+            dedupe.record(&install).to_vec(),
+            vec![ActionCode::PartnerLedTrial]
+        );
+        // The repeat's last-seen time was rolled back too: expiry at day 10
+        // forgets the contact, which was last seen at day 0.
+        dedupe.commit();
+        assert_eq!(dedupe.expire(10 * DAY), 1);
     }
 
     #[test]
