@@ -69,6 +69,28 @@ pub fn client_config(kafka: &KafkaConfig, role: Role, defaults: &[(&str, &str)])
     config
 }
 
+/// Logs a client error, except end of partition: leadflow asks for those
+/// events to learn where a partition ends, and they are no fault.
+pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
+    if !matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    ) {
+        tracing::warn!(%error, reason, "Kafka client error");
+    }
+}
+
+/// The context of a consumer that reads partitions to their end.
+pub(crate) struct ReadToEnd;
+
+impl ClientContext for ReadToEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReadToEnd {}
+
 /// Checks that the cluster answers and that every topic exists, returning
 /// each topic's partition count in order.
 pub fn check_topics<C: ClientContext>(

@@ -30,14 +30,14 @@ use rdkafka::ClientContext;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use tracing::{debug, info, warn};
 
 use super::{
     DeliveryTracker, LeadProducer, Role, SetupError, check_topics, client_config, headers, lock,
-    send,
+    log_client_error, send,
 };
 use crate::config::{Config, ProcessingGuarantee};
 use crate::domain::{Lead, Score};
@@ -98,13 +98,7 @@ struct RunContext {
 
 impl ClientContext for RunContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // End of partition is how `--until-drained` learns it is done, not a fault.
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            warn!(%error, reason, "Kafka client error");
-        }
+        log_client_error(error, reason);
     }
 }
 

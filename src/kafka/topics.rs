@@ -1,15 +1,20 @@
 //! `leadflow topics`: create leadflow's topics and count what is in them.
-//! Counting uses watermarks (high minus low), which for topics written
-//! without transactions is the number of records.
+//! Counting reads every record with `read_committed`: watermarks would also
+//! count transaction markers and aborted records, which exactly-once writes.
 
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::types::RDKafkaErrorCode;
+use std::collections::HashSet;
+use std::time::Instant;
 
-use super::{Role, SetupError, check_topics, client_config};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{ReadToEnd, Role, SetupError, check_topics, client_config};
 use crate::config::KafkaConfig;
 
 /// Creates each topic that does not exist yet, with `partitions` partitions.
@@ -103,26 +108,64 @@ fn wait_until_visible<C: rdkafka::client::ClientContext>(
     }
 }
 
-/// Records held by each topic (the sum over partitions of high minus low watermark).
+/// Committed records in each topic, read from the beginning to the end
+/// with `read_committed`, one topic at a time (an end-of-partition event
+/// names only the partition).
 pub fn counts(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<u64>, SetupError> {
-    let consumer: BaseConsumer = client_config(kafka, Role::Admin, &[])
-        .create()
+    let defaults = [
+        ("group.id", "leadflow-topics-counts"),
+        ("enable.auto.commit", "false"),
+        ("isolation.level", "read_committed"),
+        ("enable.partition.eof", "true"),
+    ];
+    let config = client_config(kafka, Role::Consumer, &defaults);
+    let probe: BaseConsumer<ReadToEnd> = config
+        .create_with_context(ReadToEnd)
         .map_err(SetupError::Client)?;
-    let partitions = check_topics(consumer.client(), kafka, names)?;
+    let partitions = check_topics(probe.client(), kafka, names)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    names
-        .iter()
-        .zip(partitions)
-        .map(|(name, count)| {
-            (0..count).try_fold(0u64, |sum, partition| {
-                let (low, high) = consumer
-                    .fetch_watermarks(name, partition as i32, timeout)
-                    .map_err(|e| SetupError::BadTopic {
-                        topic: (*name).to_owned(),
-                        reason: e.to_string(),
-                    })?;
-                Ok(sum + u64::try_from(high - low).unwrap_or(0))
-            })
-        })
-        .collect()
+    let mut counts = Vec::with_capacity(names.len());
+    for (name, count) in names.iter().zip(partitions) {
+        let bad = |reason: String| SetupError::BadTopic {
+            topic: (*name).to_owned(),
+            reason,
+        };
+        let consumer: BaseConsumer<ReadToEnd> = config
+            .create_with_context(ReadToEnd)
+            .map_err(SetupError::Client)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = HashSet::new();
+        for partition in 0..i32::try_from(count).unwrap_or(i32::MAX) {
+            let (low, high) = consumer
+                .fetch_watermarks(name, partition, timeout)
+                .map_err(|e| bad(e.to_string()))?;
+            if high > low {
+                remaining.insert(partition);
+                let _ = assignment.add_partition_offset(name, partition, Offset::Beginning);
+            }
+        }
+        consumer.assign(&assignment).map_err(SetupError::Client)?;
+        let mut records = 0u64;
+        let mut last_progress = Instant::now();
+        while !remaining.is_empty() {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(_)) => {
+                    records += 1;
+                    last_progress = Instant::now();
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    remaining.remove(&partition);
+                }
+                Some(Err(e)) => return Err(bad(e.to_string())),
+                // Reading stalls only behind an open transaction, which the
+                // broker aborts within leadflow's transaction timeout.
+                None if last_progress.elapsed() > Duration::from_secs(60) => {
+                    return Err(bad("no progress for 60 s: a transaction left open?".into()));
+                }
+                None => {}
+            }
+        }
+        counts.push(records);
+    }
+    Ok(counts)
 }
