@@ -610,12 +610,39 @@ mod tests {
     use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition};
     use crate::stages::route::Destination;
 
-    fn pipeline() -> Pipeline {
-        let config = Config {
+    fn pipeline(input_format: Format) -> Pipeline {
+        let mut config = Config {
             catalog: catalog(),
             ..Config::default()
         };
+        config.topics.input_format = input_format;
         Pipeline::new(PipelineSettings::from_config(&config).expect("settings"))
+    }
+
+    /// Runs `count` generated leads through a pipeline, checks each lands
+    /// where the generator says, and returns the pipeline's tally.
+    fn run_generated(generator: &mut Generator, count: usize) -> Tally {
+        let mut pipeline = pipeline(generator.options.format);
+        let mut tally = Tally::default();
+        for (offset, lead) in generator.by_ref().take(count).enumerate() {
+            let outcome = pipeline.process(Input {
+                value: Some(&lead.value),
+                timestamp_ms: Some(lead.timestamp_ms),
+                source: SourcePosition {
+                    topic: "t",
+                    partition: 0,
+                    offset: offset as i64,
+                },
+            });
+            assert!(
+                outcome_matches(&outcome, &lead.expected),
+                "record {offset}: expected {:?}, got {outcome:?}: {}",
+                lead.expected,
+                String::from_utf8_lossy(&lead.value)
+            );
+            tally.record(&outcome, pipeline.routing());
+        }
+        tally
     }
 
     fn outcome_matches(outcome: &Outcome, expected: &Expected) -> bool {
@@ -651,26 +678,7 @@ mod tests {
             test_lead_ratio: 0.05,
             ..GeneratorOptions::default()
         });
-        let mut pipeline = pipeline();
-        let mut tally = Tally::default();
-        for (offset, lead) in generator.by_ref().take(20_000).enumerate() {
-            let outcome = pipeline.process(Input {
-                value: Some(&lead.value),
-                timestamp_ms: Some(lead.timestamp_ms),
-                source: SourcePosition {
-                    topic: "t",
-                    partition: 0,
-                    offset: offset as i64,
-                },
-            });
-            assert!(
-                outcome_matches(&outcome, &lead.expected),
-                "record {offset}: expected {:?}, got {outcome:?}: {}",
-                lead.expected,
-                String::from_utf8_lossy(&lead.value)
-            );
-            tally.record(&outcome, pipeline.routing());
-        }
+        let tally = run_generated(&mut generator, 20_000);
         assert_eq!(&tally, generator.expected());
         // Every kind of record occurred.
         let t = generator.expected();
@@ -706,37 +714,12 @@ mod tests {
 
     #[test]
     fn avro_records_land_where_the_generator_says_too() {
-        let config = Config {
-            catalog: catalog(),
-            topics: crate::config::Topics {
-                input_format: Format::Avro,
-                ..crate::config::Topics::default()
-            },
-            ..Config::default()
-        };
-        let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
         let mut generator = Generator::new(GeneratorOptions {
             format: Format::Avro,
             malformed_ratio: 0.1,
             ..GeneratorOptions::default()
         });
-        let mut tally = Tally::default();
-        for (offset, lead) in generator.by_ref().take(3_000).enumerate() {
-            let outcome = pipeline.process(Input {
-                value: Some(&lead.value),
-                timestamp_ms: Some(lead.timestamp_ms),
-                source: SourcePosition {
-                    topic: "t",
-                    partition: 0,
-                    offset: offset as i64,
-                },
-            });
-            assert!(
-                outcome_matches(&outcome, &lead.expected),
-                "record {offset}: {outcome:?}"
-            );
-            tally.record(&outcome, pipeline.routing());
-        }
+        let tally = run_generated(&mut generator, 3_000);
         assert_eq!(&tally, generator.expected());
         assert!(tally.dead_letter.contains_key("avro_decode"));
     }

@@ -91,6 +91,20 @@ impl ClientContext for ReadToEnd {
 
 impl rdkafka::consumer::ConsumerContext for ReadToEnd {}
 
+/// Metadata of every topic, or `Unreachable` within the connect timeout.
+pub(crate) fn cluster_metadata<C: ClientContext>(
+    client: &Client<C>,
+    kafka: &KafkaConfig,
+) -> Result<rdkafka::metadata::Metadata, SetupError> {
+    client
+        .fetch_metadata(None, Duration::from_millis(kafka.connect_timeout_ms))
+        .map_err(|source| SetupError::Unreachable {
+            servers: kafka.bootstrap_servers.clone(),
+            timeout_ms: kafka.connect_timeout_ms,
+            source,
+        })
+}
+
 /// Checks that the cluster answers and that every topic exists, returning
 /// each topic's partition count in order.
 pub fn check_topics<C: ClientContext>(
@@ -98,15 +112,7 @@ pub fn check_topics<C: ClientContext>(
     kafka: &KafkaConfig,
     topics: &[&str],
 ) -> Result<Vec<usize>, SetupError> {
-    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    let metadata =
-        client
-            .fetch_metadata(None, timeout)
-            .map_err(|source| SetupError::Unreachable {
-                servers: kafka.bootstrap_servers.clone(),
-                timeout_ms: kafka.connect_timeout_ms,
-                source,
-            })?;
+    let metadata = cluster_metadata(client, kafka)?;
     topics
         .iter()
         .map(|name| {

@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{ReadToEnd, Role, SetupError, check_topics, client_config};
+use super::{ReadToEnd, Role, SetupError, check_topics, client_config, cluster_metadata};
 use crate::config::KafkaConfig;
 
 /// Creates each topic that does not exist yet, with `partitions` partitions.
@@ -28,15 +28,8 @@ pub async fn create(
         .create()
         .map_err(SetupError::Client)?;
     // Fail fast on an unreachable broker rather than waiting on the admin call.
+    cluster_metadata(admin.inner(), kafka)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map_err(|source| SetupError::Unreachable {
-            servers: kafka.bootstrap_servers.clone(),
-            timeout_ms: kafka.connect_timeout_ms,
-            source,
-        })?;
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
@@ -76,14 +69,7 @@ fn wait_until_visible<C: rdkafka::client::ClientContext>(
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let metadata =
-            client
-                .fetch_metadata(None, timeout)
-                .map_err(|source| SetupError::Unreachable {
-                    servers: kafka.bootstrap_servers.clone(),
-                    timeout_ms: kafka.connect_timeout_ms,
-                    source,
-                })?;
+        let metadata = cluster_metadata(client, kafka)?;
         let missing = names.iter().find(|name| {
             !metadata.topics().iter().any(|t| {
                 t.name() == **name
