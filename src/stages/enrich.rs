@@ -201,7 +201,7 @@ pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> 
     let registrable_domain = reference::registrable_domain(&email_domain)
         .unwrap_or(&email_domain)
         .to_owned();
-    let email_class = reference::email_class(&email_domain);
+    let email_class = reference::email_class(&email_domain, &registrable_domain);
     let country = raw.country.as_deref().and_then(reference::country);
     let phone_e164 = raw
         .phone
