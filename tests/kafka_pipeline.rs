@@ -76,12 +76,7 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
     }
     produce(&env.input, &records);
 
-    let out = env.leadflow(&["run", "--until-drained"]);
-    assert!(
-        out.status.success(),
-        "run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = env.run_until_drained();
     let tally: Tally = serde_json::from_slice(&out.stdout).expect("tally on stdout");
     let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
         pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
@@ -302,12 +297,7 @@ fn killed_run_restarts(guarantee: &str) {
     let generated: Tally = serde_json::from_str(&stdout).expect("expected tally");
     assert_eq!(generated.inputs, total as u64);
 
-    let second = env.leadflow(&["run", "--until-drained"]);
-    assert!(
-        second.status.success(),
-        "restart failed: {}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    let second = env.run_until_drained();
     assert_eq!(
         committed(&env.group, &env.input),
         ends(&env.input),
@@ -464,12 +454,7 @@ fn examples_land_where_the_domain_says(format: &str) {
         })
         .collect();
     produce(&env.input, &records);
-    let out = env.leadflow(&["run", "--until-drained"]);
-    assert!(
-        out.status.success(),
-        "run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = env.run_until_drained();
 
     let schema = apache_avro::Schema::parse_str(leadflow::stages::encode::CAMPAIGN_LEAD_SCHEMA)
         .expect("schema");

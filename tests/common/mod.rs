@@ -118,6 +118,17 @@ impl Env {
         Running(child, log)
     }
 
+    /// Runs `leadflow run --until-drained`, which must succeed.
+    pub fn run_until_drained(&self) -> Output {
+        let out = self.leadflow(&["run", "--until-drained"]);
+        assert!(
+            out.status.success(),
+            "run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Runs `leadflow` to completion.
     pub fn leadflow(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run leadflow")
