@@ -127,6 +127,12 @@ pub struct Topics {
     pub input_format: Format,
     /// Encoding of campaign and suppressed records, unless a route sets its own.
     pub output_format: Format,
+    /// Internal topic that re-keys raw leads by person and offer before
+    /// dedupe. Defaults to `GROUP-repartition`.
+    pub repartition: Option<String>,
+    /// Internal compacted topic that makes the dedupe state durable, one
+    /// partition per processed partition. Defaults to `GROUP-dedupe-changelog`.
+    pub changelog: Option<String>,
 }
 
 impl Default for Topics {
@@ -137,6 +143,8 @@ impl Default for Topics {
             dead_letter: "leads.dlq".into(),
             input_format: Format::Json,
             output_format: Format::Json,
+            repartition: None,
+            changelog: None,
         }
     }
 }
@@ -169,6 +177,10 @@ pub struct PipelineConfig {
     /// Also the transaction timeout under exactly-once: how long a crashed
     /// instance's open transaction can hold back read_committed readers.
     pub delivery_timeout_ms: u64,
+    /// Re-key the input by person and offer through the repartition topic
+    /// before dedupe. Turn off only when producers already key `leads.raw`
+    /// so that all leads of one person for one offer share a partition.
+    pub repartition: bool,
 }
 
 impl Default for PipelineConfig {
@@ -179,6 +191,7 @@ impl Default for PipelineConfig {
             max_batch_records: 10_000,
             max_record_bytes: 1_048_576,
             delivery_timeout_ms: 10_000,
+            repartition: true,
         }
     }
 }
@@ -189,11 +202,17 @@ pub struct DedupeConfig {
     /// A repeat of the same (email, offer, action) within this many days of
     /// event time is a duplicate.
     pub window_days: u32,
+    /// Memory the dedupe state may take; past it the least recently seen
+    /// keys are forgotten (and counted).
+    pub memory_budget_mib: u64,
 }
 
 impl Default for DedupeConfig {
     fn default() -> Self {
-        DedupeConfig { window_days: 180 }
+        DedupeConfig {
+            window_days: 180,
+            memory_budget_mib: 1_024,
+        }
     }
 }
 
@@ -243,17 +262,39 @@ impl Config {
     }
 
     /// Every topic leadflow reads or writes: input, campaign topics (once
-    /// each), suppressed and dead-letter.
-    pub fn all_topics(&self) -> Vec<&str> {
-        let mut topics = vec![self.topics.input.as_str()];
+    /// each), suppressed and dead-letter, then the internal ones.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut topics = vec![self.topics.input.clone()];
         for route in &self.routes {
-            if !topics.contains(&route.topic.as_str()) {
-                topics.push(&route.topic);
+            if !topics.contains(&route.topic) {
+                topics.push(route.topic.clone());
             }
         }
-        topics.push(&self.topics.suppressed);
-        topics.push(&self.topics.dead_letter);
+        topics.push(self.topics.suppressed.clone());
+        topics.push(self.topics.dead_letter.clone());
+        if let Some(repartition) = self.repartition_topic() {
+            topics.push(repartition);
+        }
+        topics.push(self.changelog_topic());
         topics
+    }
+
+    /// The repartition topic, when the input is re-keyed.
+    pub fn repartition_topic(&self) -> Option<String> {
+        self.pipeline.repartition.then(|| {
+            self.topics
+                .repartition
+                .clone()
+                .unwrap_or_else(|| format!("{}-repartition", self.kafka.group_id))
+        })
+    }
+
+    /// The dedupe changelog topic.
+    pub fn changelog_topic(&self) -> String {
+        self.topics
+            .changelog
+            .clone()
+            .unwrap_or_else(|| format!("{}-dedupe-changelog", self.kafka.group_id))
     }
 
     /// The routing table, with the disposable-email policy.
@@ -346,6 +387,12 @@ impl Config {
                 "must be greater than 0".into(),
             ));
         }
+        if self.dedupe.memory_budget_mib == 0 {
+            return Err(invalid(
+                "dedupe.memory_budget_mib",
+                "must be greater than 0".into(),
+            ));
+        }
         if self.dedupe.window_days == 0 {
             return Err(invalid(
                 "dedupe.window_days",
@@ -397,6 +444,13 @@ impl Config {
 
     pub fn dedupe_window_ms(&self) -> i64 {
         i64::from(self.dedupe.window_days) * 86_400_000
+    }
+
+    /// The dedupe memory budget in keys, at the most a key can cost.
+    pub fn dedupe_max_keys(&self) -> usize {
+        let bytes = self.dedupe.memory_budget_mib.saturating_mul(1 << 20);
+        usize::try_from(bytes / crate::stages::dedupe::MAX_BYTES_PER_KEY as u64)
+            .unwrap_or(usize::MAX)
     }
 }
 

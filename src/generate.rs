@@ -111,7 +111,8 @@ pub enum Expected {
 /// One generated record.
 #[derive(Debug, Clone)]
 pub struct GeneratedLead {
-    /// The dedupe key in hex, so that repeats of a lead share a partition.
+    /// The person-and-offer key in hex, so that every lead dedupe compares
+    /// this one with shares its partition (see `pipeline.repartition`).
     pub key: String,
     pub value: Vec<u8>,
     /// Record timestamp: the lead's event time.
@@ -410,7 +411,7 @@ impl Generator {
     fn key_of(person: &Person) -> String {
         let offer = Offer::parse(OFFERS[person.offer].0);
         match (normalize_email(&person.email), offer) {
-            (Ok(email), Some(offer)) => DedupeKey::new(&email, &offer, &person.action).to_hex(),
+            (Ok(email), Some(offer)) => DedupeKey::person_offer(&email, &offer).to_hex(),
             _ => person.email.clone(),
         }
     }
@@ -633,6 +634,7 @@ mod tests {
                     partition: 0,
                     offset: offset as i64,
                 },
+                shard: 0,
             });
             assert!(
                 outcome_matches(&outcome, &lead.expected),

@@ -167,7 +167,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => {
             let topic = args.topic.unwrap_or_else(|| config.topics.input.clone());
             if let Some(partitions) = args.partitions {
-                runtime.block_on(topics::create(&config.kafka, &[&topic], partitions))?;
+                runtime.block_on(topics::create(&config.kafka, &[&topic], partitions, &[]))?;
             }
             let options = ProduceOptions {
                 topic,
@@ -193,7 +193,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Topics(TopicsCommand::Create { partitions }) => {
             let names = config.all_topics();
-            let created = runtime.block_on(topics::create(&config.kafka, &names, partitions))?;
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let changelog = config.changelog_topic();
+            let created = runtime.block_on(topics::create(
+                &config.kafka,
+                &names,
+                partitions,
+                &[&changelog],
+            ))?;
             for name in created {
                 eprintln!("created {name}");
             }
@@ -201,6 +208,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Topics(TopicsCommand::Counts) => {
             let names = config.all_topics();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let counts = topics::counts(&config.kafka, &names)?;
             let map: serde_json::Map<String, serde_json::Value> = names
                 .iter()

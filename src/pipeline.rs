@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Lead, Score};
+use crate::domain::{DedupeKey, Lead, Score};
 use crate::error::{Failure, Stage};
 use crate::stages::decode::{Decoder, Format};
-use crate::stages::dedupe::Deduper;
-use crate::stages::enrich::{Reference, enrich};
+use crate::stages::dedupe::{Change, Deduper};
+use crate::stages::enrich::{Reference, enrich, identify};
 use crate::stages::route::{Destination, RoutingTable, route};
 use crate::stages::score::{ScoringRules, score};
 
@@ -32,7 +32,20 @@ pub struct SourcePosition<'a> {
 pub struct Input<'a> {
     pub value: Option<&'a [u8]>,
     pub timestamp_ms: Option<i64>,
+    /// Where the lead entered leadflow.
     pub source: SourcePosition<'a>,
+    /// Which partition's dedupe state the lead belongs to: the partition
+    /// of the (re-keyed) topic it is processed from.
+    pub shard: i32,
+}
+
+/// What re-keying makes of a raw record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rekeyed {
+    /// Forward to the repartition topic under this key.
+    Forward(DedupeKey),
+    /// Dealt with already: a test lead or a failure, never forwarded.
+    Done(Outcome),
 }
 
 /// What became of one input record.
@@ -60,6 +73,8 @@ pub struct PipelineSettings {
     pub rules: ScoringRules,
     pub routing: RoutingTable,
     pub dedupe_window_ms: i64,
+    /// Most dedupe keys held before the least recently seen are evicted.
+    pub dedupe_max_keys: usize,
     pub max_record_bytes: usize,
 }
 
@@ -74,6 +89,7 @@ impl PipelineSettings {
             rules: config.scoring_rules()?,
             routing: config.routing_table(),
             dedupe_window_ms: config.dedupe_window_ms(),
+            dedupe_max_keys: config.dedupe_max_keys(),
             max_record_bytes: config.pipeline.max_record_bytes,
         })
     }
@@ -107,10 +123,27 @@ impl Pipeline {
             reference: settings.reference,
             rules: settings.rules,
             routing: settings.routing,
-            deduper: Deduper::new(settings.dedupe_window_ms),
+            deduper: Deduper::new(settings.dedupe_window_ms, settings.dedupe_max_keys),
             version,
             latest_event_ms: i64::MIN,
             committed_event_ms: i64::MIN,
+        }
+    }
+
+    /// The first half of processing when the input is not keyed by lead:
+    /// decode and identify, to find the key to re-partition by. Touches no
+    /// state; [`Pipeline::process`] runs in full on the forwarded record.
+    pub fn rekey(&self, input: Input<'_>) -> Rekeyed {
+        let raw = match self.decoder.decode(input.value, input.timestamp_ms) {
+            Ok(raw) => raw,
+            Err(e) => return Rekeyed::Done(Outcome::Failed(Failure::new(Stage::Decode, &e))),
+        };
+        if raw.is_test_lead() {
+            return Rekeyed::Done(Outcome::TestLead);
+        }
+        match identify(&raw, &self.reference) {
+            Ok(identity) => Rekeyed::Forward(identity.partition_key()),
+            Err(e) => Rekeyed::Done(Outcome::Failed(Failure::new(Stage::Enrich, &e))),
         }
     }
 
@@ -135,7 +168,7 @@ impl Pipeline {
             Err(e) => return Outcome::Failed(Failure::new(Stage::Enrich, &e)),
         };
         self.latest_event_ms = self.latest_event_ms.max(lead.event_time_ms);
-        if let Some(first_seen_ms) = self.deduper.duplicate_of(&lead) {
+        if let Some(first_seen_ms) = self.deduper.duplicate_of(input.shard, &lead) {
             return Outcome::Duplicate { first_seen_ms };
         }
         let score = score(&lead, &self.rules);
@@ -143,7 +176,7 @@ impl Pipeline {
             Ok(destination) => destination,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Route, &e)),
         };
-        lead.earlier_actions = self.deduper.record(&lead).to_vec();
+        lead.earlier_actions = self.deduper.record(input.shard, &lead).to_vec();
         Outcome::Routed {
             destination,
             lead: Box::new(lead),
@@ -167,10 +200,20 @@ impl Pipeline {
 
     /// Forgets dedupe keys idle for a whole window, measured from the latest
     /// event time seen (event time, not wall-clock time, so a replay of old
-    /// leads dedupes as the live run did). Returns how many were forgotten.
+    /// leads dedupes as the live run did). Returns how many were forgotten;
+    /// their tombstones come with the next [`Pipeline::take_changes`].
     pub fn expire_dedupe(&mut self) -> usize {
-        self.commit_batch();
         self.deduper.expire(self.latest_event_ms)
+    }
+
+    /// Dedupe state changes since the last call, for the changelog.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.deduper.take_changes()
+    }
+
+    /// The dedupe state, for restoring, revoking and reporting.
+    pub fn dedupe(&mut self) -> &mut Deduper {
+        &mut self.deduper
     }
 
     /// Keys held by the dedupe state.
@@ -203,12 +246,29 @@ pub struct Tally {
     pub test_leads: u64,
     /// Dead letters by error class.
     pub dead_letter: BTreeMap<String, u64>,
+    /// Inputs forwarded to the repartition topic: their outcome is counted
+    /// when they are read back.
+    #[serde(default)]
+    pub repartitioned: u64,
 }
 
 impl Tally {
-    /// Counts an outcome; `routing` names the campaigns of routed leads.
+    /// Counts an input and its outcome; `routing` names the campaigns of
+    /// routed leads.
     pub fn record(&mut self, outcome: &Outcome, routing: &RoutingTable) {
         self.inputs += 1;
+        self.record_outcome(outcome, routing);
+    }
+
+    /// Counts an input forwarded to the repartition topic.
+    pub fn record_forwarded(&mut self) {
+        self.inputs += 1;
+        self.repartitioned += 1;
+    }
+
+    /// Counts the outcome of a record read back from the repartition topic:
+    /// its input was counted when it was forwarded.
+    pub fn record_outcome(&mut self, outcome: &Outcome, routing: &RoutingTable) {
         match outcome {
             Outcome::Routed { destination, .. } => match destination {
                 Destination::Campaigns(set) => {
@@ -251,6 +311,7 @@ impl Tally {
         self.routed += other.routed;
         self.duplicates += other.duplicates;
         self.test_leads += other.test_leads;
+        self.repartitioned += other.repartitioned;
         for (mine, theirs) in [
             (&mut self.campaigns, other.campaigns),
             (&mut self.suppressed, other.suppressed),
@@ -300,6 +361,7 @@ mod tests {
                 partition: 0,
                 offset,
             },
+            shard: 0,
         }
     }
 

@@ -36,6 +36,7 @@ fn example_outputs_in_json_and_avro() {
                 partition: 0,
                 offset: i as i64,
             },
+            shard: 0,
         });
         let Outcome::Routed {
             destination,

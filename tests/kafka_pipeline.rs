@@ -94,6 +94,8 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
             ("unknown_source", 1),
             ("oversized", 1),
         ]),
+        // Everything that got past identification was re-keyed.
+        repartitioned: 9,
     };
     assert_eq!(tally, expected);
 
@@ -195,6 +197,7 @@ fn oracle(env: &Env) -> (BTreeMap<(i32, i64), String>, Tally) {
                 value: m.payload(),
                 timestamp_ms: m.timestamp().to_millis(),
                 source,
+                shard: 0,
             });
             tally.record(&outcome, pipeline.routing());
             let place = match outcome {

@@ -120,6 +120,7 @@ proptest! {
             value: Some(&bytes),
             timestamp_ms: Some(0),
             source: SourcePosition { topic: "t", partition: 0, offset: 0 },
+            shard: 0,
         });
     }
 
@@ -206,6 +207,7 @@ fn the_fuzz_seed_corpus_decodes_without_panicking() {
                 partition: 0,
                 offset: 0,
             },
+            shard: 0,
         });
         if matches!(outcome, leadflow::pipeline::Outcome::Routed { .. }) {
             routed += 1;

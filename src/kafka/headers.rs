@@ -15,6 +15,9 @@ pub const ERROR_MESSAGE: &str = "leadflow.error.message";
 pub const SOURCE_TOPIC: &str = "leadflow.source.topic";
 pub const SOURCE_PARTITION: &str = "leadflow.source.partition";
 pub const SOURCE_OFFSET: &str = "leadflow.source.offset";
+/// The input record's key, on records in the repartition topic only.
+pub const SOURCE_KEY: &str = "leadflow.source.key";
+const SOURCE_PREFIX: &str = "leadflow.source.";
 pub const PIPELINE_VERSION: &str = "leadflow.pipeline.version";
 pub const SUPPRESSED_REASON: &str = "leadflow.suppressed.reason";
 pub const STOREFRONT: &str = "leadflow.storefront";
@@ -61,17 +64,60 @@ pub fn dead_letter<H: Headers>(
     pipeline_version: &str,
     failure: &Failure,
 ) -> OwnedHeaders {
-    let count = original.map_or(0, Headers::count);
-    let mut headers = OwnedHeaders::new_with_capacity(count + 7);
-    if let Some(original) = original {
-        for header in original.iter() {
-            headers = headers.insert(header);
-        }
-    }
+    let headers = without_source(original, 7);
     let headers = add(headers, ERROR_STAGE, failure.stage.as_str());
     let headers = add(headers, ERROR_CLASS, failure.class);
     let headers = add(headers, ERROR_MESSAGE, &failure.message);
     provenance(headers, source, pipeline_version)
+}
+
+/// Headers of a raw lead forwarded to the repartition topic: the original
+/// ones, then where it entered leadflow and under which key, so that
+/// outputs and dead letters can name the input record.
+pub fn forwarded<H: Headers>(
+    original: Option<&H>,
+    source: SourcePosition<'_>,
+    key: Option<&[u8]>,
+) -> OwnedHeaders {
+    let headers = without_source(original, 4);
+    let headers = add(headers, SOURCE_TOPIC, source.topic);
+    let headers = add(headers, SOURCE_PARTITION, &source.partition.to_string());
+    let headers = add(headers, SOURCE_OFFSET, &source.offset.to_string());
+    match key {
+        Some(key) => headers.insert(Header {
+            key: SOURCE_KEY,
+            value: Some(key),
+        }),
+        None => headers,
+    }
+}
+
+/// Where a forwarded record entered leadflow, and its original key.
+pub fn source_of<H: Headers>(headers: &H) -> Option<(SourcePosition<'_>, Option<&[u8]>)> {
+    let position = SourcePosition {
+        topic: get(headers, SOURCE_TOPIC)?,
+        partition: get(headers, SOURCE_PARTITION)?.parse().ok()?,
+        offset: get(headers, SOURCE_OFFSET)?.parse().ok()?,
+    };
+    let key = headers
+        .iter()
+        .filter(|h| h.key == SOURCE_KEY)
+        .last()
+        .and_then(|h| h.value);
+    Some((position, key))
+}
+
+/// The original headers less any `leadflow.source.*`, which leadflow
+/// writes afresh, with room for `extra` more.
+fn without_source<H: Headers>(original: Option<&H>, extra: usize) -> OwnedHeaders {
+    let count = original.map_or(0, Headers::count);
+    let mut headers = OwnedHeaders::new_with_capacity(count + extra);
+    for header in original.into_iter().flat_map(Headers::iter) {
+        if !header.key.starts_with(SOURCE_PREFIX) {
+            headers = headers.insert(header);
+        }
+    }
+    headers
 }
 
 fn provenance(
@@ -154,5 +200,41 @@ mod tests {
             ..lead
         };
         assert_eq!(get(&output(source, "v", campaign), SUPPRESSED_REASON), None);
+    }
+
+    #[test]
+    fn forwarded_records_carry_their_source_through_to_dead_letters() {
+        let original = OwnedHeaders::new()
+            .insert(Header {
+                key: "traceparent",
+                value: Some("00-abc-01"),
+            })
+            .insert(Header {
+                key: SOURCE_OFFSET,
+                value: Some("stale"),
+            });
+        let raw = SourcePosition {
+            topic: "leads.raw",
+            partition: 2,
+            offset: 7,
+        };
+        let headers = forwarded(Some(&original), raw, Some(b"k1".as_slice()));
+        let (source, key) = source_of(&headers).expect("source headers");
+        assert_eq!(
+            (source.topic, source.partition, source.offset),
+            ("leads.raw", 2, 7)
+        );
+        assert_eq!(key, Some(b"k1".as_slice()));
+        assert_eq!(headers.count(), 5);
+        let failure = Failure {
+            stage: Stage::Produce,
+            class: "produce_rejected",
+            message: "too large".into(),
+        };
+        let dead = dead_letter(Some(&headers), source, "v", &failure);
+        assert_eq!(get(&dead, "traceparent"), Some("00-abc-01"));
+        assert_eq!(get(&dead, SOURCE_OFFSET), Some("7"));
+        assert_eq!(dead.iter().filter(|h| h.key == SOURCE_OFFSET).count(), 1);
+        assert_eq!(dead.iter().filter(|h| h.key == SOURCE_KEY).count(), 0);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Records are read in batches of at most `commit_interval_ms` or
 //! `max_batch_records`. Each record's outputs (campaign, suppressed or
-//! dead-letter record) are produced as it is processed, and the batch ends
-//! with a commit:
+//! dead-letter record, and the dedupe changelog records of its state
+//! changes) are produced as it is processed, and the batch ends with a
+//! commit:
 //!
 //! - **exactly-once**: the batch is one Kafka transaction. The consumed
 //!   offsets join it (`send_offsets_to_transaction`, with fresh group
@@ -11,15 +12,24 @@
 //!   retried; one that requires an abort aborts, rolls the dedupe state back
 //!   to the last commit and rewinds the consumer to the batch's first
 //!   offsets, so the batch is processed again; a fatal one (fenced, say)
-//!   ends the process with an error. The `transactional.id` is
+//!   ends the run with an error. The `transactional.id` is
 //!   `GROUP-INSTANCE`, stable across restarts, so a restarted instance
 //!   fences its predecessor.
 //! - **at-least-once**: the producer is flushed and, only when every output
 //!   is acknowledged, the offsets are committed. A crash between the two
 //!   repeats that batch's outputs on restart, never loses them.
 //!
-//! The same commit runs when partitions are revoked, so a rebalance hands
-//! over a committed position.
+//! Unless `pipeline.repartition` is off, raw leads are first re-keyed: each
+//! is decoded and identified, and forwarded unchanged to the repartition
+//! topic, to the partition its person-and-offer key hashes to. The same
+//! loop reads that topic back and runs the whole pipeline there, so all
+//! leads that dedupe compares share a partition, whichever process reads
+//! them. Both hops commit in the loop's transactions.
+//!
+//! Dedupe state is kept per processed partition. When a partition is
+//! assigned, it is paused, its state is restored from the changelog
+//! (read_committed, to its end) between two batches, and it is resumed.
+//! When one is revoked, the open batch is committed and its state dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +46,14 @@ use rdkafka::producer::{BaseRecord, Producer};
 use tracing::{debug, info, warn};
 
 use super::{
-    DeliveryTracker, LeadProducer, Role, SetupError, check_topics, client_config, headers, lock,
-    log_client_error, send,
+    DeliveryTracker, LeadProducer, ReadToEnd, Role, SetupError, check_topics, client_config,
+    headers, lock, log_client_error, send,
 };
 use crate::config::{Config, ProcessingGuarantee};
 use crate::domain::{Lead, Score};
 use crate::error::{Failure, Stage};
-use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
+use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, Rekeyed, SourcePosition, Tally};
+use crate::stages::dedupe::Change;
 use crate::stages::encode::Encoder;
 use crate::stages::route::Destination;
 
@@ -54,10 +65,13 @@ pub enum RunError {
     Config(#[from] crate::config::ConfigError),
     #[error("outputs were not acknowledged, offsets not committed: {0}")]
     Delivery(String),
-    #[error("cannot write dead letter to {topic:?}: {source}")]
-    DeadLetter { topic: String, source: KafkaError },
-    #[error("cannot subscribe to {topic:?}: {source}")]
-    Subscribe { topic: String, source: KafkaError },
+    #[error("cannot write to {topic:?}: {source}")]
+    Produce { topic: String, source: KafkaError },
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        source: KafkaError,
+    },
     #[error("cannot start transactions as {id:?}: {source}")]
     InitTransactions { id: String, source: KafkaError },
     #[error("transaction failed: {0}")]
@@ -67,6 +81,8 @@ pub enum RunError {
     /// The transaction was aborted; the batch must be processed again.
     #[error("transaction aborted: {0}")]
     Aborted(KafkaError),
+    #[error("cannot restore dedupe state from {topic:?}: {reason}")]
+    Restore { topic: String, reason: String },
 }
 
 /// How `leadflow run` ends.
@@ -77,21 +93,38 @@ pub struct RunOptions {
     pub until_drained: bool,
 }
 
+/// Which of the loop's two input topics a partition belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Hop {
+    /// The raw input topic.
+    Input,
+    /// The repartition topic, read back after re-keying.
+    Repartition,
+}
+
+type Part = (Hop, i32);
+
 /// Consumer-side state that rebalance callbacks need: they run inside
 /// `poll`, so they see the loop's state between two records.
 struct RunContext {
     input: String,
+    repartition: Option<String>,
     producer: Arc<LeadProducer>,
     exactly_once: bool,
     /// A transaction is open (exactly-once only).
     in_transaction: AtomicBool,
     /// A commit ran inside a rebalance callback, for the loop to catch up.
     committed_in_callback: AtomicBool,
+    /// A transaction was aborted inside a rebalance callback: the loop
+    /// rolls its batch back and rewinds.
+    aborted_in_callback: AtomicBool,
     delivery_timeout: Duration,
-    /// Next offset to commit per input partition, for processed records.
-    pending: Mutex<BTreeMap<i32, i64>>,
-    /// Partitions read to their end since their last record.
-    at_end: Mutex<BTreeSet<i32>>,
+    /// Next offset to commit per partition, for processed records.
+    pending: Mutex<BTreeMap<Part, i64>>,
+    /// Processed partitions assigned and paused, awaiting restore.
+    to_restore: Mutex<BTreeSet<i32>>,
+    /// Processed partitions revoked, whose state the loop drops.
+    revoked: Mutex<Vec<i32>>,
     /// A fatal error raised inside a callback, for the loop to return.
     failure: Mutex<Option<RunError>>,
 }
@@ -109,6 +142,11 @@ impl ConsumerContext for RunContext {
             // repeat what this process already produced.
             match self.commit(consumer) {
                 Ok(()) => self.committed_in_callback.store(true, Ordering::Relaxed),
+                // Nothing of the batch is visible; the next owner of these
+                // partitions processes it, and the loop rewinds the rest.
+                Err(RunError::Aborted(_)) => {
+                    self.aborted_in_callback.store(true, Ordering::Relaxed);
+                }
                 // Under exactly-once the partitions' outputs are not
                 // visible; stopping is the way to keep them from being lost
                 // here and repeated there.
@@ -123,21 +161,50 @@ impl ConsumerContext for RunContext {
                 }
             }
             let mut pending = lock(&self.pending);
-            let mut at_end = lock(&self.at_end);
+            let mut to_restore = lock(&self.to_restore);
+            let mut dropped = lock(&self.revoked);
             for tp in revoked.elements() {
-                pending.remove(&tp.partition());
-                at_end.remove(&tp.partition());
+                let Some(hop) = self.hop(tp.topic()) else {
+                    continue;
+                };
+                let part = (hop, tp.partition());
+                pending.remove(&part);
+                if self.is_processed(hop) {
+                    to_restore.remove(&tp.partition());
+                    dropped.push(tp.partition());
+                }
             }
             info!(partitions = revoked.count(), "partitions revoked");
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
-            let partitions: Vec<i32> = assigned
+            let mut paused = TopicPartitionList::new();
+            let mut to_restore = lock(&self.to_restore);
+            for tp in assigned.elements() {
+                if self
+                    .hop(tp.topic())
+                    .is_some_and(|hop| self.is_processed(hop))
+                {
+                    paused.add_partition(tp.topic(), tp.partition());
+                    to_restore.insert(tp.partition());
+                }
+            }
+            // No record of a partition may be processed before its state
+            // is restored; the loop resumes it after restoring.
+            if paused.count() > 0
+                && let Err(e) = consumer.pause(&paused)
+            {
+                lock(&self.failure).get_or_insert(RunError::Restore {
+                    topic: self.input.clone(),
+                    reason: format!("cannot pause assigned partitions: {e}"),
+                });
+            }
+            let partitions: Vec<String> = assigned
                 .elements()
                 .iter()
-                .map(|tp| tp.partition())
+                .map(|tp| format!("{}/{}", tp.topic(), tp.partition()))
                 .collect();
             info!(?partitions, "partitions assigned");
         }
@@ -145,18 +212,47 @@ impl ConsumerContext for RunContext {
 }
 
 impl RunContext {
+    fn hop(&self, topic: &str) -> Option<Hop> {
+        if topic == self.input {
+            Some(Hop::Input)
+        } else if self.repartition.as_deref() == Some(topic) {
+            Some(Hop::Repartition)
+        } else {
+            None
+        }
+    }
+
+    fn topic(&self, hop: Hop) -> &str {
+        match (hop, &self.repartition) {
+            (Hop::Repartition, Some(topic)) => topic,
+            _ => &self.input,
+        }
+    }
+
+    /// The topic whose partitions carry dedupe state.
+    fn processed_topic(&self) -> &str {
+        self.repartition.as_deref().unwrap_or(&self.input)
+    }
+
+    /// Whether dedupe runs on this hop's records (and keeps state per its
+    /// partitions): the repartition topic's, or the input's without one.
+    fn is_processed(&self, hop: Hop) -> bool {
+        hop == Hop::Repartition || self.repartition.is_none()
+    }
+
     /// Commits the outputs of the records processed so far together with
     /// their offsets: one transaction under exactly-once, a flush and then
     /// an offset commit under at-least-once.
     fn commit(&self, consumer: &BaseConsumer<Self>) -> Result<(), RunError> {
         let mut pending = lock(&self.pending);
-        if pending.is_empty() {
+        if pending.is_empty() && !self.in_transaction.load(Ordering::Relaxed) {
             return Ok(());
         }
         let mut offsets = TopicPartitionList::with_capacity(pending.len());
-        for (partition, offset) in pending.iter() {
+        for ((hop, partition), offset) in pending.iter() {
             // Cannot fail for a non-negative offset.
-            let _ = offsets.add_partition_offset(&self.input, *partition, Offset::Offset(*offset));
+            let _ =
+                offsets.add_partition_offset(self.topic(*hop), *partition, Offset::Offset(*offset));
         }
         if self.exactly_once {
             self.commit_transaction(consumer, &offsets)?;
@@ -168,6 +264,9 @@ impl RunContext {
             .map_err(|e| RunError::Delivery(e.to_string()))?;
         if let Some(failure) = self.producer.context().take() {
             return Err(RunError::Delivery(failure));
+        }
+        if offsets.count() == 0 {
+            return Ok(());
         }
         match consumer.commit(&offsets, CommitMode::Sync) {
             Ok(()) => {
@@ -204,7 +303,8 @@ impl RunContext {
         self.begin()?;
         let deadline = Instant::now() + self.delivery_timeout;
         let timeout = Duration::from_secs(10).min(self.delivery_timeout);
-        let mut offsets_sent = false;
+        // A transaction of only changelog tombstones has no offsets.
+        let mut offsets_sent = offsets.count() == 0;
         loop {
             let attempt = if offsets_sent {
                 Ok(())
@@ -246,6 +346,12 @@ impl RunContext {
     }
 }
 
+/// The loop's fixed surroundings: where records come from and go to.
+struct Topology<'a> {
+    repartition: Option<(&'a str, i32)>,
+    changelog: &'a str,
+}
+
 /// Runs the pipeline until `shutdown` is set (or the input is drained, with
 /// [`RunOptions::until_drained`]) and returns what it did.
 pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Result<Tally, RunError> {
@@ -283,29 +389,76 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     let consumer_defaults = [
         ("auto.offset.reset", "earliest"),
         ("isolation.level", "read_committed"),
+        // A rebalance moves only the partitions that change owner, so the
+        // others keep their state and keep flowing.
+        ("partition.assignment.strategy", "cooperative-sticky"),
     ];
     let mut consumer_config = client_config(kafka, Role::Consumer, &consumer_defaults);
     // Offsets are committed by the loop only, after their outputs are acknowledged.
     consumer_config.set("group.id", &kafka.group_id);
     consumer_config.set("enable.auto.commit", "false");
     consumer_config.set("enable.auto.offset.store", "false");
-    consumer_config.set("enable.partition.eof", "true");
+    let repartition_topic = config.repartition_topic();
+    let changelog_topic = config.changelog_topic();
     let context = RunContext {
         input: topics.input.clone(),
+        repartition: repartition_topic.clone(),
         producer: Arc::clone(&producer),
         exactly_once,
         in_transaction: AtomicBool::new(false),
         committed_in_callback: AtomicBool::new(false),
+        aborted_in_callback: AtomicBool::new(false),
         delivery_timeout,
         pending: Mutex::default(),
-        at_end: Mutex::default(),
+        to_restore: Mutex::default(),
+        revoked: Mutex::default(),
         failure: Mutex::default(),
     };
     let consumer: BaseConsumer<RunContext> = consumer_config
         .create_with_context(context)
         .map_err(SetupError::Client)?;
 
-    check_topics(consumer.client(), kafka, &config.all_topics())?;
+    let all_topics = config.all_topics();
+    let names: Vec<&str> = all_topics.iter().map(String::as_str).collect();
+    let counts = check_topics(consumer.client(), kafka, &names)?;
+    let partitions_of = |name: &str| {
+        names
+            .iter()
+            .zip(&counts)
+            .find(|(n, _)| **n == name)
+            .map_or(0, |(_, count)| *count)
+    };
+    let processed = repartition_topic.as_deref().unwrap_or(&topics.input);
+    if partitions_of(&changelog_topic) != partitions_of(processed) {
+        return Err(SetupError::BadTopic {
+            topic: changelog_topic.clone(),
+            reason: format!(
+                "has {} partitions, but must have as many as {processed:?} ({})",
+                partitions_of(&changelog_topic),
+                partitions_of(processed)
+            ),
+        }
+        .into());
+    }
+    let topology = Topology {
+        repartition: repartition_topic
+            .as_deref()
+            .map(|name| (name, i32::try_from(partitions_of(name)).unwrap_or(i32::MAX))),
+        changelog: &changelog_topic,
+    };
+    let restorer: BaseConsumer<ReadToEnd> = client_config(
+        kafka,
+        Role::Consumer,
+        &[("isolation.level", "read_committed")],
+    )
+    .set("enable.partition.eof", "true")
+    .set("enable.auto.commit", "false")
+    // Never joins or commits (it assigns partitions itself), but librdkafka
+    // wants a group to unassign.
+    .set("group.id", format!("{}-restore", kafka.group_id))
+    .create_with_context(ReadToEnd)
+    .map_err(SetupError::Client)?;
+
     if exactly_once {
         // Fences any earlier producer with this transactional.id and
         // aborts what it left open.
@@ -317,25 +470,49 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
             })?;
         info!(transactional_id = %transactional_id, "exactly-once");
     }
+    let subscriptions: Vec<&str> = std::iter::once(topics.input.as_str())
+        .chain(repartition_topic.as_deref())
+        .collect();
     consumer
-        .subscribe(&[&topics.input])
+        .subscribe(&subscriptions)
         .map_err(|source| RunError::Subscribe {
-            topic: topics.input.clone(),
+            topics: subscriptions.iter().map(|t| (*t).to_owned()).collect(),
             source,
         })?;
-    info!(input = %topics.input, group = %kafka.group_id, "consuming");
+    info!(topics = ?subscriptions, group = %kafka.group_id, "consuming");
 
     let sink = Sink::new(&producer, config);
     let mut tally = Tally::default();
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
     let mut last_report = Instant::now();
+    let mut eviction_logged = false;
 
     while !shutdown.load(Ordering::Relaxed) {
+        restore_assigned(
+            &consumer,
+            &restorer,
+            &topology,
+            &mut pipeline,
+            delivery_timeout,
+        )?;
         let deadline = Instant::now() + commit_interval;
         let mut batch = 0;
         // First offset of each partition in this batch, to rewind to on abort.
-        let mut batch_start: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut batch_start: BTreeMap<Part, i64> = BTreeMap::new();
         let mut batch_tally = Tally::default();
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            // Expiry writes tombstones, so it belongs to a transaction.
+            consumer.context().begin()?;
+            let expired = pipeline.expire_dedupe();
+            sink.send_changes(topology.changelog, pipeline.take_changes())?;
+            last_report = Instant::now();
+            info!(
+                ?tally,
+                dedupe_keys = pipeline.dedupe_keys(),
+                expired,
+                "progress"
+            );
+        }
         while batch < config.pipeline.max_batch_records && !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= deadline {
@@ -349,24 +526,41 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
                 tally.merge(std::mem::take(&mut batch_tally));
                 batch_start.clear();
             }
+            if context.aborted_in_callback.swap(false, Ordering::Relaxed) {
+                pipeline.rollback_batch();
+                batch_tally = Tally::default();
+                rewind(&consumer, std::mem::take(&mut batch_start))?;
+            }
+            for partition in std::mem::take(&mut *lock(&context.revoked)) {
+                pipeline.dedupe().drop_partition(partition);
+            }
             if let Some(error) = lock(&context.failure).take() {
                 return Err(error);
             }
             match polled {
                 None => break,
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    lock(&context.at_end).insert(partition);
-                }
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
                 Some(Ok(message)) => {
+                    let Some(hop) = context.hop(message.topic()) else {
+                        continue;
+                    };
                     batch += 1;
-                    let partition = message.partition();
-                    batch_start.entry(partition).or_insert(message.offset());
+                    let part = (hop, message.partition());
+                    batch_start.entry(part).or_insert(message.offset());
                     context.begin()?;
-                    handle(&message, &mut pipeline, &sink, &mut batch_tally)?;
-                    lock(&context.pending).insert(partition, message.offset() + 1);
-                    lock(&context.at_end).remove(&partition);
+                    let step = Step {
+                        message: &message,
+                        hop,
+                        processed: context.is_processed(hop),
+                    };
+                    handle(step, &topology, &mut pipeline, &sink, &mut batch_tally)?;
+                    lock(&context.pending).insert(part, message.offset() + 1);
                 }
+            }
+            if !lock(&context.to_restore).is_empty() {
+                // Restoring takes a while: commit first, so that no
+                // transaction stays open across it.
+                break;
             }
         }
         match consumer.context().commit(&consumer) {
@@ -378,50 +572,154 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
                 // Nothing of the batch is visible: forget its state changes
                 // and read its records again.
                 pipeline.rollback_batch();
-                rewind(&consumer, &topics.input, &batch_start)?;
+                rewind(&consumer, batch_start)?;
             }
             Err(e) => return Err(e),
         }
         producer.poll(Duration::ZERO);
-        if last_report.elapsed() >= Duration::from_secs(10) {
-            last_report = Instant::now();
-            let expired = pipeline.expire_dedupe();
-            info!(
-                ?tally,
-                dedupe_keys = pipeline.dedupe_keys(),
-                expired,
-                "progress"
+        if !eviction_logged && pipeline.dedupe().evicted() > 0 {
+            eviction_logged = true;
+            warn!(
+                budget_mib = config.dedupe.memory_budget_mib,
+                "dedupe state reached its memory budget: the least recently seen keys are being forgotten"
             );
         }
-        if options.until_drained && drained(&consumer) {
+        // Only a batch interval without a record says the input may be drained.
+        if options.until_drained && batch == 0 && drained(&consumer, &restorer) {
             info!("input drained");
             break;
         }
     }
     consumer.context().commit(&consumer)?;
+    pipeline.commit_batch();
     consumer.unsubscribe();
     info!(?tally, "stopped");
     Ok(tally)
 }
 
-/// Seeks each partition of an aborted batch back to the batch's first
-/// record, and forgets what the batch had pending.
-fn rewind(
+/// Restores the dedupe state of newly assigned partitions from the
+/// changelog and resumes them. Runs between batches, with no transaction
+/// open.
+fn restore_assigned(
     consumer: &BaseConsumer<RunContext>,
-    topic: &str,
-    batch_start: &BTreeMap<i32, i64>,
+    restorer: &BaseConsumer<ReadToEnd>,
+    topology: &Topology<'_>,
+    pipeline: &mut Pipeline,
+    delivery_timeout: Duration,
 ) -> Result<(), RunError> {
     let context = consumer.context();
+    let partitions: Vec<i32> = std::mem::take(&mut *lock(&context.to_restore))
+        .into_iter()
+        .collect();
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let dedupe = pipeline.dedupe();
+    for partition in &partitions {
+        dedupe.drop_partition(*partition);
+        dedupe.add_partition(*partition);
+    }
+    let failed = |reason: String| RunError::Restore {
+        topic: topology.changelog.to_owned(),
+        reason,
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = BTreeSet::new();
+    for partition in &partitions {
+        let (low, high) = restorer
+            .fetch_watermarks(topology.changelog, *partition, delivery_timeout)
+            .map_err(|e| failed(format!("partition {partition}: {e}")))?;
+        if high > low {
+            assignment
+                .add_partition_offset(topology.changelog, *partition, Offset::Beginning)
+                .map_err(|e| failed(e.to_string()))?;
+            remaining.insert(*partition);
+        }
+    }
+    let mut records = 0_u64;
+    let mut corrupt = 0_u64;
+    if !remaining.is_empty() {
+        restorer
+            .assign(&assignment)
+            .map_err(|e| failed(e.to_string()))?;
+        // An open transaction of a crashed owner holds the end back until
+        // it times out, so silence is only an error well past that.
+        let patience = delivery_timeout * 3;
+        let mut last_progress = Instant::now();
+        while !remaining.is_empty() {
+            if last_progress.elapsed() > patience {
+                return Err(failed(format!(
+                    "no progress for {} s on partitions {remaining:?}",
+                    patience.as_secs()
+                )));
+            }
+            match restorer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(record)) => {
+                    last_progress = Instant::now();
+                    records += 1;
+                    let key = record.key().unwrap_or_default();
+                    if dedupe
+                        .restore(record.partition(), key, record.payload())
+                        .is_err()
+                    {
+                        corrupt += 1;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    last_progress = Instant::now();
+                    remaining.remove(&partition);
+                }
+                Some(Err(e)) => warn!(error = %e, "changelog read error; retrying"),
+            }
+        }
+        restorer.unassign().map_err(|e| failed(e.to_string()))?;
+    }
+    if corrupt > 0 {
+        warn!(
+            corrupt,
+            topic = topology.changelog,
+            "skipped changelog records leadflow did not write"
+        );
+    }
+    let mut resume = TopicPartitionList::new();
+    for partition in &partitions {
+        resume.add_partition(context.processed_topic(), *partition);
+    }
+    consumer
+        .resume(&resume)
+        .map_err(|e| failed(format!("cannot resume partitions: {e}")))?;
+    info!(
+        ?partitions,
+        records,
+        keys = dedupe.len(),
+        millis = started.elapsed().as_millis() as u64,
+        "dedupe state restored"
+    );
+    Ok(())
+}
+
+/// Seeks each partition of an aborted batch that is still assigned back to
+/// the batch's first record, and forgets what the batch had pending.
+fn rewind(
+    consumer: &BaseConsumer<RunContext>,
+    batch_start: BTreeMap<Part, i64>,
+) -> Result<(), RunError> {
+    let context = consumer.context();
+    let assigned = consumer.assignment().map_err(RunError::Transaction)?;
     let mut pending = lock(&context.pending);
-    let mut at_end = lock(&context.at_end);
-    for (partition, offset) in batch_start {
-        pending.remove(partition);
-        at_end.remove(partition);
+    for ((hop, partition), offset) in batch_start {
+        pending.remove(&(hop, partition));
+        let topic = context.topic(hop);
+        if assigned.find_partition(topic, partition).is_none() {
+            continue;
+        }
         consumer
             .seek(
                 topic,
-                *partition,
-                Offset::Offset(*offset),
+                partition,
+                Offset::Offset(offset),
                 Duration::from_secs(10),
             )
             .map_err(RunError::Transaction)?;
@@ -429,39 +727,128 @@ fn rewind(
     Ok(())
 }
 
-/// Every assigned partition read to its end, and nothing left to commit.
-fn drained(consumer: &BaseConsumer<RunContext>) -> bool {
-    let Ok(assignment) = consumer.assignment() else {
+/// Every assigned partition read to its end and restored, and nothing left
+/// to commit. Asked only after a batch interval without records. A
+/// partition is at its end when the consumer's position (which steps over
+/// transaction markers) reaches the end a read_committed reader sees now
+/// (the last stable offset, asked through `lister`, an idle client, since
+/// the consumer's own connection is busy with long-polling fetches). A
+/// partition with no position delivered nothing since it was assigned: it
+/// is at its end if its committed offset is.
+fn drained(consumer: &BaseConsumer<RunContext>, lister: &BaseConsumer<ReadToEnd>) -> bool {
+    let context = consumer.context();
+    if !lock(&context.pending).is_empty() || !lock(&context.to_restore).is_empty() {
+        return false;
+    }
+    let Ok(positions) = consumer.position() else {
         return false;
     };
-    let context = consumer.context();
-    let at_end = lock(&context.at_end);
-    assignment.count() > 0
-        && lock(&context.pending).is_empty()
-        && assignment
-            .elements()
-            .iter()
-            .all(|tp| at_end.contains(&tp.partition()))
+    let timeout = Duration::from_secs(5);
+    let mut unpositioned = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for tp in positions.elements() {
+        let Ok((low, end)) = lister.fetch_watermarks(tp.topic(), tp.partition(), timeout) else {
+            return false;
+        };
+        match tp.offset() {
+            Offset::Offset(position) if position >= end => {}
+            Offset::Offset(_) => return false,
+            _ => {
+                unpositioned.add_partition(tp.topic(), tp.partition());
+                ends.insert((tp.topic().to_owned(), tp.partition()), (low, end));
+            }
+        }
+    }
+    if positions.count() == 0 {
+        return false;
+    }
+    if unpositioned.count() == 0 {
+        return true;
+    }
+    let Ok(committed) = consumer.committed_offsets(unpositioned, timeout) else {
+        return false;
+    };
+    committed.elements().iter().all(|tp| {
+        let Some((low, end)) = ends.get(&(tp.topic().to_owned(), tp.partition())) else {
+            return false;
+        };
+        match tp.offset() {
+            Offset::Offset(committed) => committed >= *end,
+            // Never committed: read from the start, so at the end if empty.
+            _ => low >= end,
+        }
+    })
 }
 
-/// Processes one record and produces its output, if it has one.
+/// One consumed record and what the loop knows about it.
+struct Step<'a, 'm> {
+    message: &'a BorrowedMessage<'m>,
+    hop: Hop,
+    /// Whether the whole pipeline runs on it (else it is re-keyed).
+    processed: bool,
+}
+
+/// Processes one record and produces its outputs.
 fn handle(
-    message: &BorrowedMessage<'_>,
+    step: Step<'_, '_>,
+    topology: &Topology<'_>,
     pipeline: &mut Pipeline,
     sink: &Sink<'_>,
     tally: &mut Tally,
 ) -> Result<(), RunError> {
-    let source = SourcePosition {
+    let message = step.message;
+    let own = SourcePosition {
         topic: message.topic(),
         partition: message.partition(),
         offset: message.offset(),
     };
+    // Records read back from the repartition topic name the input record.
+    let (source, original_key) = match (step.hop, message.headers()) {
+        (Hop::Repartition, Some(h)) => headers::source_of(h).unwrap_or((own, message.key())),
+        _ => (own, message.key()),
+    };
     let timestamp_ms = message.timestamp().to_millis();
-    let outcome = pipeline.process(Input {
+    let input = Input {
         value: message.payload(),
         timestamp_ms,
         source,
-    });
+        shard: message.partition(),
+    };
+    if !step.processed {
+        match pipeline.rekey(input) {
+            Rekeyed::Forward(key) => {
+                let Some((topic, partitions)) = topology.repartition else {
+                    return Ok(());
+                };
+                let partition = partition_for(key.0, partitions);
+                let key = key.to_hex();
+                let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+                    .key(key.as_bytes())
+                    .partition(partition)
+                    .headers(headers::forwarded(message.headers(), source, original_key));
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                if let Some(ts) = timestamp_ms {
+                    record = record.timestamp(ts);
+                }
+                send(sink.producer, record).map_err(|source| RunError::Produce {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+                tally.record_forwarded();
+                return Ok(());
+            }
+            Rekeyed::Done(outcome) => {
+                if let Outcome::Failed(failure) = &outcome {
+                    sink.send_dead_letter(step.message, source, original_key, pipeline, failure)?;
+                }
+                tally.record(&outcome, pipeline.routing());
+                return Ok(());
+            }
+        }
+    }
+    let outcome = pipeline.process(input);
     let outcome = match outcome {
         Outcome::Routed {
             destination,
@@ -475,29 +862,22 @@ fn handle(
         other => other,
     };
     if let Outcome::Failed(failure) = &outcome {
-        let dlq = sink.config.topics.dead_letter.as_str();
-        let mut record = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
-            message.headers(),
-            source,
-            pipeline.version(),
-            failure,
-        ));
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(ts) = timestamp_ms {
-            record = record.timestamp(ts);
-        }
-        send(sink.producer, record).map_err(|source| RunError::DeadLetter {
-            topic: dlq.to_owned(),
-            source,
-        })?;
+        sink.send_dead_letter(step.message, source, original_key, pipeline, failure)?;
     }
-    tally.record(&outcome, pipeline.routing());
+    sink.send_changes(topology.changelog, pipeline.take_changes())?;
+    if step.hop == Hop::Repartition {
+        tally.record_outcome(&outcome, pipeline.routing());
+    } else {
+        tally.record(&outcome, pipeline.routing());
+    }
     Ok(())
+}
+
+/// The repartition topic's partition for a key: leadflow's own hash, so
+/// that co-partitioning does not depend on a client's partitioner.
+fn partition_for(key: u128, partitions: i32) -> i32 {
+    let partitions = u128::from(partitions.max(1).unsigned_abs());
+    i32::try_from(key % partitions).unwrap_or(0)
 }
 
 /// Where outputs go and how they are encoded: one encoder per route (in
@@ -510,6 +890,56 @@ struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
+    /// Produces a dead letter: the input record's key, value, headers and
+    /// timestamp, with headers saying why and whence.
+    fn send_dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        source: SourcePosition<'_>,
+        key: Option<&[u8]>,
+        pipeline: &Pipeline,
+        failure: &Failure,
+    ) -> Result<(), RunError> {
+        let dlq = self.config.topics.dead_letter.as_str();
+        let mut record = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
+            message.headers(),
+            source,
+            pipeline.version(),
+            failure,
+        ));
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(ts) = message.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        send(self.producer, record).map_err(|source| RunError::Produce {
+            topic: dlq.to_owned(),
+            source,
+        })
+    }
+
+    /// Produces dedupe state changes to the changelog partition of the
+    /// shard they belong to.
+    fn send_changes(&self, changelog: &str, changes: Vec<Change>) -> Result<(), RunError> {
+        for change in changes {
+            let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
+                .key(change.key.as_slice())
+                .partition(change.partition);
+            if let Some(value) = &change.value {
+                record = record.payload(value.as_slice());
+            }
+            send(self.producer, record).map_err(|source| RunError::Produce {
+                topic: changelog.to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     fn new(producer: &'a LeadProducer, config: &'a Config) -> Sink<'a> {
         let output = config.topics.output_format;
         Sink {

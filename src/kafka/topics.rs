@@ -17,12 +17,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{ReadToEnd, Role, SetupError, check_topics, client_config, cluster_metadata};
 use crate::config::KafkaConfig;
 
-/// Creates each topic that does not exist yet, with `partitions` partitions.
-/// Returns the names of the topics it created.
+/// Creates each topic that does not exist yet, with `partitions` partitions;
+/// those in `compacted` keep only the latest record per key. Returns the
+/// names of the topics it created.
 pub async fn create(
     kafka: &KafkaConfig,
     names: &[&str],
     partitions: i32,
+    compacted: &[&str],
 ) -> Result<Vec<String>, SetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
         .create()
@@ -32,7 +34,14 @@ pub async fn create(
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let new: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+            if compacted.contains(name) {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(timeout))

@@ -7,17 +7,44 @@
 //! new action by the same person for the same offer has another key, so it
 //! is a new lead, and it learns which other actions that person took on that
 //! offer. Checking and recording are separate steps, so that a lead which
-//! fails a later stage leaves no trace. Every change since the last
+//! fails a later stage leaves no trace.
+//!
+//! State is kept per input partition (a *shard*), because a partition is
+//! the unit that moves between processes. Every change since the last
 //! [`Deduper::commit`] is journaled, so that an aborted transaction can
-//! [`Deduper::rollback`] the state to match what was committed. State lives
-//! in memory only: it is lost on restart (durable state comes with the
-//! changelog).
+//! [`Deduper::rollback`] the state to match what was committed, and so that
+//! each change can be written to a changelog ([`Deduper::take_changes`]):
+//! a key's new value, or a tombstone when it was forgotten. Replaying a
+//! changelog into [`Deduper::restore`] rebuilds a shard.
+//!
+//! Changelog records: the key is a tag byte (`s` for a dedupe key, `a` for
+//! a person's actions on an offer) and the 128-bit key, big-endian; the
+//! value is 16 bytes: for `s` the event time let through and the latest
+//! event time seen, for `a` the latest event time and the action bits, all
+//! big-endian.
+//!
+//! Memory is bounded by `max_keys`: past it, the keys least recently seen
+//! (about 1% of them) are forgotten, with tombstones, and counted in
+//! [`Deduper::evicted`]. A repeat of a forgotten lead is let through again.
 
 use std::collections::HashMap;
 
 use crate::domain::{ActionSet, DedupeKey, Lead};
+use crate::error::ErrorClass;
 
-#[derive(Debug, Clone, Copy)]
+/// The most one dedupe key costs in memory: its entry and its share of a
+/// person's actions entry, each in a table that may be just past a resize
+/// (half full) and is at most 7/8 full. Sizes the memory budget.
+pub const MAX_BYTES_PER_KEY: usize = 2 * 2 * (33 * 8 / 7 + 1);
+
+/// Bytes in a changelog key.
+pub const CHANGELOG_KEY_BYTES: usize = 17;
+/// Bytes in a changelog value.
+pub const CHANGELOG_VALUE_BYTES: usize = 16;
+const TAG_SEEN: u8 = b's';
+const TAG_ACTIONS: u8 = b'a';
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seen {
     /// Event time of the occurrence that was let through.
     emitted_ms: i64,
@@ -32,116 +59,349 @@ enum Undo {
     Actions(DedupeKey, Option<(ActionSet, i64)>),
 }
 
-/// In-memory dedupe state.
-#[derive(Debug)]
-pub struct Deduper {
-    window_ms: i64,
+/// One state change, as a changelog record for the shard's partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub partition: i32,
+    pub key: [u8; CHANGELOG_KEY_BYTES],
+    /// `None` is a tombstone: the key was forgotten.
+    pub value: Option<[u8; CHANGELOG_VALUE_BYTES]>,
+}
+
+/// A changelog record that leadflow did not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "changelog record with a {key_len}-byte key and a {value_len}-byte value is not leadflow dedupe state"
+)]
+pub struct ChangelogError {
+    key_len: usize,
+    value_len: usize,
+}
+
+impl ErrorClass for ChangelogError {
+    fn class(&self) -> &'static str {
+        "changelog_corrupt"
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
     seen: HashMap<DedupeKey, Seen>,
     /// (email, offer) → actions let through, and the latest event time.
     actions: HashMap<DedupeKey, (ActionSet, i64)>,
+}
+
+/// Dedupe state for the partitions this process owns.
+#[derive(Debug)]
+pub struct Deduper {
+    window_ms: i64,
+    max_keys: usize,
+    shards: HashMap<i32, Shard>,
     /// Changes since the last commit, oldest first.
-    journal: Vec<Undo>,
+    journal: Vec<(i32, Undo)>,
+    /// Journal entries already handed out by `take_changes`.
+    taken: usize,
+    evicted: u64,
 }
 
 impl Deduper {
-    pub fn new(window_ms: i64) -> Deduper {
+    /// State for a window of `window_ms` event time holding at most
+    /// `max_keys` dedupe keys.
+    pub fn new(window_ms: i64, max_keys: usize) -> Deduper {
         Deduper {
             window_ms,
-            seen: HashMap::new(),
-            actions: HashMap::new(),
+            max_keys: max_keys.max(1),
+            shards: HashMap::new(),
             journal: Vec::new(),
+            taken: 0,
+            evicted: 0,
         }
     }
 
     /// Makes the changes so far permanent: a later rollback stops here.
     pub fn commit(&mut self) {
         self.journal.clear();
+        self.taken = 0;
     }
 
     /// Undoes every change since the last commit.
     pub fn rollback(&mut self) {
-        while let Some(undo) = self.journal.pop() {
+        self.taken = 0;
+        while let Some((partition, undo)) = self.journal.pop() {
+            // A shard dropped since (its partition was revoked) stays dropped.
+            let Some(shard) = self.shards.get_mut(&partition) else {
+                continue;
+            };
             match undo {
                 Undo::Seen(key, Some(before)) => {
-                    self.seen.insert(key, before);
+                    shard.seen.insert(key, before);
                 }
                 Undo::Seen(key, None) => {
-                    self.seen.remove(&key);
+                    shard.seen.remove(&key);
                 }
                 Undo::Actions(key, Some(before)) => {
-                    self.actions.insert(key, before);
+                    shard.actions.insert(key, before);
                 }
                 Undo::Actions(key, None) => {
-                    self.actions.remove(&key);
+                    shard.actions.remove(&key);
                 }
             }
         }
     }
 
+    /// The changes since the last call (or commit), as changelog records
+    /// carrying each key's current value.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let changes = self.journal[self.taken..]
+            .iter()
+            .map(|(partition, undo)| {
+                let shard = self.shards.get(partition);
+                let (key, value) = match undo {
+                    Undo::Seen(key, _) => (
+                        changelog_key(TAG_SEEN, *key),
+                        shard.and_then(|s| s.seen.get(key)).map(|seen| {
+                            value_bytes(seen.emitted_ms, seen.last_seen_ms.to_be_bytes())
+                        }),
+                    ),
+                    Undo::Actions(key, _) => (
+                        changelog_key(TAG_ACTIONS, *key),
+                        shard.and_then(|s| s.actions.get(key)).map(|(set, last)| {
+                            let mut bits = [0; 8];
+                            bits[0] = set.0;
+                            value_bytes(*last, bits)
+                        }),
+                    ),
+                };
+                Change {
+                    partition: *partition,
+                    key,
+                    value,
+                }
+            })
+            .collect();
+        self.taken = self.journal.len();
+        changes
+    }
+
+    /// Applies one changelog record to a partition's shard, unjournaled:
+    /// restoring rebuilds committed state.
+    pub fn restore(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), ChangelogError> {
+        let corrupt = || ChangelogError {
+            key_len: key.len(),
+            value_len: value.map_or(0, <[u8]>::len),
+        };
+        let (tag, hash) = match key {
+            [tag, rest @ ..] => (
+                *tag,
+                DedupeKey(u128::from_be_bytes(rest.try_into().map_err(|_| corrupt())?)),
+            ),
+            [] => return Err(corrupt()),
+        };
+        let value = match value {
+            None => None,
+            Some(bytes) => {
+                let bytes: [u8; CHANGELOG_VALUE_BYTES] = bytes.try_into().map_err(|_| corrupt())?;
+                let (first, second) = bytes.split_at(8);
+                let first = i64::from_be_bytes(first.try_into().map_err(|_| corrupt())?);
+                let second: [u8; 8] = second.try_into().map_err(|_| corrupt())?;
+                Some((first, second))
+            }
+        };
+        let shard = self.shards.entry(partition).or_default();
+        match (tag, value) {
+            (TAG_SEEN, Some((emitted_ms, last))) => {
+                let last_seen_ms = i64::from_be_bytes(last);
+                shard.seen.insert(
+                    hash,
+                    Seen {
+                        emitted_ms,
+                        last_seen_ms,
+                    },
+                );
+            }
+            (TAG_SEEN, None) => {
+                shard.seen.remove(&hash);
+            }
+            (TAG_ACTIONS, Some((last, bits))) => {
+                shard.actions.insert(hash, (ActionSet(bits[0]), last));
+            }
+            (TAG_ACTIONS, None) => {
+                shard.actions.remove(&hash);
+            }
+            _ => return Err(corrupt()),
+        }
+        Ok(())
+    }
+
+    /// Forgets a partition's state, when another process takes it over.
+    /// Returns how many dedupe keys it held.
+    pub fn drop_partition(&mut self, partition: i32) -> usize {
+        self.shards
+            .remove(&partition)
+            .map_or(0, |shard| shard.seen.len())
+    }
+
+    /// Starts a partition with empty state (before restoring it, say).
+    pub fn add_partition(&mut self, partition: i32) {
+        self.shards.entry(partition).or_default();
+    }
+
     /// If `lead` repeats one let through within the window, notes the repeat
     /// and returns the event time of the one let through.
-    pub fn duplicate_of(&mut self, lead: &Lead) -> Option<i64> {
-        let seen = self.seen.get_mut(&lead.dedupe_key)?;
+    pub fn duplicate_of(&mut self, partition: i32, lead: &Lead) -> Option<i64> {
+        let seen = self
+            .shards
+            .get_mut(&partition)?
+            .seen
+            .get_mut(&lead.dedupe_key)?;
         if lead.event_time_ms.abs_diff(seen.emitted_ms) >= self.window_ms.unsigned_abs() {
             return None;
         }
-        self.journal.push(Undo::Seen(lead.dedupe_key, Some(*seen)));
-        seen.last_seen_ms = seen.last_seen_ms.max(lead.event_time_ms);
+        if lead.event_time_ms > seen.last_seen_ms {
+            self.journal
+                .push((partition, Undo::Seen(lead.dedupe_key, Some(*seen))));
+            seen.last_seen_ms = lead.event_time_ms;
+        }
         Some(seen.emitted_ms)
     }
 
     /// Records `lead` as let through and returns the person's other actions
     /// on the same offer.
-    pub fn record(&mut self, lead: &Lead) -> ActionSet {
-        let before = self.seen.insert(
+    pub fn record(&mut self, partition: i32, lead: &Lead) -> ActionSet {
+        let shard = self.shards.entry(partition).or_default();
+        let before = shard.seen.insert(
             lead.dedupe_key,
             Seen {
                 emitted_ms: lead.event_time_ms,
                 last_seen_ms: lead.event_time_ms,
             },
         );
-        self.journal.push(Undo::Seen(lead.dedupe_key, before));
-        let before = self.actions.get(&lead.person_offer_key).copied();
+        let new_key = before.is_none();
         self.journal
-            .push(Undo::Actions(lead.person_offer_key, before));
-        let entry = self
+            .push((partition, Undo::Seen(lead.dedupe_key, before)));
+        let before = shard.actions.get(&lead.person_offer_key).copied();
+        self.journal
+            .push((partition, Undo::Actions(lead.person_offer_key, before)));
+        let entry = shard
             .actions
             .entry(lead.person_offer_key)
             .or_insert((ActionSet::default(), lead.event_time_ms));
         let earlier = entry.0.without(&lead.action);
         entry.0 = entry.0.with(&lead.action);
         entry.1 = entry.1.max(lead.event_time_ms);
+        if new_key && self.len() > self.max_keys {
+            self.evict_oldest();
+        }
         earlier
     }
 
     /// Forgets keys whose last occurrence is a full window older than
-    /// `now_ms` (event time), and returns how many were forgotten. Commits
-    /// first: expiry is not journaled.
+    /// `now_ms` (event time), and returns how many dedupe keys were
+    /// forgotten. Journaled like any change, so it yields tombstones.
     pub fn expire(&mut self, now_ms: i64) -> usize {
-        self.commit();
-        let before = self.seen.len();
         let window = self.window_ms;
-        self.seen
-            .retain(|_, seen| now_ms.saturating_sub(seen.last_seen_ms) < window);
-        self.actions
-            .retain(|_, (_, last_seen_ms)| now_ms.saturating_sub(*last_seen_ms) < window);
-        before - self.seen.len()
+        self.forget(|last_seen_ms| now_ms.saturating_sub(last_seen_ms) >= window)
     }
 
-    /// Number of keys held.
+    /// Forgets about 1% of the keys, those seen least recently. The cut-off
+    /// comes from a sample, which keeps this O(keys) without sorting them.
+    fn evict_oldest(&mut self) {
+        const SAMPLE: usize = 4_096;
+        let total = self.len();
+        let stride = (total / SAMPLE).max(1);
+        let mut sample: Vec<i64> = self
+            .shards
+            .values()
+            .flat_map(|shard| shard.seen.values())
+            .step_by(stride)
+            .map(|seen| seen.last_seen_ms)
+            .collect();
+        let rank = sample.len() / 100;
+        let Some((_, cutoff, _)) = (!sample.is_empty()).then(|| sample.select_nth_unstable(rank))
+        else {
+            return;
+        };
+        let cutoff = *cutoff;
+        let evicted = self.forget(|last_seen_ms| last_seen_ms <= cutoff);
+        self.evicted += evicted as u64;
+    }
+
+    /// Forgets every key (of either kind) whose latest event time `stale`
+    /// says is stale, journaled. Returns how many dedupe keys went.
+    fn forget(&mut self, stale: impl Fn(i64) -> bool) -> usize {
+        let journal = &mut self.journal;
+        let mut forgotten = 0;
+        for (partition, shard) in &mut self.shards {
+            shard.seen.retain(|key, seen| {
+                let keep = !stale(seen.last_seen_ms);
+                if !keep {
+                    journal.push((*partition, Undo::Seen(*key, Some(*seen))));
+                    forgotten += 1;
+                }
+                keep
+            });
+            shard.actions.retain(|key, entry| {
+                let keep = !stale(entry.1);
+                if !keep {
+                    journal.push((*partition, Undo::Actions(*key, Some(*entry))));
+                }
+                keep
+            });
+        }
+        forgotten
+    }
+
+    /// Dedupe keys held, over all partitions.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.shards.values().map(|shard| shard.seen.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
+
+    /// Dedupe keys forgotten to stay within the memory budget, ever.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Bytes the state's tables take, from their capacities.
+    pub fn bytes(&self) -> usize {
+        // A hashbrown table keeps buckets at most 7/8 full and spends one
+        // control byte per bucket.
+        let seen = size_of::<(DedupeKey, Seen)>() + 1;
+        let actions = size_of::<(DedupeKey, (ActionSet, i64))>() + 1;
+        self.shards
+            .values()
+            .map(|s| (s.seen.capacity() * seen + s.actions.capacity() * actions) * 8 / 7)
+            .sum()
+    }
+}
+
+fn changelog_key(tag: u8, key: DedupeKey) -> [u8; CHANGELOG_KEY_BYTES] {
+    let mut bytes = [0; CHANGELOG_KEY_BYTES];
+    bytes[0] = tag;
+    bytes[1..].copy_from_slice(&key.0.to_be_bytes());
+    bytes
+}
+
+fn value_bytes(first: i64, second: [u8; 8]) -> [u8; CHANGELOG_VALUE_BYTES] {
+    let mut bytes = [0; CHANGELOG_VALUE_BYTES];
+    bytes[..8].copy_from_slice(&first.to_be_bytes());
+    bytes[8..].copy_from_slice(&second);
+    bytes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{ActionCode, Storefront, fixtures};
+    use crate::error::ErrorClass;
 
     const DAY: i64 = 86_400_000;
 
@@ -153,16 +413,16 @@ mod tests {
 
     /// Checks and, when new, records: what the pipeline does.
     fn observe(dedupe: &mut Deduper, lead: &Lead) -> Option<i64> {
-        let duplicate = dedupe.duplicate_of(lead);
+        let duplicate = dedupe.duplicate_of(0, lead);
         if duplicate.is_none() {
-            dedupe.record(lead);
+            dedupe.record(0, lead);
         }
         duplicate
     }
 
     #[test]
     fn repeats_within_the_window_are_duplicates() {
-        let mut dedupe = Deduper::new(180 * DAY);
+        let mut dedupe = Deduper::new(180 * DAY, usize::MAX);
         assert_eq!(
             observe(&mut dedupe, &lead_at(ActionCode::Install, 1_000)),
             None
@@ -187,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_repeat_after_the_window_is_a_new_lead_and_restarts_it() {
-        let mut dedupe = Deduper::new(10 * DAY);
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
         assert_eq!(observe(&mut dedupe, &lead_at(ActionCode::Install, 0)), None);
         assert_eq!(
             observe(&mut dedupe, &lead_at(ActionCode::Install, 10 * DAY)),
@@ -201,32 +461,32 @@ mod tests {
 
     #[test]
     fn a_lead_that_is_checked_but_not_recorded_leaves_no_trace() {
-        let mut dedupe = Deduper::new(10 * DAY);
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
         let lead = lead_at(ActionCode::Install, 0);
-        assert_eq!(dedupe.duplicate_of(&lead), None);
-        assert_eq!(dedupe.duplicate_of(&lead), None);
+        assert_eq!(dedupe.duplicate_of(0, &lead), None);
+        assert_eq!(dedupe.duplicate_of(0, &lead), None);
         assert!(dedupe.is_empty());
     }
 
     #[test]
     fn a_new_action_by_the_same_person_carries_the_earlier_ones() {
-        let mut dedupe = Deduper::new(180 * DAY);
+        let mut dedupe = Deduper::new(180 * DAY, usize::MAX);
         let contact = lead_at(ActionCode::PartnerLedTrial, 0);
         let install = lead_at(ActionCode::Install, DAY);
         assert_ne!(contact.dedupe_key, install.dedupe_key);
         assert_eq!(contact.person_offer_key, install.person_offer_key);
-        assert_eq!(dedupe.record(&contact).to_vec(), vec![]);
-        assert_eq!(dedupe.duplicate_of(&install), None);
+        assert_eq!(dedupe.record(0, &contact).to_vec(), vec![]);
+        assert_eq!(dedupe.duplicate_of(0, &install), None);
         assert_eq!(
-            dedupe.record(&install).to_vec(),
+            dedupe.record(0, &install).to_vec(),
             vec![ActionCode::PartnerLedTrial]
         );
-        assert_eq!(dedupe.duplicate_of(&install), Some(DAY));
+        assert_eq!(dedupe.duplicate_of(0, &install), Some(DAY));
     }
 
     #[test]
     fn rollback_restores_the_last_committed_state() {
-        let mut dedupe = Deduper::new(10 * DAY);
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
         let contact = lead_at(ActionCode::PartnerLedTrial, 0);
         observe(&mut dedupe, &contact);
         dedupe.commit();
@@ -240,9 +500,9 @@ mod tests {
         dedupe.rollback();
         assert_eq!(dedupe.len(), 1);
         // Replayed after the abort, everything happens as the first time.
-        assert_eq!(dedupe.duplicate_of(&install), None);
+        assert_eq!(dedupe.duplicate_of(0, &install), None);
         assert_eq!(
-            dedupe.record(&install).to_vec(),
+            dedupe.record(0, &install).to_vec(),
             vec![ActionCode::PartnerLedTrial]
         );
         // The repeat's last-seen time was rolled back too: expiry at day 10
@@ -253,7 +513,7 @@ mod tests {
 
     #[test]
     fn expiry_forgets_keys_idle_for_a_window() {
-        let mut dedupe = Deduper::new(10 * DAY);
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
         observe(&mut dedupe, &lead_at(ActionCode::Install, 0));
         observe(&mut dedupe, &lead_at(ActionCode::Create, 5 * DAY));
         assert_eq!(dedupe.expire(12 * DAY), 1);
@@ -262,5 +522,121 @@ mod tests {
             observe(&mut dedupe, &lead_at(ActionCode::Install, 12 * DAY)),
             None
         );
+    }
+
+    /// Replays changes into a fresh deduper, as a restore would.
+    fn replay(changes: &[Change], window_ms: i64) -> Deduper {
+        let mut restored = Deduper::new(window_ms, usize::MAX);
+        for change in changes {
+            restored
+                .restore(
+                    change.partition,
+                    &change.key,
+                    change.value.as_ref().map(<[u8; 16]>::as_slice),
+                )
+                .expect("own changelog record");
+        }
+        restored
+    }
+
+    #[test]
+    fn a_replayed_changelog_rebuilds_the_state_per_partition() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        let contact = lead_at(ActionCode::PartnerLedTrial, 0);
+        let install = lead_at(ActionCode::Install, DAY);
+        dedupe.record(3, &contact);
+        dedupe.record(7, &install);
+        assert_eq!(
+            dedupe.duplicate_of(3, &lead_at(ActionCode::PartnerLedTrial, DAY)),
+            Some(0)
+        );
+        let changes = dedupe.take_changes();
+        assert!(changes.iter().all(|c| c.partition == 3 || c.partition == 7));
+        assert!(
+            dedupe.take_changes().is_empty(),
+            "changes are handed out once"
+        );
+
+        let mut restored = replay(&changes, 10 * DAY);
+        assert_eq!(restored.len(), 2);
+        assert_eq!(restored.duplicate_of(3, &contact), Some(0));
+        // State is per partition: partition 7 never saw the contact.
+        assert_eq!(restored.duplicate_of(7, &contact), None);
+        // The actions were restored too.
+        let create = lead_at(ActionCode::Create, 2 * DAY);
+        assert_eq!(
+            restored.record(3, &create).to_vec(),
+            vec![ActionCode::PartnerLedTrial]
+        );
+        // So was the repeat's last-seen time: the contact outlives day 10.
+        assert_eq!(restored.expire(10 * DAY), 0);
+        // Day 11 forgets the contact and the install, both last seen on day 1.
+        assert_eq!(restored.expire(11 * DAY), 2);
+        assert_eq!(restored.len(), 1);
+    }
+
+    #[test]
+    fn expiry_and_eviction_write_tombstones() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        dedupe.record(0, &lead_at(ActionCode::Install, 0));
+        dedupe.record(0, &lead_at(ActionCode::Create, 5 * DAY));
+        let mut changes = dedupe.take_changes();
+        dedupe.commit();
+        assert_eq!(dedupe.expire(12 * DAY), 1);
+        let tombstones = dedupe.take_changes();
+        assert!(!tombstones.is_empty());
+        assert!(tombstones.iter().all(|c| c.value.is_none()));
+        changes.extend(tombstones);
+        let restored = replay(&changes, 10 * DAY);
+        assert_eq!(restored.len(), 1);
+    }
+
+    #[test]
+    fn the_key_budget_evicts_the_least_recently_seen() {
+        let mut dedupe = Deduper::new(1_000 * DAY, 500);
+        let mut all = Vec::new();
+        for i in 0..2_000 {
+            let mut lead = lead_at(ActionCode::Install, i * 1_000);
+            lead.dedupe_key = DedupeKey(i as u128);
+            lead.person_offer_key = DedupeKey(i as u128);
+            dedupe.record((i % 4) as i32, &lead);
+            all.push(lead);
+        }
+        assert!(dedupe.len() <= 500, "{} keys held", dedupe.len());
+        assert_eq!(dedupe.evicted(), 2_000 - dedupe.len() as u64);
+        // The newest lead is remembered, the oldest forgotten.
+        let newest = all.last().expect("leads");
+        assert!(dedupe.duplicate_of(3, newest).is_some());
+        assert_eq!(dedupe.duplicate_of(0, &all[0]), None);
+        // The changelog agrees with memory.
+        let restored = replay(&dedupe.take_changes(), 1_000 * DAY);
+        assert_eq!(restored.len(), dedupe.len());
+    }
+
+    #[test]
+    fn a_dropped_partition_is_forgotten_and_stays_dropped_on_rollback() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        let lead = lead_at(ActionCode::Install, 0);
+        dedupe.record(1, &lead);
+        dedupe.record(2, &lead);
+        assert_eq!(dedupe.drop_partition(1), 1);
+        dedupe.rollback();
+        assert!(dedupe.is_empty());
+        assert_eq!(dedupe.duplicate_of(1, &lead), None);
+    }
+
+    #[test]
+    fn foreign_changelog_records_are_refused() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        let err = dedupe
+            .restore(0, b"not a key", Some(b"x"))
+            .expect_err("refused");
+        assert_eq!(err.class(), "changelog_corrupt");
+        let mut key = [0; CHANGELOG_KEY_BYTES];
+        key[0] = b'z';
+        assert!(dedupe.restore(0, &key, None).is_err());
+        key[0] = b's';
+        assert!(dedupe.restore(0, &key, Some(&[0; 15])).is_err());
+        assert!(dedupe.restore(0, &key, Some(&[0; 16])).is_ok());
     }
 }

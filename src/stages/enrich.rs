@@ -145,8 +145,30 @@ pub fn normalize_email(raw: &str) -> Result<String, EnrichError> {
     Ok(format!("{local}@{domain}"))
 }
 
-/// Enriches a decoded lead. Takes ownership so that strings move, not copy.
-pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> {
+/// Who acted on which offer, how, and through which storefront: the part of
+/// enrichment that identity (and so dedupe and partitioning) depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Normalized per [`normalize_email`].
+    pub email: String,
+    pub source_tag: SourceTag,
+    pub action: ActionCode,
+    pub offer: Offer,
+    pub storefront: Storefront,
+}
+
+impl Identity {
+    /// The key leads are partitioned by, so that everything dedupe compares
+    /// a lead with (its repeats and the person's other actions on the
+    /// offer) is in the same partition.
+    pub fn partition_key(&self) -> DedupeKey {
+        DedupeKey::person_offer(&self.email, &self.offer)
+    }
+}
+
+/// Resolves a lead's identity without the profile work, which is all that
+/// re-keying needs. Fails exactly as [`enrich`] would on identity fields.
+pub fn identify(raw: &RawLead, reference: &Reference) -> Result<Identity, EnrichError> {
     let email = normalize_email(&raw.email)?;
     let source = raw
         .lead_source
@@ -192,6 +214,24 @@ pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> 
             .ok_or_else(|| EnrichError::UnknownStorefront(offer.to_string()))?,
     };
 
+    Ok(Identity {
+        email,
+        source_tag,
+        action,
+        offer,
+        storefront,
+    })
+}
+
+/// Enriches a decoded lead. Takes ownership so that strings move, not copy.
+pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> {
+    let Identity {
+        email,
+        source_tag,
+        action,
+        offer,
+        storefront,
+    } = identify(&raw, reference)?;
     let dedupe_key = DedupeKey::new(&email, &offer, &action);
     let person_offer_key = DedupeKey::person_offer(&email, &offer);
     let email_domain = email
