@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod checker;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

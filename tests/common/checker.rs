@@ -1,0 +1,300 @@
+//! The independent checker: reads the input topic and every output topic
+//! back with `read_committed` and proves, from the records alone and the
+//! generator's own account of what it wrote, that
+//!
+//! - every input ends in exactly one place (its campaign topic, the
+//!   suppressed topic with the right reason, or the dead-letter topic with
+//!   the right class), or nowhere when it is a duplicate or a test lead;
+//! - no input is lost and none is written twice;
+//! - no dedupe key reaches a campaign topic twice within the window;
+//! - per key, outputs keep the order of their inputs.
+//!
+//! It shares no code with the pipeline: where a record must go comes from
+//! the generator ([`Expected`]), where it went from the record headers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use leadflow::domain::Storefront;
+use leadflow::generate::{Expected, Generator, GeneratorOptions};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use super::{Env, PATIENCE, bootstrap, header, read_all};
+
+/// What the generator wrote: each record's value, and where it must end.
+pub struct Written {
+    pub expected: HashMap<Vec<u8>, Expected>,
+    pub count: usize,
+}
+
+/// Writes `count` generated leads to `topic`, keyed as the generator keys
+/// them, and returns where each must end.
+pub fn write_generated(topic: &str, count: usize, seed: u64) -> Written {
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    let generator = Generator::new(GeneratorOptions {
+        seed,
+        ..GeneratorOptions::default()
+    });
+    let mut expected = HashMap::with_capacity(count);
+    for lead in generator.take(count) {
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .key(&lead.key)
+            .payload(&lead.value)
+            .timestamp(lead.timestamp_ms);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    producer.poll(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+        // Equal bytes always mean the same outcome (a malformed record that
+        // recurs, say), so keeping one entry per value loses nothing.
+        let previous = expected.insert(lead.value.clone(), lead.expected.clone());
+        assert!(
+            previous.is_none_or(|p| p == lead.expected),
+            "the same bytes expected in two places"
+        );
+    }
+    producer.flush(PATIENCE).expect("all leads acknowledged");
+    Written { expected, count }
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub inputs: usize,
+    pub campaign: usize,
+    pub suppressed: usize,
+    pub dead_letter: usize,
+    pub duplicates: usize,
+    pub test_leads: usize,
+    /// Inputs that should have an output and have none.
+    pub lost: Vec<String>,
+    /// Inputs with more than one output.
+    pub doubled: Vec<String>,
+    /// Inputs whose one output is in the wrong place.
+    pub misplaced: Vec<String>,
+    /// Duplicates or test leads that reached an output.
+    pub leaked: Vec<String>,
+    /// Outputs that name no input record.
+    pub orphans: Vec<String>,
+    /// Dedupe keys found twice in a campaign topic within the window.
+    pub repeated_keys: Vec<String>,
+    /// Keys whose outputs are not in the order of their inputs.
+    pub out_of_order: Vec<String>,
+}
+
+impl Report {
+    /// The checker's summary lines.
+    pub fn summary(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "checker: inputs={} campaign={} suppressed={} dead_letter={} duplicates={} test_leads={}",
+            self.inputs,
+            self.campaign,
+            self.suppressed,
+            self.dead_letter,
+            self.duplicates,
+            self.test_leads
+        );
+        let _ = write!(
+            text,
+            "checker: lost={} doubled={} misplaced={} leaked={} orphans={} repeated_keys={} out_of_order={}",
+            self.lost.len(),
+            self.doubled.len(),
+            self.misplaced.len(),
+            self.leaked.len(),
+            self.orphans.len(),
+            self.repeated_keys.len(),
+            self.out_of_order.len()
+        );
+        text
+    }
+
+    /// Fails the test with the summary and examples unless all is well.
+    pub fn assert_clean(&self) {
+        let problems = [
+            ("lost", &self.lost),
+            ("doubled", &self.doubled),
+            ("misplaced", &self.misplaced),
+            ("leaked", &self.leaked),
+            ("orphans", &self.orphans),
+            ("repeated_keys", &self.repeated_keys),
+            ("out_of_order", &self.out_of_order),
+        ];
+        let examples: Vec<String> = problems
+            .iter()
+            .filter_map(|(name, list)| list.first().map(|e| format!("{name}: {e}")))
+            .collect();
+        assert!(
+            examples.is_empty(),
+            "{}\nexamples: {examples:?}",
+            self.summary()
+        );
+        let accounted =
+            self.campaign + self.suppressed + self.dead_letter + self.duplicates + self.test_leads;
+        assert_eq!(accounted, self.inputs, "{}", self.summary());
+    }
+}
+
+/// One output record, as the checker sees it.
+struct Output {
+    topic: String,
+    reason: Option<String>,
+    class: Option<String>,
+}
+
+/// Reads everything back and checks it against what was written.
+pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
+    let mut report = Report::default();
+    let inputs = read_all(&env.input);
+    report.inputs = inputs.len();
+    assert_eq!(
+        inputs.len(),
+        written.count,
+        "the input topic holds what was written"
+    );
+
+    let campaign_topic = |storefront: Storefront| match storefront {
+        Storefront::AppSource => env.nurture.as_str(),
+        Storefront::AzureMarketplace => env.demand_gen.as_str(),
+    };
+    let outputs = [
+        env.nurture.as_str(),
+        env.demand_gen.as_str(),
+        env.suppressed.as_str(),
+        env.dead_letter.as_str(),
+    ];
+    // Input position → its outputs, in the order they were read.
+    let mut by_source: HashMap<(i32, i64), Vec<Output>> = HashMap::new();
+    // (campaign topic, dedupe key) → event times of its records.
+    let mut campaign_times: HashMap<(&str, Vec<u8>), Vec<i64>> = HashMap::new();
+    for topic in outputs {
+        // topic → key → [(source partition, source offset)] in output order.
+        let mut sequences: BTreeMap<Vec<u8>, Vec<(i32, i64)>> = BTreeMap::new();
+        for m in read_all(topic) {
+            let source = source_position(&m);
+            let Some(source) =
+                source.filter(|_| header(&m, "leadflow.source.topic") == Some(env.input.as_str()))
+            else {
+                report
+                    .orphans
+                    .push(format!("{topic}/{}/{}", m.partition(), m.offset()));
+                continue;
+            };
+            if let Some(key) = m.key() {
+                sequences.entry(key.to_vec()).or_default().push(source);
+            }
+            if topic == env.nurture || topic == env.demand_gen {
+                campaign_times
+                    .entry((topic, m.key().map(<[u8]>::to_vec).unwrap_or_default()))
+                    .or_default()
+                    .push(m.timestamp().to_millis().unwrap_or_default());
+            }
+            by_source.entry(source).or_default().push(Output {
+                topic: topic.to_owned(),
+                reason: header(&m, "leadflow.suppressed.reason").map(str::to_owned),
+                class: header(&m, "leadflow.error.class").map(str::to_owned),
+            });
+        }
+        for (key, sources) in sequences {
+            let mut last: HashMap<i32, i64> = HashMap::new();
+            for (partition, offset) in sources {
+                let previous = last.insert(partition, offset);
+                if previous.is_some_and(|p| p >= offset) {
+                    report.out_of_order.push(format!(
+                        "{topic} key {} input {partition}/{offset} after {partition}/{previous:?}",
+                        String::from_utf8_lossy(&key)
+                    ));
+                }
+            }
+        }
+    }
+
+    for m in &inputs {
+        let position = (m.partition(), m.offset());
+        let name = format!("{}/{}", position.0, position.1);
+        let expected = m
+            .payload()
+            .and_then(|value| written.expected.get(value))
+            .unwrap_or_else(|| panic!("input {name} was not written by this test"));
+        let found = by_source.remove(&position).unwrap_or_default();
+        let must_be: Option<(&str, Option<&str>, Option<&str>)> = match expected {
+            Expected::Campaign(storefront) => {
+                report.campaign += 1;
+                Some((campaign_topic(*storefront), None, None))
+            }
+            Expected::Suppressed(reason) => {
+                report.suppressed += 1;
+                Some((env.suppressed.as_str(), Some(*reason), None))
+            }
+            Expected::DeadLetter(class) => {
+                report.dead_letter += 1;
+                Some((env.dead_letter.as_str(), None, Some(*class)))
+            }
+            Expected::Duplicate => {
+                report.duplicates += 1;
+                None
+            }
+            Expected::TestLead => {
+                report.test_leads += 1;
+                None
+            }
+        };
+        match (must_be, found.as_slice()) {
+            (None, []) => {}
+            (None, [first, ..]) => report
+                .leaked
+                .push(format!("{name} ({expected:?}) in {}", first.topic)),
+            (Some((topic, _, _)), []) => report.lost.push(format!("{name} for {topic}")),
+            (Some((topic, reason, class)), [one]) => {
+                if one.topic != topic
+                    || reason.is_some_and(|r| one.reason.as_deref() != Some(r))
+                    || class.is_some_and(|c| one.class.as_deref() != Some(c))
+                {
+                    report.misplaced.push(format!(
+                        "{name} for {topic} {reason:?}{class:?}, in {} {:?}{:?}",
+                        one.topic, one.reason, one.class
+                    ));
+                }
+            }
+            (Some(_), many) => report
+                .doubled
+                .push(format!("{name} written {} times", many.len())),
+        }
+    }
+    for (source, outputs) in by_source {
+        report.orphans.push(format!(
+            "{}/{} (no such input) in {}",
+            source.0, source.1, outputs[0].topic
+        ));
+    }
+
+    for ((topic, key), mut times) in campaign_times {
+        times.sort_unstable();
+        if times.windows(2).any(|w| w[1] - w[0] < window_ms) {
+            report.repeated_keys.push(format!(
+                "{topic} key {} at {times:?}",
+                String::from_utf8_lossy(&key)
+            ));
+        }
+    }
+    report
+}
+
+fn source_position(m: &OwnedMessage) -> Option<(i32, i64)> {
+    Some((
+        header(m, "leadflow.source.partition")?.parse().ok()?,
+        header(m, "leadflow.source.offset")?.parse().ok()?,
+    ))
+}
