@@ -43,6 +43,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -353,8 +354,64 @@ struct Topology<'a> {
 }
 
 /// Runs the pipeline until `shutdown` is set (or the input is drained, with
-/// [`RunOptions::until_drained`]) and returns what it did.
+/// [`RunOptions::until_drained`]) and returns what it committed.
+///
+/// A failure at start-up (bad configuration, unreachable broker, missing
+/// topic) ends the run at once. Once it has run, a failure (the broker gone
+/// for longer than the delivery timeout, say) restarts the pipeline in this
+/// process from the last commit, with the same recovery as a crash (fencing
+/// the old transaction, restoring state), after a backoff of 1 s doubling
+/// to 30 s. Being fenced, by another process with this `transactional.id`,
+/// is final: that process has taken over.
 pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Result<Tally, RunError> {
+    let mut tally = Tally::default();
+    let mut started = false;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let attempt = Instant::now();
+        let error = match run_once(config, options, shutdown, &mut tally, &mut started) {
+            Ok(()) => return Ok(tally),
+            Err(e) => e,
+        };
+        if !started || error.is_fenced() || shutdown.load(Ordering::Relaxed) {
+            return Err(error);
+        }
+        if attempt.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        warn!(%error, backoff_ms = backoff.as_millis() as u64, "pipeline failed; restarting from the last commit");
+        let wake = Instant::now() + backoff;
+        while Instant::now() < wake && !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+impl RunError {
+    /// Whether another producer with this `transactional.id` took over.
+    pub fn is_fenced(&self) -> bool {
+        let code = match self {
+            RunError::Transaction(e) | RunError::Aborted(e) => e.rdkafka_error_code(),
+            RunError::InitTransactions { source, .. } => source.rdkafka_error_code(),
+            _ => None,
+        };
+        matches!(
+            code,
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced)
+        )
+    }
+}
+
+/// One life of the pipeline: set up, consume until told to stop or a
+/// failure. `started` turns true once set-up is done.
+fn run_once(
+    config: &Config,
+    options: RunOptions,
+    shutdown: &AtomicBool,
+    tally: &mut Tally,
+    started: &mut bool,
+) -> Result<(), RunError> {
     let kafka = &config.kafka;
     let topics = &config.topics;
     let delivery_timeout = Duration::from_millis(config.pipeline.delivery_timeout_ms);
@@ -482,7 +539,7 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     info!(topics = ?subscriptions, group = %kafka.group_id, "consuming");
 
     let sink = Sink::new(&producer, config);
-    let mut tally = Tally::default();
+    *started = true;
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
     let mut last_report = Instant::now();
     let mut eviction_logged = false;
@@ -594,7 +651,7 @@ pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Resul
     pipeline.commit_batch();
     consumer.unsubscribe();
     info!(?tally, "stopped");
-    Ok(tally)
+    Ok(())
 }
 
 /// Restores the dedupe state of newly assigned partitions from the

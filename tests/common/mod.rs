@@ -9,6 +9,7 @@ pub mod checker;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,9 +20,89 @@ use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Bootstrap servers of the test broker.
+static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+
+/// Bootstrap servers of the test broker: the one a test binary chose with
+/// [`use_broker`], else `LEADFLOW_TEST_BOOTSTRAP`.
 pub fn bootstrap() -> String {
-    std::env::var("LEADFLOW_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    BOOTSTRAP.get().cloned().unwrap_or_else(|| {
+        std::env::var("LEADFLOW_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    })
+}
+
+/// A broker of a test's own, started fresh by `scripts/kafka.sh` on `port`
+/// and stopped when dropped, for tests that kill the broker.
+pub struct OwnBroker {
+    pub port: u16,
+}
+
+impl OwnBroker {
+    /// Starts the broker (waiting until it answers) and points this test
+    /// binary's helpers at it. Call once per binary.
+    pub fn start(port: u16) -> OwnBroker {
+        let broker = OwnBroker { port };
+        broker.script("reset");
+        broker.script("start");
+        assert!(
+            BOOTSTRAP.set(format!("127.0.0.1:{port}")).is_ok(),
+            "one broker per test binary"
+        );
+        broker
+    }
+
+    /// Runs `scripts/kafka.sh COMMAND` for this broker; it must succeed.
+    pub fn script(&self, command: &str) {
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+            .arg(command)
+            .env("LEADFLOW_KAFKA_PORT", self.port.to_string())
+            .env_remove("LEADFLOW_KAFKA_CONTROLLER_PORT")
+            .status()
+            .expect("run scripts/kafka.sh");
+        assert!(status.success(), "scripts/kafka.sh {command} failed");
+    }
+
+    /// `kill -9` of the broker process.
+    pub fn kill(&self) {
+        let pidfile = format!(
+            "{}/.cache/kafka/data-{}/broker.pid",
+            env!("CARGO_MANIFEST_DIR"),
+            self.port
+        );
+        let pid = std::fs::read_to_string(&pidfile).expect("broker pid file");
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -9 {pid}");
+        let deadline = Instant::now() + PATIENCE;
+        while Command::new("kill")
+            .args(["-0", pid.trim()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(Instant::now() < deadline, "broker {pid} survived kill -9");
+            std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+            .arg("stop")
+            .env("LEADFLOW_KAFKA_PORT", self.port.to_string())
+            .status();
+    }
+}
+
+/// Sends a signal (`TERM`, `STOP`, `CONT`) to a child process.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name}");
 }
 
 /// How long any wait for the broker or leadflow may take before a test fails.
@@ -254,16 +335,24 @@ pub fn read_all(topic: &str) -> Vec<OwnedMessage> {
     records
 }
 
-/// The group's committed offsets on `topic`, by partition (absent when none).
+/// The group's committed offsets on `topic`, by partition (absent when none),
+/// retrying while the group coordinator is not ready.
 pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
     let consumer = consumer(Some(group), false);
     let mut list = TopicPartitionList::new();
     for partition in partitions(&consumer, topic) {
         list.add_partition(topic, partition);
     }
-    let committed = consumer
-        .committed_offsets(list, PATIENCE)
-        .expect("committed offsets");
+    // A broker that just started (or restarted) answers "not coordinator"
+    // or "coordinator loading" for a while.
+    let deadline = Instant::now() + PATIENCE;
+    let committed = loop {
+        match consumer.committed_offsets(list.clone(), PATIENCE) {
+            Ok(committed) => break committed,
+            Err(e) => assert!(Instant::now() < deadline, "committed offsets: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
+    };
     committed
         .elements()
         .iter()
