@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::checker::{Written, check, write_generated};
-use common::{Env, PATIENCE, Running, committed};
+use common::{Env, PATIENCE, Running, committed, signal};
 
 /// The dedupe window of the default configuration.
 const WINDOW_MS: i64 = 180 * 86_400_000;
@@ -83,4 +83,77 @@ fn killed_three_times_loses_and_doubles_nothing() {
         eprintln!("round {round}: killed at {at_kill} repartition offsets committed");
     }
     finish_and_check(&env, &written);
+}
+
+/// How many times a run's log says `what`.
+fn log_count(running: &Running, what: &str) -> usize {
+    running.log().matches(what).count()
+}
+
+#[test]
+fn two_processes_survive_a_kill_and_restart_of_one() {
+    let env = Env::new("two-processes", 6, FAILOVER);
+    let n = leads() as i64;
+    let written = write_generated(&env.input, n as usize, 17);
+    let topic = repartition(&env);
+    let mut a = env.spawn("a-1", &["run", "--instance-id", "a"], Stdio::null());
+    let mut b = env.spawn("b", &["run", "--instance-id", "b"], Stdio::null());
+    wait_for_progress(&env, &topic, n / 5, &mut [&mut a, &mut b]);
+    a.0.kill().expect("kill -9 a");
+    a.0.wait().expect("reap a");
+    // b takes over a's partitions once a's session expires.
+    wait_for_progress(&env, &topic, 2 * n / 5, &mut [&mut b]);
+    let mut a = env.spawn("a-2", &["run", "--instance-id", "a"], Stdio::null());
+    wait_for_progress(&env, &topic, 3 * n / 5, &mut [&mut a, &mut b]);
+    for running in [&mut a, &mut b] {
+        let status = stop(running);
+        assert!(status.success(), "graceful stop failed: {}", running.log());
+    }
+    // Partitions moved to b when a died and back when a returned.
+    assert!(log_count(&b, "partitions assigned") >= 2, "{}", b.log());
+    assert!(log_count(&b, "partitions revoked") >= 1, "{}", b.log());
+    finish_and_check(&env, &written);
+}
+
+#[test]
+fn a_paused_zombie_writes_nothing_visible() {
+    let env = Env::new("zombie", 6, FAILOVER);
+    let n = leads() as i64;
+    let written = write_generated(&env.input, n as usize, 19);
+    let topic = repartition(&env);
+    let mut a = env.spawn("a", &["run", "--instance-id", "a"], Stdio::null());
+    let mut b = env.spawn("b", &["run", "--instance-id", "b"], Stdio::null());
+    let at_stop = wait_for_progress(&env, &topic, n / 5, &mut [&mut a, &mut b]);
+    let assigned_before = log_count(&b, "partitions assigned");
+    signal(&a.0, "STOP");
+    // b is assigned a's partitions once a's session (6 s) expires...
+    let deadline = Instant::now() + PATIENCE;
+    while log_count(&b, "partitions assigned") == assigned_before {
+        assert!(Instant::now() < deadline, "b never took over: {}", b.log());
+        std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
+    }
+    // ...and commits past where a stopped.
+    wait_for_progress(&env, &topic, at_stop + n / 10, &mut [&mut b]);
+    signal(&a.0, "CONT");
+    // The woken zombie finds itself fenced out of the group's generation;
+    // whatever it had open or writes next is aborted.
+    wait_for_progress(&env, &topic, 3 * n / 5, &mut [&mut b]);
+    let status = stop(&mut b);
+    assert!(status.success(), "graceful stop failed: {}", b.log());
+    // The zombie either rejoined or stopped on being fenced; both are fine,
+    // as long as nothing it wrote after waking is visible.
+    signal(&a.0, "TERM");
+    let status = a.0.wait().expect("wait for zombie");
+    let log = a.log();
+    eprintln!(
+        "zombie exited with {status}; its last words: {}",
+        log.lines().last().unwrap_or_default()
+    );
+    finish_and_check(&env, &written);
+}
+
+/// SIGTERM, then the exit status.
+fn stop(running: &mut Running) -> std::process::ExitStatus {
+    signal(&running.0, "TERM");
+    running.0.wait().expect("wait for run")
 }
