@@ -73,11 +73,11 @@ fn killed_three_times_loses_and_doubles_nothing() {
     let n = leads();
     let written = write_generated(&env.input, n, 11);
     let topic = repartition(&env);
-    for round in 1..=3_i64 {
+    let mut at_kill = 0;
+    for round in 1..=3 {
         let mut run = env.spawn(&format!("run-{round}"), &["run"], Stdio::null());
-        // Measured while the run lives: after a kill, the offsets of the
-        // transaction it left open stay unstable until a restart fences it.
-        let at_kill = wait_for_progress(&env, &topic, round * n as i64 / 5, &mut [&mut run]);
+        // Each run must get further than the last before it is killed.
+        at_kill = wait_for_progress(&env, &topic, at_kill + n as i64 / 5, &mut [&mut run]);
         run.0.kill().expect("kill -9 the run");
         run.0.wait().expect("reap run");
         eprintln!("round {round}: killed at {at_kill} repartition offsets committed");
