@@ -17,7 +17,7 @@ trap 'scripts/kafka.sh stop' EXIT
 scripts/kafka.sh start
 
 mkdir -p target
-cargo test --release --features kafka-tests --test faults --test broker_restart \
+cargo test --release --no-fail-fast --features kafka-tests --test faults --test broker_restart \
   -- --nocapture --test-threads=1 2>&1 | tee target/faults.log \
   | grep -E '^(test |checker:|round|broker killed|zombie)' || true
 grep -q 'test result: FAILED' target/faults.log && exit 1
