@@ -157,3 +157,20 @@ fn stop(running: &mut Running) -> std::process::ExitStatus {
     signal(&running.0, "TERM");
     running.0.wait().expect("wait for run")
 }
+
+#[test]
+fn input_keyed_by_person_and_offer_needs_no_repartition() {
+    // FAILOVER ends inside its [pipeline] table.
+    let env = Env::new(
+        "no-repartition",
+        6,
+        &format!("{FAILOVER}repartition = false\n"),
+    );
+    // The generator keys each lead by person and offer, as the option asks.
+    let written = write_generated(&env.input, leads() / 3, 23);
+    let mut run = env.spawn("first", &["run"], Stdio::null());
+    wait_for_progress(&env, &env.input, leads() as i64 / 6, &mut [&mut run]);
+    run.0.kill().expect("kill -9 the run");
+    run.0.wait().expect("reap run");
+    finish_and_check(&env, &written);
+}
