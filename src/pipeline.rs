@@ -207,7 +207,7 @@ impl Pipeline {
     }
 
     /// Dedupe state changes since the last call, for the changelog.
-    pub fn take_changes(&mut self) -> Vec<Change> {
+    pub fn take_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
         self.deduper.take_changes()
     }
 

@@ -2,8 +2,8 @@
 //! each verified by the independent checker (`common::checker`): nothing
 //! lost, nothing doubled, no dedupe key twice in a campaign, order kept.
 //!
-//! `LEADFLOW_FAULT_LEADS` sets how many leads each test writes: the test
-//! command keeps it small; `scripts/faults.sh` runs the full size.
+//! `LEADFLOW_FAULT_LEADS` sets how many leads each test writes (see
+//! `common::faults`).
 
 #![cfg(feature = "kafka-tests")]
 
@@ -12,59 +12,13 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::checker::{Written, check, write_generated};
-use common::{Env, PATIENCE, Running, committed, signal};
+use common::checker::write_generated;
+use common::faults::{FAILOVER, finish_and_check, leads, repartition, wait_for_progress};
+use common::{Env, PATIENCE, Running, signal};
 
-/// The dedupe window of the default configuration.
-const WINDOW_MS: i64 = 180 * 86_400_000;
-
-/// Short sessions, so that a dead process's partitions move in seconds,
-/// and small batches, so that a run lasts long enough to be interrupted.
-const FAILOVER: &str = "[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n\
-                        [pipeline]\ncommit_interval_ms = 50\nmax_batch_records = 500\n";
-
-fn leads() -> usize {
-    std::env::var("LEADFLOW_FAULT_LEADS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(30_000)
-}
-
-/// The internal topic that carries whole-pipeline progress.
-fn repartition(env: &Env) -> String {
-    format!("{}-repartition", env.group)
-}
-
-/// Waits until the group's committed offsets on `topic` sum to `target`,
-/// failing if any of `alive` exits meanwhile.
-fn wait_for_progress(env: &Env, topic: &str, target: i64, alive: &mut [&mut Running]) -> i64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let done: i64 = committed(&env.group, topic).values().sum();
-        if done >= target {
-            return done;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committed only {done} of {target} on {topic}"
-        );
-        for running in alive.iter_mut() {
-            assert!(
-                running.0.try_wait().expect("poll run").is_none(),
-                "run exited early: {}",
-                running.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
-    }
-}
-
-/// Finishes what is left with one run to the end, then checks everything.
-fn finish_and_check(env: &Env, written: &Written) {
-    env.run_until_drained();
-    let report = check(env, written, WINDOW_MS);
-    eprintln!("{}", report.summary());
-    report.assert_clean();
+/// Waits for progress with the tests' usual patience.
+fn progress_to(env: &Env, topic: &str, target: i64, alive: &mut [&mut Running]) -> i64 {
+    wait_for_progress(env, topic, target, alive, PATIENCE)
 }
 
 #[test]
@@ -77,7 +31,7 @@ fn killed_three_times_loses_and_doubles_nothing() {
     for round in 1..=3 {
         let mut run = env.spawn(&format!("run-{round}"), &["run"], Stdio::null());
         // Each run must get further than the last before it is killed.
-        at_kill = wait_for_progress(&env, &topic, at_kill + n as i64 / 5, &mut [&mut run]);
+        at_kill = progress_to(&env, &topic, at_kill + n as i64 / 5, &mut [&mut run]);
         run.0.kill().expect("kill -9 the run");
         run.0.wait().expect("reap run");
         eprintln!("round {round}: killed at {at_kill} repartition offsets committed");
@@ -98,13 +52,13 @@ fn two_processes_survive_a_kill_and_restart_of_one() {
     let topic = repartition(&env);
     let mut a = env.spawn("a-1", &["run", "--instance-id", "a"], Stdio::null());
     let mut b = env.spawn("b", &["run", "--instance-id", "b"], Stdio::null());
-    wait_for_progress(&env, &topic, n / 5, &mut [&mut a, &mut b]);
+    progress_to(&env, &topic, n / 5, &mut [&mut a, &mut b]);
     a.0.kill().expect("kill -9 a");
     a.0.wait().expect("reap a");
     // b takes over a's partitions once a's session expires.
-    wait_for_progress(&env, &topic, 2 * n / 5, &mut [&mut b]);
+    progress_to(&env, &topic, 2 * n / 5, &mut [&mut b]);
     let mut a = env.spawn("a-2", &["run", "--instance-id", "a"], Stdio::null());
-    wait_for_progress(&env, &topic, 3 * n / 5, &mut [&mut a, &mut b]);
+    progress_to(&env, &topic, 3 * n / 5, &mut [&mut a, &mut b]);
     for running in [&mut a, &mut b] {
         let status = stop(running);
         assert!(status.success(), "graceful stop failed: {}", running.log());
@@ -123,7 +77,7 @@ fn a_paused_zombie_writes_nothing_visible() {
     let topic = repartition(&env);
     let mut a = env.spawn("a", &["run", "--instance-id", "a"], Stdio::null());
     let mut b = env.spawn("b", &["run", "--instance-id", "b"], Stdio::null());
-    let at_stop = wait_for_progress(&env, &topic, n / 5, &mut [&mut a, &mut b]);
+    let at_stop = progress_to(&env, &topic, n / 5, &mut [&mut a, &mut b]);
     let assigned_before = log_count(&b, "partitions assigned");
     signal(&a.0, "STOP");
     // b is assigned a's partitions once a's session (6 s) expires...
@@ -133,11 +87,11 @@ fn a_paused_zombie_writes_nothing_visible() {
         std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
     }
     // ...and commits past where a stopped.
-    wait_for_progress(&env, &topic, at_stop + n / 10, &mut [&mut b]);
+    progress_to(&env, &topic, at_stop + n / 10, &mut [&mut b]);
     signal(&a.0, "CONT");
     // The woken zombie finds itself fenced out of the group's generation;
     // whatever it had open or writes next is aborted.
-    wait_for_progress(&env, &topic, 3 * n / 5, &mut [&mut b]);
+    progress_to(&env, &topic, 3 * n / 5, &mut [&mut b]);
     let status = stop(&mut b);
     assert!(status.success(), "graceful stop failed: {}", b.log());
     // The zombie either rejoined or stopped on being fenced; both are fine,
@@ -169,7 +123,7 @@ fn input_keyed_by_person_and_offer_needs_no_repartition() {
     // The generator keys each lead by person and offer, as the option asks.
     let written = write_generated(&env.input, leads() / 3, 23);
     let mut run = env.spawn("first", &["run"], Stdio::null());
-    wait_for_progress(&env, &env.input, leads() as i64 / 6, &mut [&mut run]);
+    progress_to(&env, &env.input, leads() as i64 / 6, &mut [&mut run]);
     run.0.kill().expect("kill -9 the run");
     run.0.wait().expect("reap run");
     finish_and_check(&env, &written);

@@ -981,7 +981,11 @@ impl<'a> Sink<'a> {
 
     /// Produces dedupe state changes to the changelog partition of the
     /// shard they belong to.
-    fn send_changes(&self, changelog: &str, changes: Vec<Change>) -> Result<(), RunError> {
+    fn send_changes(
+        &self,
+        changelog: &str,
+        changes: impl Iterator<Item = Change>,
+    ) -> Result<(), RunError> {
         for change in changes {
             let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
                 .key(change.key.as_slice())

@@ -150,37 +150,35 @@ impl Deduper {
     }
 
     /// The changes since the last call (or commit), as changelog records
-    /// carrying each key's current value.
-    pub fn take_changes(&mut self) -> Vec<Change> {
-        let changes = self.journal[self.taken..]
-            .iter()
-            .map(|(partition, undo)| {
-                let shard = self.shards.get(partition);
-                let (key, value) = match undo {
-                    Undo::Seen(key, _) => (
-                        changelog_key(TAG_SEEN, *key),
-                        shard.and_then(|s| s.seen.get(key)).map(|seen| {
-                            value_bytes(seen.emitted_ms, seen.last_seen_ms.to_be_bytes())
-                        }),
-                    ),
-                    Undo::Actions(key, _) => (
-                        changelog_key(TAG_ACTIONS, *key),
-                        shard.and_then(|s| s.actions.get(key)).map(|(set, last)| {
-                            let mut bits = [0; 8];
-                            bits[0] = set.0;
-                            value_bytes(*last, bits)
-                        }),
-                    ),
-                };
-                Change {
-                    partition: *partition,
-                    key,
-                    value,
-                }
-            })
-            .collect();
-        self.taken = self.journal.len();
-        changes
+    /// carrying each key's current value. Lazy, so the per-lead path
+    /// allocates nothing for them.
+    pub fn take_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
+        let start = std::mem::replace(&mut self.taken, self.journal.len());
+        let shards = &self.shards;
+        self.journal[start..].iter().map(move |(partition, undo)| {
+            let shard = shards.get(partition);
+            let (key, value) = match undo {
+                Undo::Seen(key, _) => (
+                    changelog_key(TAG_SEEN, *key),
+                    shard
+                        .and_then(|s| s.seen.get(key))
+                        .map(|seen| value_bytes(seen.emitted_ms, seen.last_seen_ms.to_be_bytes())),
+                ),
+                Undo::Actions(key, _) => (
+                    changelog_key(TAG_ACTIONS, *key),
+                    shard.and_then(|s| s.actions.get(key)).map(|(set, last)| {
+                        let mut bits = [0; 8];
+                        bits[0] = set.0;
+                        value_bytes(*last, bits)
+                    }),
+                ),
+            };
+            Change {
+                partition: *partition,
+                key,
+                value,
+            }
+        })
     }
 
     /// Applies one changelog record to a partition's shard, unjournaled:
@@ -369,18 +367,6 @@ impl Deduper {
     pub fn evicted(&self) -> u64 {
         self.evicted
     }
-
-    /// Bytes the state's tables take, from their capacities.
-    pub fn bytes(&self) -> usize {
-        // A hashbrown table keeps buckets at most 7/8 full and spends one
-        // control byte per bucket.
-        let seen = size_of::<(DedupeKey, Seen)>() + 1;
-        let actions = size_of::<(DedupeKey, (ActionSet, i64))>() + 1;
-        self.shards
-            .values()
-            .map(|s| (s.seen.capacity() * seen + s.actions.capacity() * actions) * 8 / 7)
-            .sum()
-    }
 }
 
 fn changelog_key(tag: u8, key: DedupeKey) -> [u8; CHANGELOG_KEY_BYTES] {
@@ -550,10 +536,10 @@ mod tests {
             dedupe.duplicate_of(3, &lead_at(ActionCode::PartnerLedTrial, DAY)),
             Some(0)
         );
-        let changes = dedupe.take_changes();
+        let changes: Vec<Change> = dedupe.take_changes().collect();
         assert!(changes.iter().all(|c| c.partition == 3 || c.partition == 7));
         assert!(
-            dedupe.take_changes().is_empty(),
+            dedupe.take_changes().next().is_none(),
             "changes are handed out once"
         );
 
@@ -580,10 +566,10 @@ mod tests {
         let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
         dedupe.record(0, &lead_at(ActionCode::Install, 0));
         dedupe.record(0, &lead_at(ActionCode::Create, 5 * DAY));
-        let mut changes = dedupe.take_changes();
+        let mut changes: Vec<Change> = dedupe.take_changes().collect();
         dedupe.commit();
         assert_eq!(dedupe.expire(12 * DAY), 1);
-        let tombstones = dedupe.take_changes();
+        let tombstones: Vec<Change> = dedupe.take_changes().collect();
         assert!(!tombstones.is_empty());
         assert!(tombstones.iter().all(|c| c.value.is_none()));
         changes.extend(tombstones);
@@ -609,7 +595,8 @@ mod tests {
         assert!(dedupe.duplicate_of(3, newest).is_some());
         assert_eq!(dedupe.duplicate_of(0, &all[0]), None);
         // The changelog agrees with memory.
-        let restored = replay(&dedupe.take_changes(), 1_000 * DAY);
+        let changes: Vec<Change> = dedupe.take_changes().collect();
+        let restored = replay(&changes, 1_000 * DAY);
         assert_eq!(restored.len(), dedupe.len());
     }
 

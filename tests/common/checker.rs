@@ -17,8 +17,10 @@ use std::fmt::Write as _;
 
 use leadflow::domain::Storefront;
 use leadflow::generate::{Expected, Generator, GeneratorOptions};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::{Env, PATIENCE, bootstrap, header, read_all};
 
@@ -52,10 +54,12 @@ pub fn write_generated(topic: &str, count: usize, seed: u64) -> Written {
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((_, returned)) => {
+                // Serving delivery reports frees room in a full queue.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     producer.poll(std::time::Duration::from_millis(50));
                 }
+                Err((e, _)) => panic!("cannot write a lead to {topic}: {e}"),
             }
         }
         // Equal records always mean the same outcome (a malformed record

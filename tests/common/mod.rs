@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 pub mod checker;
+pub mod faults;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
