@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{Offer, Storefront};
 use crate::stages::decode::Format;
@@ -30,6 +30,12 @@ pub enum ConfigError {
         reason: String,
     },
     #[error("config {origin}, key `{key}`: {reason}")]
+    Override {
+        origin: String,
+        key: String,
+        reason: String,
+    },
+    #[error("config {origin}, key `{key}`: {reason}")]
     Invalid {
         origin: String,
         key: String,
@@ -37,7 +43,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -46,6 +52,8 @@ pub struct Config {
     pub dedupe: DedupeConfig,
     pub scoring: ScoringConfig,
     pub policy: PolicyConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
     /// The routing table: storefront (and optionally grade and action) to
     /// campaign topics.
     pub routes: Vec<Route>,
@@ -63,27 +71,74 @@ impl Default for Config {
             dedupe: DedupeConfig::default(),
             scoring: ScoringConfig::default(),
             policy: PolicyConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
             routes: default_routes(),
             catalog: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoint; port 0
+    /// picks a free port (logged); empty turns the endpoint off.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `leadflow=debug,rdkafka=warn`;
+    /// `RUST_LOG`, when set, takes precedence.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoringConfig {
     /// A scoring rules file; without it the built-in `rules/scoring.toml` applies.
     pub rules_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// `suppress`, `dead-letter` or `allow`.
     pub disposable_email: DisposablePolicy,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
@@ -117,7 +172,7 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Topics {
     pub input: String,
@@ -150,7 +205,7 @@ impl Default for Topics {
 }
 
 /// How outputs and consumed offsets are committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProcessingGuarantee {
     /// Each batch's outputs and its consumed offsets commit in one Kafka
@@ -161,7 +216,7 @@ pub enum ProcessingGuarantee {
     AtLeastOnce,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     pub processing_guarantee: ProcessingGuarantee,
@@ -181,6 +236,9 @@ pub struct PipelineConfig {
     /// before dedupe. Turn off only when producers already key `leads.raw`
     /// so that all leads of one person for one offer share a partition.
     pub repartition: bool,
+    /// After SIGTERM or SIGINT, how long leadflow may take to finish and
+    /// commit its batch and leave the group before it exits anyway.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -192,11 +250,12 @@ impl Default for PipelineConfig {
             max_record_bytes: 1_048_576,
             delivery_timeout_ms: 10_000,
             repartition: true,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DedupeConfig {
     /// A repeat of the same (email, offer, action) within this many days of
@@ -216,13 +275,20 @@ impl Default for DedupeConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
     /// `publisher.offer`.
     pub offer: String,
     pub title: String,
     pub storefront: Storefront,
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Parses TOML into `T`, turning a parse error into one line that names the
@@ -246,17 +312,164 @@ pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Con
     })
 }
 
+/// One setting that overrides the file, from an environment variable or a
+/// `--set` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Where it came from, for errors: `LEADFLOW_…` or `--set`.
+    pub origin: String,
+    /// A dotted TOML key, e.g. `pipeline.commit_interval_ms` or
+    /// `kafka.client."linger.ms"`.
+    pub key: String,
+    /// A TOML value, or else taken as a string.
+    pub value: String,
+}
+
+/// Environment variables that override keys start with this and separate
+/// the levels of a key with `__`: `LEADFLOW_PIPELINE__COMMIT_INTERVAL_MS`.
+pub const ENV_PREFIX: &str = "LEADFLOW_";
+
+impl Override {
+    /// The overrides among environment variables: `LEADFLOW_` names with a
+    /// `__` in them, so `LEADFLOW_CONFIG` and the like are not keys.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
+        let mut overrides: Vec<Override> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let key = name.strip_prefix(ENV_PREFIX)?;
+                key.contains("__").then(|| Override {
+                    key: key.to_lowercase().replace("__", "."),
+                    origin: name.clone(),
+                    value,
+                })
+            })
+            .collect();
+        // Environment order is arbitrary; a stable order gives stable errors.
+        overrides.sort_by(|a, b| a.origin.cmp(&b.origin));
+        overrides
+    }
+
+    /// A `--set KEY=VALUE` flag.
+    pub fn from_flag(text: &str) -> Result<Override, ConfigError> {
+        let (key, value) = text.split_once('=').ok_or_else(|| ConfigError::Override {
+            origin: "--set".to_owned(),
+            key: text.to_owned(),
+            reason: "expected KEY=VALUE".to_owned(),
+        })?;
+        Ok(Override {
+            origin: "--set".to_owned(),
+            key: key.trim().to_owned(),
+            value: value.trim().to_owned(),
+        })
+    }
+
+    /// The override as a TOML table with just this key: the value as
+    /// TOML if it is valid TOML and `as_string` is false, else as a string.
+    fn table(&self, as_string: bool) -> Result<toml::Table, ConfigError> {
+        let string = format!("{} = {}", self.key, toml::Value::String(self.value.clone()));
+        let parsed = if as_string {
+            toml::from_str(&string)
+        } else {
+            toml::from_str(&format!("{} = {}", self.key, self.value))
+                .or_else(|_| toml::from_str(&string))
+        };
+        parsed.map_err(|e: toml::de::Error| self.error(e.message()))
+    }
+
+    fn is_quoted(&self) -> bool {
+        self.value.starts_with('"') || self.value.starts_with('\'')
+    }
+
+    fn error(&self, reason: &str) -> ConfigError {
+        ConfigError::Override {
+            origin: self.origin.clone(),
+            key: self.key.clone(),
+            reason: reason.replace('\n', " "),
+        }
+    }
+}
+
+/// Sets every key of `patch` in `table`, descending into tables both have.
+fn merge(table: &mut toml::Table, patch: toml::Table) {
+    for (key, value) in patch {
+        match (table.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(patch)) => merge(inner, patch),
+            (_, value) => {
+                table.insert(key, value);
+            }
+        }
+    }
+}
+
 impl Config {
+    /// Loads a config file (or the defaults) with overrides applied over
+    /// it, later ones winning: the order is file, environment, flags. An
+    /// override's value is TOML (`5000`, `true`, `"x"`) or else a string;
+    /// where the key wants a string, a number-like value is one too.
+    pub fn load_with(path: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
+        if overrides.is_empty() {
+            return Config::load(path);
+        }
+        let base = match path {
+            Some(path) => parse_toml(path, &read(path)?)?,
+            None => toml::Table::new(),
+        };
+        let mut as_string = vec![false; overrides.len()];
+        let config: Config = loop {
+            let mut table = base.clone();
+            for (o, as_string) in overrides.iter().zip(&as_string) {
+                merge(&mut table, o.table(*as_string)?);
+            }
+            let error = match serde_path_to_error::deserialize(toml::Value::Table(table)) {
+                Ok(config) => break config,
+                Err(error) => error,
+            };
+            let key = error.path().to_string();
+            let reason = error.inner().message().replace('\n', " ");
+            // The last override of the key the error is about is to blame.
+            let Some(i) = overrides
+                .iter()
+                .rposition(|o| o.key.replace('"', "") == key)
+            else {
+                // The file's own fault: load it alone for the line number.
+                if let Some(path) = path {
+                    Config::load(Some(path))?;
+                }
+                return Err(ConfigError::Invalid {
+                    origin: overrides
+                        .iter()
+                        .map(|o| o.origin.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    key,
+                    reason,
+                });
+            };
+            if as_string[i] || overrides[i].is_quoted() {
+                return Err(overrides[i].error(&reason));
+            }
+            as_string[i] = true;
+        };
+        let origins: Vec<&str> = overrides.iter().map(|o| o.origin.as_str()).collect();
+        let origin = match path {
+            Some(path) => format!("{} with {}", path.display(), origins.join(", ")),
+            None => origins.join(", "),
+        };
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML, every key with its effective value.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
     /// Loads a config file, or the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Config = parse_toml(path, &text)?;
+        let config: Config = parse_toml(path, &read(path)?)?;
         config.validate(&path.display().to_string())?;
         Ok(config)
     }
@@ -370,6 +583,7 @@ impl Config {
             ("pipeline.commit_interval_ms", p.commit_interval_ms),
             ("pipeline.delivery_timeout_ms", p.delivery_timeout_ms),
             ("kafka.connect_timeout_ms", self.kafka.connect_timeout_ms),
+            ("pipeline.shutdown_timeout_ms", p.shutdown_timeout_ms),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0".into()));
@@ -463,6 +677,22 @@ mod tests {
         let path = dir.path().join("leadflow.toml");
         std::fs::write(&path, text).expect("write config");
         (dir, path)
+    }
+
+    #[test]
+    fn only_leadflow_variables_with_a_double_underscore_are_keys() {
+        let vars = [
+            ("LEADFLOW_CONFIG", "x.toml"),
+            ("LEADFLOW_KAFKA__GROUP_ID", "g"),
+            ("PATH", "/bin"),
+            ("LEADFLOW_KAFKA__CLIENT__SOCKET_TIMEOUT_MS", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let keys: Vec<String> = Override::from_env(vars)
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, ["kafka.client.socket_timeout_ms", "kafka.group_id"]);
     }
 
     #[test]

@@ -17,6 +17,15 @@ pub enum Stage {
 }
 
 impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Decode,
+        Stage::Enrich,
+        Stage::Dedupe,
+        Stage::Score,
+        Stage::Route,
+        Stage::Produce,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Decode => "decode",

@@ -5,14 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use leadflow::config::Config;
+use leadflow::config::{Config, LogFormat, Override};
 use leadflow::generate::GeneratorOptions;
+use leadflow::health::Health;
+use leadflow::http::Observed;
 use leadflow::kafka::produce::{ProduceOptions, produce};
 use leadflow::kafka::runner::{RunOptions, run};
 use leadflow::kafka::topics;
+use leadflow::metrics::Metrics;
 use leadflow::stages::decode::Format;
 
 #[derive(Parser)]
@@ -28,6 +32,10 @@ struct Cli {
     /// Kafka bootstrap servers, overriding `kafka.bootstrap_servers`.
     #[arg(long, global = true, env = "LEADFLOW_BOOTSTRAP_SERVERS")]
     bootstrap_servers: Option<String>,
+    /// Set a configuration key, over the file and `LEADFLOW_…` variables,
+    /// e.g. `--set pipeline.commit_interval_ms=50`. Repeatable.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +49,16 @@ enum Command {
     /// Create or count leadflow's topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE (with `LEADFLOW_…` variables and `--set` over it) and
+    /// print the effective configuration, every key with its value.
+    Check { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -112,14 +130,10 @@ enum TopicsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match execute(cli) {
+    match load_config(&cli).and_then(|config| {
+        init_logging(&config, matches!(cli.command, Command::Run(_)))?;
+        execute(cli, config)
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("leadflow: error: {e:#}");
@@ -128,16 +142,83 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration: the file (`config check`'s argument, else
+/// `--config`), then `LEADFLOW_…` variables, then flags.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config = Config::load(cli.config.as_deref())?;
+    let mut overrides = Override::from_env(std::env::vars());
     if let Some(servers) = &cli.bootstrap_servers {
-        config.kafka.bootstrap_servers = servers.clone();
+        overrides.push(Override {
+            origin: "--bootstrap-servers".into(),
+            key: "kafka.bootstrap_servers".into(),
+            value: toml_string(servers),
+        });
     }
-    Ok(config)
+    if let Command::Run(args) = &cli.command {
+        for (flag, key, value) in [
+            ("--group-id", "kafka.group_id", &args.group_id),
+            ("--input-topic", "topics.input", &args.input_topic),
+            ("--instance-id", "kafka.instance_id", &args.instance_id),
+        ] {
+            if let Some(value) = value {
+                overrides.push(Override {
+                    origin: flag.into(),
+                    key: key.into(),
+                    value: toml_string(value),
+                });
+            }
+        }
+    }
+    for flag in &cli.set {
+        overrides.push(Override::from_flag(flag)?);
+    }
+    let path = match &cli.command {
+        Command::Config(ConfigCommand::Check { file }) => Some(file.as_path()),
+        _ => cli.config.as_deref(),
+    };
+    Ok(Config::load_with(path, &overrides)?)
 }
 
-fn execute(cli: Cli) -> anyhow::Result<()> {
-    let mut config = load_config(&cli)?;
+/// A value that stays a string whatever it looks like.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}
+
+/// Log lines go to stderr: JSON lines from `run` unless stderr is a
+/// terminal (or `log.format` says otherwise), human-readable text from
+/// the other commands. `RUST_LOG` wins over `log.level`.
+fn init_logging(config: &Config, run: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&filter)
+            .with_context(|| format!("RUST_LOG={filter:?} is not a valid log filter"))?,
+        _ => tracing_subscriber::EnvFilter::try_new(&config.log.level).with_context(|| {
+            format!(
+                "config key `log.level`: {:?} is not a valid log filter",
+                config.log.level
+            )
+        })?,
+    };
+    let json = match config.log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => run && !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -145,23 +226,39 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Run(args) => {
-            if let Some(group) = args.group_id {
-                config.kafka.group_id = group;
+            let observed = Observed {
+                metrics: Arc::new(Metrics::new()),
+                health: Arc::new(Health::default()),
+            };
+            let mut http_address = None;
+            if !config.http.listen.trim().is_empty() {
+                let listen = config.http.listen.trim();
+                let listener = std::net::TcpListener::bind(listen).with_context(|| {
+                    format!("cannot listen on {listen} (config key `http.listen`)")
+                })?;
+                listener.set_nonblocking(true)?;
+                let address = listener.local_addr()?;
+                let listener = {
+                    let _entered = runtime.enter();
+                    tokio::net::TcpListener::from_std(listener)?
+                };
+                runtime.spawn(leadflow::http::serve(listener, observed.clone()));
+                http_address = Some(address);
             }
-            if let Some(input) = args.input_topic {
-                config.topics.input = input;
-            }
-            if let Some(instance) = args.instance_id {
-                config.kafka.instance_id = Some(instance);
-            }
-            config.validate("command line")?;
             let shutdown = Arc::new(AtomicBool::new(false));
-            runtime.spawn(stop_on_signal(Arc::clone(&shutdown)));
+            let grace = Duration::from_millis(config.pipeline.shutdown_timeout_ms);
+            runtime.spawn(stop_on_signal(Arc::clone(&shutdown), grace));
             let options = RunOptions {
                 until_drained: args.until_drained,
+                http_address,
             };
-            let tally = run(&config, options, &shutdown)?;
+            let tally = run(&config, options, &shutdown, &observed)?;
             println!("{}", serde_json::to_string(&tally)?);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            print!("{}", config.to_toml());
+            eprintln!("{}: valid", file.display());
             Ok(())
         }
         Command::Produce(args) => {
@@ -222,8 +319,10 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Sets `shutdown` on SIGINT or SIGTERM so the loop finishes its batch,
-/// commits and leaves the group. A second signal exits at once.
-async fn stop_on_signal(shutdown: Arc<AtomicBool>) {
+/// commits and leaves the group. A second signal, or `grace` passing,
+/// exits at once: nothing uncommitted is visible, so nothing is lost, but
+/// the next owner of the partitions processes the open batch again.
+async fn stop_on_signal(shutdown: Arc<AtomicBool>, grace: Duration) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
@@ -241,5 +340,13 @@ async fn stop_on_signal(shutdown: Arc<AtomicBool>) {
             std::process::exit(130);
         }
         tracing::info!("shutting down: finishing the current batch");
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            eprintln!(
+                "leadflow: error: shutdown took longer than pipeline.shutdown_timeout_ms ({} ms); exiting without committing",
+                grace.as_millis()
+            );
+            std::process::exit(1);
+        });
     }
 }

@@ -65,6 +65,18 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+/// Told as each stage ends, to time stages without the stages knowing.
+/// `()` is the clock that does nothing, compiled away.
+pub trait StageClock {
+    /// `stage` has just finished (a stage may finish more than once per lead).
+    fn lap(&mut self, stage: Stage);
+}
+
+impl StageClock for () {
+    #[inline]
+    fn lap(&mut self, _stage: Stage) {}
+}
+
 /// Settings the stages need, taken from configuration once.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -134,21 +146,37 @@ impl Pipeline {
     /// decode and identify, to find the key to re-partition by. Touches no
     /// state; [`Pipeline::process`] runs in full on the forwarded record.
     pub fn rekey(&self, input: Input<'_>) -> Rekeyed {
-        let raw = match self.decoder.decode(input.value, input.timestamp_ms) {
+        self.rekey_clocked(input, &mut ())
+    }
+
+    /// [`Pipeline::rekey`], telling `clock` as each stage ends.
+    pub fn rekey_clocked(&self, input: Input<'_>, clock: &mut impl StageClock) -> Rekeyed {
+        let decoded = self.decoder.decode(input.value, input.timestamp_ms);
+        clock.lap(Stage::Decode);
+        let raw = match decoded {
             Ok(raw) => raw,
             Err(e) => return Rekeyed::Done(Outcome::Failed(Failure::new(Stage::Decode, &e))),
         };
         if raw.is_test_lead() {
             return Rekeyed::Done(Outcome::TestLead);
         }
-        match identify(&raw, &self.reference) {
+        let identity = identify(&raw, &self.reference);
+        clock.lap(Stage::Enrich);
+        match identity {
             Ok(identity) => Rekeyed::Forward(identity.partition_key()),
             Err(e) => Rekeyed::Done(Outcome::Failed(Failure::new(Stage::Enrich, &e))),
         }
     }
 
     pub fn process(&mut self, input: Input<'_>) -> Outcome {
-        let mut raw = match self.decoder.decode(input.value, input.timestamp_ms) {
+        self.process_clocked(input, &mut ())
+    }
+
+    /// [`Pipeline::process`], telling `clock` as each stage ends.
+    pub fn process_clocked(&mut self, input: Input<'_>, clock: &mut impl StageClock) -> Outcome {
+        let decoded = self.decoder.decode(input.value, input.timestamp_ms);
+        clock.lap(Stage::Decode);
+        let mut raw = match decoded {
             Ok(raw) => raw,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Decode, &e)),
         };
@@ -163,20 +191,28 @@ impl Pipeline {
             } = input.source;
             raw.event_id = Some(format!("{topic}/{partition}/{offset}"));
         }
-        let mut lead = match enrich(raw, &self.reference) {
+        let enriched = enrich(raw, &self.reference);
+        clock.lap(Stage::Enrich);
+        let mut lead = match enriched {
             Ok(lead) => lead,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Enrich, &e)),
         };
         self.latest_event_ms = self.latest_event_ms.max(lead.event_time_ms);
-        if let Some(first_seen_ms) = self.deduper.duplicate_of(input.shard, &lead) {
+        let duplicate = self.deduper.duplicate_of(input.shard, &lead);
+        clock.lap(Stage::Dedupe);
+        if let Some(first_seen_ms) = duplicate {
             return Outcome::Duplicate { first_seen_ms };
         }
         let score = score(&lead, &self.rules);
-        let destination = match route(&lead, &score, &self.routing) {
+        clock.lap(Stage::Score);
+        let destination = route(&lead, &score, &self.routing);
+        clock.lap(Stage::Route);
+        let destination = match destination {
             Ok(destination) => destination,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Route, &e)),
         };
         lead.earlier_actions = self.deduper.record(input.shard, &lead).to_vec();
+        clock.lap(Stage::Dedupe);
         Outcome::Routed {
             destination,
             lead: Box::new(lead),
@@ -223,6 +259,11 @@ impl Pipeline {
 
     pub fn routing(&self) -> &RoutingTable {
         &self.routing
+    }
+
+    /// The scoring rules' version.
+    pub fn rules_version(&self) -> &str {
+        self.rules.version()
     }
 
     /// `leadflow/VERSION rules/RULES-VERSION`, for `leadflow.pipeline.version`.

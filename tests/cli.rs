@@ -5,12 +5,20 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn leadflow(args: &[&str]) -> (Output, Duration) {
+    leadflow_with(args, &[])
+}
+
+/// Runs leadflow with extra environment variables. Tests run in
+/// parallel, so the HTTP endpoint takes any free port.
+fn leadflow_with(args: &[&str], vars: &[(&str, &str)]) -> (Output, Duration) {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_leadflow"))
         .args(args)
         .env("RUST_LOG", "off")
+        .env("LEADFLOW_HTTP__LISTEN", "127.0.0.1:0")
         .env_remove("LEADFLOW_CONFIG")
         .env_remove("LEADFLOW_BOOTSTRAP_SERVERS")
+        .envs(vars.iter().copied())
         .output()
         .expect("run leadflow");
     (out, started.elapsed())
@@ -76,4 +84,111 @@ fn an_unknown_librdkafka_property_is_refused() {
     assert!(took < Duration::from_secs(10));
     let line = only_line(&out);
     assert!(line.contains("no.such.property"), "{line}");
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_file_then_env_then_flags() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("leadflow.toml");
+    std::fs::write(
+        &path,
+        "[pipeline]\ncommit_interval_ms = 50\nmax_batch_records = 7\nmax_record_bytes = 1000\n",
+    )
+    .expect("write");
+    let file = path.to_str().expect("utf-8 path");
+    let (out, _) = leadflow_with(
+        &[
+            "--set",
+            "pipeline.max_batch_records=9",
+            "--set",
+            "kafka.client.\"linger.ms\"=20",
+            "--set",
+            "topics.input=raw.leads",
+            "config",
+            "check",
+            file,
+        ],
+        &[
+            ("LEADFLOW_PIPELINE__COMMIT_INTERVAL_MS", "70"),
+            ("LEADFLOW_PIPELINE__MAX_BATCH_RECORDS", "8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective: toml::Table =
+        toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("TOML on stdout");
+    let pipeline = &effective["pipeline"];
+    // File, then environment, then flags; untouched keys show their defaults.
+    assert_eq!(pipeline["max_record_bytes"].as_integer(), Some(1000));
+    assert_eq!(pipeline["commit_interval_ms"].as_integer(), Some(70));
+    assert_eq!(pipeline["max_batch_records"].as_integer(), Some(9));
+    assert_eq!(pipeline["delivery_timeout_ms"].as_integer(), Some(10_000));
+    assert_eq!(effective["topics"]["input"].as_str(), Some("raw.leads"));
+    assert_eq!(
+        effective["kafka"]["client"]["linger.ms"].as_str(),
+        Some("20")
+    );
+    assert_eq!(
+        effective["routes"].as_array().map(Vec::len),
+        Some(2),
+        "default routes printed"
+    );
+}
+
+#[test]
+fn a_bad_override_names_its_variable_or_flag_and_the_key() {
+    for (vars, flags, names) in [
+        (
+            &[("LEADFLOW_PIPELINE__COMMIT_INTERVAL_MS", "soon")][..],
+            &[][..],
+            &[
+                "LEADFLOW_PIPELINE__COMMIT_INTERVAL_MS",
+                "commit_interval_ms",
+            ][..],
+        ),
+        (
+            &[("LEADFLOW_PIPELINE__COMMIT_INTERVL_MS", "5")][..],
+            &[][..],
+            &["commit_intervl_ms"][..],
+        ),
+        (
+            &[][..],
+            &["--set", "dedupe.window_days=0"][..],
+            &["--set", "dedupe.window_days", "greater than 0"][..],
+        ),
+        (
+            &[][..],
+            &["--set", "nonsense"][..],
+            &["--set", "KEY=VALUE"][..],
+        ),
+    ] {
+        let args: Vec<&str> = flags
+            .iter()
+            .copied()
+            .chain(["config", "check", "/dev/null"])
+            .collect();
+        let (out, _) = leadflow_with(&args, vars);
+        assert!(!out.status.success(), "{vars:?} {flags:?} accepted");
+        let line = only_line(&out);
+        for name in names {
+            assert!(line.contains(name), "{name} not in: {line}");
+        }
+    }
+}
+
+#[test]
+fn a_taken_http_port_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let (out, took) = leadflow_with(&["run"], &[("LEADFLOW_HTTP__LISTEN", &address)]);
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let line = only_line(&out);
+    assert!(
+        line.contains("http.listen") && line.contains(&address),
+        "{line}"
+    );
 }

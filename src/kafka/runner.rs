@@ -53,7 +53,12 @@ use super::{
 use crate::config::{Config, ProcessingGuarantee};
 use crate::domain::{Lead, Score};
 use crate::error::{Failure, Stage};
-use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, Rekeyed, SourcePosition, Tally};
+use crate::health::Phase;
+use crate::http::Observed;
+use crate::metrics::{Batch, KindLabels, LeadOutcome, PartitionLabels, ResultLabels, Stopwatch};
+use crate::pipeline::{
+    Input, Outcome, Pipeline, PipelineSettings, Rekeyed, SourcePosition, StageClock, Tally,
+};
 use crate::stages::dedupe::Change;
 use crate::stages::encode::Encoder;
 use crate::stages::route::Destination;
@@ -92,6 +97,8 @@ pub struct RunOptions {
     /// Stop once every assigned partition has been read to its end and
     /// committed, instead of waiting for more records.
     pub until_drained: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, for the log.
+    pub http_address: Option<std::net::SocketAddr>,
 }
 
 /// Which of the loop's two input topics a partition belongs to.
@@ -128,11 +135,54 @@ struct RunContext {
     revoked: Mutex<Vec<i32>>,
     /// A fatal error raised inside a callback, for the loop to return.
     failure: Mutex<Option<RunError>>,
+    observed: Observed,
+    /// Partitions with a `consumer_lag` series, to remove when revoked.
+    lag_series: Mutex<Vec<PartitionLabels>>,
 }
 
 impl ClientContext for RunContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            self.observed.health.set_broker_reachable(false);
+        }
         log_client_error(error, reason);
+    }
+
+    /// Consumer lag per assigned partition and broker reachability, every
+    /// `statistics.interval.ms`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let reachable = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.observed.health.set_broker_reachable(reachable);
+        let lag = &self.observed.metrics.consumer_lag;
+        let mut current = Vec::new();
+        for (name, topic) in &statistics.topics {
+            for (partition, stats) in &topic.partitions {
+                // Partition -1 is librdkafka's unassigned queue; a partition
+                // not desired was revoked and has no lag of this process's.
+                if *partition < 0 || !stats.desired || stats.ls_offset < 0 {
+                    continue;
+                }
+                let position = stats.app_offset.max(stats.committed_offset);
+                if position < 0 {
+                    continue;
+                }
+                let labels = PartitionLabels {
+                    topic: name.clone(),
+                    partition: *partition,
+                };
+                lag.get_or_create(&labels)
+                    .set((stats.ls_offset - position).max(0));
+                current.push(labels);
+            }
+        }
+        let mut series = lock(&self.lag_series);
+        for stale in series.iter().filter(|l| !current.contains(l)) {
+            lag.remove(stale);
+        }
+        *series = current;
     }
 }
 
@@ -175,6 +225,11 @@ impl ConsumerContext for RunContext {
                     dropped.push(tp.partition());
                 }
             }
+            self.observed
+                .metrics
+                .rebalances
+                .get_or_create(&KindLabels { kind: "revoke" })
+                .inc();
             info!(partitions = revoked.count(), "partitions revoked");
         }
     }
@@ -208,7 +263,19 @@ impl ConsumerContext for RunContext {
                 .map(|tp| format!("{}/{}", tp.topic(), tp.partition()))
                 .collect();
             info!(?partitions, "partitions assigned");
+            self.observed
+                .metrics
+                .rebalances
+                .get_or_create(&KindLabels { kind: "assign" })
+                .inc();
+            self.observed.health.set_phase(if to_restore.is_empty() {
+                Phase::Running
+            } else {
+                Phase::Restoring
+            });
         }
+        let assigned = consumer.assignment().map_or(0, |a| a.count());
+        self.observed.health.set_assigned(assigned);
     }
 }
 
@@ -245,9 +312,33 @@ impl RunContext {
     /// their offsets: one transaction under exactly-once, a flush and then
     /// an offset commit under at-least-once.
     fn commit(&self, consumer: &BaseConsumer<Self>) -> Result<(), RunError> {
+        let started = Instant::now();
+        let committed = self.commit_pending(consumer);
+        let metrics = &self.observed.metrics;
+        let result = match &committed {
+            Ok(true) => "committed",
+            Ok(false) => return Ok(()),
+            Err(RunError::Aborted(_)) => "aborted",
+            Err(_) => return committed.map(|_| ()),
+        };
+        metrics
+            .transactions
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
+        if result == "committed" {
+            self.observed.health.set_broker_reachable(true);
+        }
+        committed.map(|_| ())
+    }
+
+    /// [`RunContext::commit`]; `Ok(false)` when there was nothing to commit.
+    fn commit_pending(&self, consumer: &BaseConsumer<Self>) -> Result<bool, RunError> {
         let mut pending = lock(&self.pending);
         if pending.is_empty() && !self.in_transaction.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(false);
         }
         let mut offsets = TopicPartitionList::with_capacity(pending.len());
         for ((hop, partition), offset) in pending.iter() {
@@ -258,7 +349,7 @@ impl RunContext {
         if self.exactly_once {
             self.commit_transaction(consumer, &offsets)?;
             pending.clear();
-            return Ok(());
+            return Ok(true);
         }
         self.producer
             .flush(self.delivery_timeout)
@@ -267,7 +358,7 @@ impl RunContext {
             return Err(RunError::Delivery(failure));
         }
         if offsets.count() == 0 {
-            return Ok(());
+            return Ok(true);
         }
         match consumer.commit(&offsets, CommitMode::Sync) {
             Ok(()) => {
@@ -278,7 +369,7 @@ impl RunContext {
             // If the partitions moved, their next owner repeats some outputs.
             Err(e) => warn!(error = %e, "offset commit failed; will retry"),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Opens a transaction unless one is open.
@@ -363,19 +454,32 @@ struct Topology<'a> {
 /// the old transaction, restoring state), after a backoff of 1 s doubling
 /// to 30 s. Being fenced, by another process with this `transactional.id`,
 /// is final: that process has taken over.
-pub fn run(config: &Config, options: RunOptions, shutdown: &AtomicBool) -> Result<Tally, RunError> {
+pub fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: &AtomicBool,
+    observed: &Observed,
+) -> Result<Tally, RunError> {
     let mut tally = Tally::default();
     let mut started = false;
     let mut backoff = Duration::from_secs(1);
     loop {
         let attempt = Instant::now();
-        let error = match run_once(config, options, shutdown, &mut tally, &mut started) {
+        let life = Life {
+            options,
+            shutdown,
+            observed,
+        };
+        let outcome = run_once(config, &life, &mut tally, &mut started);
+        observed.health.set_phase(Phase::Stopping);
+        let error = match outcome {
             Ok(()) => return Ok(tally),
             Err(e) => e,
         };
         if !started || error.is_fenced() || shutdown.load(Ordering::Relaxed) {
             return Err(error);
         }
+        observed.metrics.pipeline_restarts.inc();
         if attempt.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_secs(1);
         }
@@ -403,20 +507,33 @@ impl RunError {
     }
 }
 
+/// What one life of the pipeline is given.
+struct Life<'a> {
+    options: RunOptions,
+    shutdown: &'a AtomicBool,
+    observed: &'a Observed,
+}
+
 /// One life of the pipeline: set up, consume until told to stop or a
 /// failure. `started` turns true once set-up is done.
 fn run_once(
     config: &Config,
-    options: RunOptions,
-    shutdown: &AtomicBool,
+    life: &Life<'_>,
     tally: &mut Tally,
     started: &mut bool,
 ) -> Result<(), RunError> {
+    let Life {
+        options,
+        shutdown,
+        observed,
+    } = *life;
+    observed.health.set_phase(Phase::Starting);
     let kafka = &config.kafka;
     let topics = &config.topics;
     let delivery_timeout = Duration::from_millis(config.pipeline.delivery_timeout_ms);
     // Reference data and rules first: a bad rules file fails before any I/O.
     let mut pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
+    observed.metrics.set_rules_version(pipeline.rules_version());
 
     let exactly_once = config.pipeline.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
     let delivery_timeout_ms = config.pipeline.delivery_timeout_ms.to_string();
@@ -449,6 +566,8 @@ fn run_once(
         // A rebalance moves only the partitions that change owner, so the
         // others keep their state and keep flowing.
         ("partition.assignment.strategy", "cooperative-sticky"),
+        // Consumer lag and broker reachability come from these.
+        ("statistics.interval.ms", "5000"),
     ];
     let mut consumer_config = client_config(kafka, Role::Consumer, &consumer_defaults);
     // Offsets are committed by the loop only, after their outputs are acknowledged.
@@ -470,6 +589,8 @@ fn run_once(
         to_restore: Mutex::default(),
         revoked: Mutex::default(),
         failure: Mutex::default(),
+        observed: observed.clone(),
+        lag_series: Mutex::default(),
     };
     let consumer: BaseConsumer<RunContext> = consumer_config
         .create_with_context(context)
@@ -513,6 +634,7 @@ fn run_once(
     // Never joins or commits (it assigns partitions itself), but librdkafka
     // wants a group to unassign.
     .set("group.id", format!("{}-restore", kafka.group_id))
+    .set("statistics.interval.ms", "0")
     .create_with_context(ReadToEnd)
     .map_err(SetupError::Client)?;
 
@@ -536,13 +658,23 @@ fn run_once(
             topics: subscriptions.iter().map(|t| (*t).to_owned()).collect(),
             source,
         })?;
-    info!(topics = ?subscriptions, group = %kafka.group_id, "consuming");
+    match options.http_address {
+        Some(http) => info!(topics = ?subscriptions, group = %kafka.group_id, %http, "consuming"),
+        None => info!(topics = ?subscriptions, group = %kafka.group_id, "consuming"),
+    }
+    observed.health.set_phase(Phase::Joining);
 
-    let sink = Sink::new(&producer, config);
+    let sink = Sink::new(&producer, config, &observed.metrics);
     *started = true;
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
     let mut last_report = Instant::now();
     let mut eviction_logged = false;
+    let metrics = &observed.metrics;
+    let mut meter = Meter {
+        batch: Batch::default(),
+        records: 0,
+        evicted: 0,
+    };
 
     while !shutdown.load(Ordering::Relaxed) {
         restore_assigned(
@@ -552,6 +684,7 @@ fn run_once(
             &mut pipeline,
             delivery_timeout,
         )?;
+        meter.batch.clear();
         let deadline = Instant::now() + commit_interval;
         let mut batch = 0;
         // First offset of each partition in this batch, to rewind to on abort.
@@ -561,7 +694,12 @@ fn run_once(
             // Expiry writes tombstones, so it belongs to a transaction.
             consumer.context().begin()?;
             let expired = pipeline.expire_dedupe();
-            sink.send_changes(topology.changelog, pipeline.take_changes())?;
+            metrics.dedupe_expired.inc_by(expired as u64);
+            sink.send_changes(
+                topology.changelog,
+                pipeline.take_changes(),
+                &mut meter.batch,
+            )?;
             last_report = Instant::now();
             info!(
                 ?tally,
@@ -580,11 +718,13 @@ fn run_once(
             if context.committed_in_callback.swap(false, Ordering::Relaxed) {
                 // A revoke committed the batch so far inside `poll`.
                 pipeline.commit_batch();
+                meter.committed(metrics, &mut pipeline);
                 tally.merge(std::mem::take(&mut batch_tally));
                 batch_start.clear();
             }
             if context.aborted_in_callback.swap(false, Ordering::Relaxed) {
                 pipeline.rollback_batch();
+                meter.batch.clear();
                 batch_tally = Tally::default();
                 rewind(&consumer, std::mem::take(&mut batch_start))?;
             }
@@ -610,7 +750,14 @@ fn run_once(
                         hop,
                         processed: context.is_processed(hop),
                     };
-                    handle(step, &topology, &mut pipeline, &sink, &mut batch_tally)?;
+                    handle(
+                        step,
+                        &topology,
+                        &mut pipeline,
+                        &sink,
+                        &mut batch_tally,
+                        &mut meter,
+                    )?;
                     lock(&context.pending).insert(part, message.offset() + 1);
                 }
             }
@@ -623,12 +770,14 @@ fn run_once(
         match consumer.context().commit(&consumer) {
             Ok(()) => {
                 pipeline.commit_batch();
+                meter.committed(metrics, &mut pipeline);
                 tally.merge(batch_tally);
             }
             Err(RunError::Aborted(_)) => {
                 // Nothing of the batch is visible: forget its state changes
                 // and read its records again.
                 pipeline.rollback_batch();
+                meter.batch.clear();
                 rewind(&consumer, batch_start)?;
             }
             Err(e) => return Err(e),
@@ -647,11 +796,49 @@ fn run_once(
             break;
         }
     }
+    observed.health.set_phase(Phase::Stopping);
     consumer.context().commit(&consumer)?;
     pipeline.commit_batch();
+    meter.committed(metrics, &mut pipeline);
     consumer.unsubscribe();
     info!(?tally, "stopped");
     Ok(())
+}
+
+/// The open batch's metrics, and what sampling and gauges need.
+struct Meter {
+    batch: Batch,
+    /// Records handled, for sampling stage timings.
+    records: u64,
+    /// Dedupe evictions already counted.
+    evicted: u64,
+}
+
+/// Stage timings are taken on one record in this many: reading the clock
+/// costs about as much as a light stage.
+const STAGE_SAMPLE: u64 = 16;
+
+impl Meter {
+    /// A clock for this record's stages, if it is sampled.
+    fn stopwatch(&mut self) -> Option<Stopwatch> {
+        self.records += 1;
+        self.records
+            .is_multiple_of(STAGE_SAMPLE)
+            .then(Stopwatch::start)
+    }
+
+    /// The batch committed: count it, and read the dedupe gauges.
+    fn committed(&mut self, metrics: &crate::metrics::Metrics, pipeline: &mut Pipeline) {
+        let now_ms = crate::metrics::now_ms();
+        metrics.commit(&mut self.batch, now_ms);
+        let dedupe = pipeline.dedupe();
+        metrics.set_dedupe_size(dedupe.len(), dedupe.bytes());
+        let evicted = dedupe.evicted();
+        metrics
+            .dedupe_evictions
+            .inc_by(evicted.saturating_sub(self.evicted));
+        self.evicted = evicted;
+    }
 }
 
 /// Restores the dedupe state of newly assigned partitions from the
@@ -671,6 +858,7 @@ fn restore_assigned(
     if partitions.is_empty() {
         return Ok(());
     }
+    context.observed.health.set_phase(Phase::Restoring);
     let started = Instant::now();
     let dedupe = pipeline.dedupe();
     for partition in &partitions {
@@ -747,6 +935,16 @@ fn restore_assigned(
     consumer
         .resume(&resume)
         .map_err(|e| failed(format!("cannot resume partitions: {e}")))?;
+    let metrics = &context.observed.metrics;
+    metrics
+        .restore_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics.restored_records.inc_by(records);
+    metrics.set_dedupe_size(dedupe.len(), dedupe.bytes());
+    // A rebalance during the restore queued more partitions: still restoring.
+    if lock(&context.to_restore).is_empty() {
+        context.observed.health.set_phase(Phase::Running);
+    }
     info!(
         ?partitions,
         records,
@@ -852,8 +1050,12 @@ fn handle(
     pipeline: &mut Pipeline,
     sink: &Sink<'_>,
     tally: &mut Tally,
+    meter: &mut Meter,
 ) -> Result<(), RunError> {
     let message = step.message;
+    meter.batch.consumed(message.topic());
+    let mut stopwatch = meter.stopwatch();
+    let batch = &mut meter.batch;
     let own = SourcePosition {
         topic: message.topic(),
         partition: message.partition(),
@@ -871,9 +1073,44 @@ fn handle(
         source,
         shard: message.partition(),
     };
-    if !step.processed {
-        match pipeline.rekey(input) {
+    let outcome = if step.processed {
+        let outcome = match &mut stopwatch {
+            Some(clock) => pipeline.process_clocked(input, clock),
+            None => pipeline.process(input),
+        };
+        match outcome {
+            Outcome::Routed {
+                destination,
+                ref lead,
+                ref score,
+            } => {
+                let sent = sink.send_lead(
+                    pipeline,
+                    (source, timestamp_ms),
+                    (destination, lead, score),
+                    batch,
+                );
+                if let Some(clock) = &mut stopwatch {
+                    clock.lap(Stage::Produce);
+                }
+                match sent {
+                    Ok(()) => outcome,
+                    // Rather than stop the pipeline, the record becomes a dead letter.
+                    Err(failure) => Outcome::Failed(failure),
+                }
+            }
+            other => other,
+        }
+    } else {
+        let rekeyed = match &mut stopwatch {
+            Some(clock) => pipeline.rekey_clocked(input, clock),
+            None => pipeline.rekey(input),
+        };
+        match rekeyed {
             Rekeyed::Forward(key) => {
+                if let Some(clock) = &stopwatch {
+                    sink.metrics.observe_stages(&clock.laps);
+                }
                 let Some((topic, partitions)) = topology.repartition else {
                     return Ok(());
                 };
@@ -893,41 +1130,60 @@ fn handle(
                     topic: topic.to_owned(),
                     source,
                 })?;
+                batch.produced(topic);
                 tally.record_forwarded();
                 return Ok(());
             }
-            Rekeyed::Done(outcome) => {
-                if let Outcome::Failed(failure) = &outcome {
-                    sink.send_dead_letter(step.message, source, original_key, pipeline, failure)?;
-                }
-                tally.record(&outcome, pipeline.routing());
-                return Ok(());
-            }
+            // A test lead or a failure: dealt with here, never forwarded.
+            Rekeyed::Done(outcome) => outcome,
         }
-    }
-    let outcome = pipeline.process(input);
-    let outcome = match outcome {
-        Outcome::Routed {
-            destination,
-            ref lead,
-            ref score,
-        } => match sink.send_lead(pipeline, source, timestamp_ms, (destination, lead, score)) {
-            Ok(()) => outcome,
-            // Rather than stop the pipeline, the record becomes a dead letter.
-            Err(failure) => Outcome::Failed(failure),
-        },
-        other => other,
     };
-    if let Outcome::Failed(failure) = &outcome {
-        sink.send_dead_letter(step.message, source, original_key, pipeline, failure)?;
+    if let Some(clock) = &stopwatch {
+        sink.metrics.observe_stages(&clock.laps);
     }
-    sink.send_changes(topology.changelog, pipeline.take_changes())?;
+    if let Outcome::Failed(failure) = &outcome {
+        sink.send_dead_letter(
+            (step.message, source, original_key),
+            pipeline,
+            failure,
+            batch,
+        )?;
+    }
+    if step.processed {
+        sink.send_changes(topology.changelog, pipeline.take_changes(), batch)?;
+    }
+    count_outcome(batch, &outcome, step.processed);
     if step.hop == Hop::Repartition {
         tally.record_outcome(&outcome, pipeline.routing());
     } else {
         tally.record(&outcome, pipeline.routing());
     }
     Ok(())
+}
+
+/// Counts an input's outcome in the batch's metrics. `processed`: the
+/// whole pipeline ran on it, so dedupe saw it if it got that far.
+fn count_outcome(batch: &mut Batch, outcome: &Outcome, processed: bool) {
+    let (kind, checked) = match outcome {
+        Outcome::Routed {
+            destination, score, ..
+        } => {
+            batch.scored(score.points, score.grade);
+            match destination {
+                Destination::Campaigns(_) => (LeadOutcome::Campaign, true),
+                Destination::Suppressed(_) => (LeadOutcome::Suppressed, true),
+            }
+        }
+        Outcome::Duplicate { .. } => (LeadOutcome::Duplicate, true),
+        Outcome::TestLead => (LeadOutcome::Test, false),
+        Outcome::Failed(failure) => {
+            batch.dead_letter(failure.stage, failure.class);
+            // Only the produce stage fails after dedupe let a lead through.
+            let checked = matches!(failure.stage, Stage::Route | Stage::Produce);
+            (LeadOutcome::DeadLetter, checked)
+        }
+    };
+    batch.outcome(kind, checked && processed);
 }
 
 /// The repartition topic's partition for a key: leadflow's own hash, so
@@ -942,6 +1198,7 @@ fn partition_for(key: u128, partitions: i32) -> i32 {
 struct Sink<'a> {
     producer: &'a LeadProducer,
     config: &'a Config,
+    metrics: &'a crate::metrics::Metrics,
     routes: Vec<Encoder>,
     suppressed: Encoder,
 }
@@ -951,11 +1208,10 @@ impl<'a> Sink<'a> {
     /// timestamp, with headers saying why and whence.
     fn send_dead_letter(
         &self,
-        message: &BorrowedMessage<'_>,
-        source: SourcePosition<'_>,
-        key: Option<&[u8]>,
+        (message, source, key): (&BorrowedMessage<'_>, SourcePosition<'_>, Option<&[u8]>),
         pipeline: &Pipeline,
         failure: &Failure,
+        batch: &mut Batch,
     ) -> Result<(), RunError> {
         let dlq = self.config.topics.dead_letter.as_str();
         let mut record = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
@@ -976,7 +1232,10 @@ impl<'a> Sink<'a> {
         send(self.producer, record).map_err(|source| RunError::Produce {
             topic: dlq.to_owned(),
             source,
-        })
+        })?;
+        batch.produced(dlq);
+        batch.output_of(message.timestamp().to_millis());
+        Ok(())
     }
 
     /// Produces dedupe state changes to the changelog partition of the
@@ -985,6 +1244,7 @@ impl<'a> Sink<'a> {
         &self,
         changelog: &str,
         changes: impl Iterator<Item = Change>,
+        batch: &mut Batch,
     ) -> Result<(), RunError> {
         for change in changes {
             let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
@@ -997,15 +1257,21 @@ impl<'a> Sink<'a> {
                 topic: changelog.to_owned(),
                 source,
             })?;
+            batch.produced(changelog);
         }
         Ok(())
     }
 
-    fn new(producer: &'a LeadProducer, config: &'a Config) -> Sink<'a> {
+    fn new(
+        producer: &'a LeadProducer,
+        config: &'a Config,
+        metrics: &'a crate::metrics::Metrics,
+    ) -> Sink<'a> {
         let output = config.topics.output_format;
         Sink {
             producer,
             config,
+            metrics,
             routes: config
                 .routes
                 .iter()
@@ -1021,9 +1287,9 @@ impl<'a> Sink<'a> {
     fn send_lead(
         &self,
         pipeline: &Pipeline,
-        source: SourcePosition<'_>,
-        timestamp_ms: Option<i64>,
+        (source, timestamp_ms): (SourcePosition<'_>, Option<i64>),
         (destination, lead, score): (Destination, &Lead, &Score),
+        batch: &mut Batch,
     ) -> Result<(), Failure> {
         let key = lead.dedupe_key.to_hex();
         let mut lead_headers = headers::LeadHeaders {
@@ -1065,7 +1331,9 @@ impl<'a> Sink<'a> {
                 class: "produce_rejected",
                 message: format!("{topic}: {e}"),
             })?;
+            batch.produced(topic);
         }
+        batch.output_of(timestamp_ms);
         Ok(())
     }
 }

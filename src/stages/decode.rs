@@ -22,7 +22,7 @@ use crate::domain::RawLead;
 use crate::error::ErrorClass;
 
 /// How the records of a topic are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     #[default]

@@ -363,6 +363,17 @@ impl Deduper {
         self.len() == 0
     }
 
+    /// Memory the maps hold, from their capacities: what the allocator
+    /// gave them, not just what is filled, plus one control byte per slot.
+    pub fn bytes(&self) -> usize {
+        let seen = std::mem::size_of::<(DedupeKey, Seen)>() + 1;
+        let actions = std::mem::size_of::<(DedupeKey, (ActionSet, i64))>() + 1;
+        self.shards
+            .values()
+            .map(|shard| shard.seen.capacity() * seen + shard.actions.capacity() * actions)
+            .sum()
+    }
+
     /// Dedupe keys forgotten to stay within the memory budget, ever.
     pub fn evicted(&self) -> u64 {
         self.evicted

@@ -6,14 +6,14 @@
 //! action filters admit it. A lead that no route admits is an error
 //! (`unroutable`), never silently dropped.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{ActionCode, EmailClass, Grade, Lead, Score, Storefront, SuppressionReason};
 use crate::error::ErrorClass;
 use crate::stages::decode::Format;
 
 /// One row of the routing table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Campaign name carried in the output record, e.g. `nurture`.
@@ -54,7 +54,7 @@ pub fn default_routes() -> Vec<Route> {
 }
 
 /// What to do with a lead whose address is disposable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DisposablePolicy {
     /// Send it to the suppressed topic with reason `disposable_email`.

@@ -6,6 +6,7 @@
 
 pub mod checker;
 pub mod faults;
+pub mod ops;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -160,7 +161,7 @@ impl Env {
             .find("[[catalog]]")
             .expect("catalog in quickstart config")..];
         let text = format!(
-            "{extra}\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\n{topics}\ninput = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n\
+            "{extra}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\n{topics}\ninput = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n\
              [[routes]]\ncampaign = \"nurture\"\nstorefront = \"appsource\"\ntopic = {:?}\n\n\
              [[routes]]\ncampaign = \"demand-gen\"\nstorefront = \"azure-marketplace\"\ntopic = {:?}\n\n{catalog}",
             bootstrap(),
@@ -371,6 +372,15 @@ pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
             _ => None,
         })
         .collect()
+}
+
+/// How many members the consumer group has now.
+pub fn group_members(group: &str) -> usize {
+    let consumer = consumer(None, false);
+    let groups = consumer
+        .fetch_group_list(Some(group), PATIENCE)
+        .expect("group list");
+    groups.groups().iter().map(|g| g.members().len()).sum()
 }
 
 /// The high watermark of every partition of `topic`.

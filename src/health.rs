@@ -1,0 +1,129 @@
+//! Liveness and readiness, as `/healthz` and `/readyz` report them.
+//!
+//! The processing loop sets the phase it is in and whether the broker
+//! answers; the HTTP server only reads. Ready means: the loop runs, has
+//! joined its consumer group, every partition assigned to it has its dedupe
+//! state restored, and the broker is reachable. A process that joined and
+//! was given no partitions (more processes than partitions) is ready: it
+//! has nothing to restore and takes partitions over the moment a rebalance
+//! gives it some.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+
+/// Where the processing loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Connecting, checking topics, fencing the previous transaction.
+    Starting = 0,
+    /// Subscribed, waiting for the group to assign partitions.
+    Joining = 1,
+    /// Restoring dedupe state of assigned partitions before processing them.
+    Restoring = 2,
+    /// Processing.
+    Running = 3,
+    /// Shutting down, or restarting after a failure.
+    Stopping = 4,
+}
+
+impl Phase {
+    fn from_u8(value: u8) -> Phase {
+        match value {
+            1 => Phase::Joining,
+            2 => Phase::Restoring,
+            3 => Phase::Running,
+            4 => Phase::Stopping,
+            _ => Phase::Starting,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Joining => "joining the consumer group",
+            Phase::Restoring => "restoring dedupe state",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// Shared between the loop (writer) and the HTTP server (reader).
+#[derive(Debug)]
+pub struct Health {
+    phase: AtomicU8,
+    broker_reachable: AtomicBool,
+    /// Partitions currently assigned, for the `/readyz` body.
+    assigned: AtomicUsize,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            broker_reachable: AtomicBool::new(true),
+            assigned: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Health {
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    pub fn set_broker_reachable(&self, reachable: bool) {
+        self.broker_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    pub fn set_assigned(&self, partitions: usize) {
+        self.assigned.store(partitions, Ordering::Relaxed);
+    }
+
+    /// `Ok` with a description when ready, else why not.
+    pub fn readiness(&self) -> Result<String, String> {
+        let phase = self.phase();
+        let assigned = self.assigned.load(Ordering::Relaxed);
+        if phase != Phase::Running {
+            return Err(format!("not ready: {}", phase.as_str()));
+        }
+        if !self.broker_reachable.load(Ordering::Relaxed) {
+            return Err("not ready: the broker is unreachable".to_owned());
+        }
+        Ok(format!("ready: {assigned} partitions assigned"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_running_with_the_broker_reachable() {
+        let health = Health::default();
+        for phase in [
+            Phase::Starting,
+            Phase::Joining,
+            Phase::Restoring,
+            Phase::Stopping,
+        ] {
+            health.set_phase(phase);
+            let reason = health.readiness().expect_err("not ready");
+            assert!(reason.contains(phase.as_str()), "{reason}");
+        }
+        health.set_phase(Phase::Running);
+        health.set_assigned(3);
+        assert_eq!(
+            health.readiness().as_deref(),
+            Ok("ready: 3 partitions assigned")
+        );
+        health.set_broker_reachable(false);
+        assert!(health.readiness().is_err_and(|r| r.contains("unreachable")));
+        health.set_broker_reachable(true);
+        assert!(health.readiness().is_ok());
+    }
+}

@@ -1,0 +1,648 @@
+//! leadflow's Prometheus metrics (prefix `leadflow_`), kept in one
+//! registry and encoded in the text format for `/metrics`.
+//!
+//! Counts of records and leads move only when a batch commits (see
+//! [`Batch`]): an aborted batch is processed again, and counting it twice
+//! would make the counters disagree with the topics. Latencies are
+//! observed as they happen. Every metric is listed, with its labels, in the
+//! README's metrics reference.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::domain::Grade;
+use crate::error::Stage;
+use crate::pipeline::StageClock;
+
+/// A label set of one label with a fixed vocabulary.
+macro_rules! static_label {
+    ($name:ident, $label:ident) => {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct $name {
+            pub $label: &'static str,
+        }
+    };
+}
+
+static_label!(StageLabels, stage);
+static_label!(OutcomeLabels, outcome);
+static_label!(GradeLabels, grade);
+static_label!(ResultLabels, result);
+static_label!(KindLabels, kind);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub stage: &'static str,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+/// Where a lead ended, the `outcome` label of `leadflow_leads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadOutcome {
+    Campaign,
+    Suppressed,
+    Duplicate,
+    Test,
+    DeadLetter,
+}
+
+impl LeadOutcome {
+    const ALL: [LeadOutcome; 5] = [
+        LeadOutcome::Campaign,
+        LeadOutcome::Suppressed,
+        LeadOutcome::Duplicate,
+        LeadOutcome::Test,
+        LeadOutcome::DeadLetter,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeadOutcome::Campaign => "campaign",
+            LeadOutcome::Suppressed => "suppressed",
+            LeadOutcome::Duplicate => "duplicate",
+            LeadOutcome::Test => "test",
+            LeadOutcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+const GRADES: [Grade; 4] = [Grade::A, Grade::B, Grade::C, Grade::D];
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric leadflow exports.
+pub struct Metrics {
+    registry: Registry,
+    pub records_in: Family<TopicLabels, Counter>,
+    pub records_out: Family<TopicLabels, Counter>,
+    pub leads: Family<OutcomeLabels, Counter>,
+    pub stage_duration: HistogramFamily<StageLabels>,
+    pub end_to_end: Histogram,
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
+    pub dedupe_hits: Counter,
+    pub dedupe_misses: Counter,
+    pub dedupe_keys: Gauge,
+    pub dedupe_bytes: Gauge,
+    pub dedupe_evictions: Counter,
+    pub dedupe_expired: Counter,
+    pub score: Histogram,
+    pub grades: Family<GradeLabels, Counter>,
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    pub transactions: Family<ResultLabels, Counter>,
+    pub commit_duration: Histogram,
+    pub rebalances: Family<KindLabels, Counter>,
+    pub restore_duration: Histogram,
+    pub restored_records: Counter,
+    pub pipeline_restarts: Counter,
+    pub rules: Family<VersionLabels, Gauge>,
+    pub ready: Gauge,
+    resident_memory: Gauge,
+    /// Serialises rules-version swaps, which clear and set a family.
+    rules_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn stage_histogram() -> Histogram {
+    // 1 µs to 16 ms: one stage on one lead.
+    Histogram::new(exponential_buckets(1e-6, 2.0, 15))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("leadflow");
+        let m = Metrics {
+            registry: Registry::default(),
+            records_in: Family::default(),
+            records_out: Family::default(),
+            leads: Family::default(),
+            stage_duration: Family::new_with_constructor(stage_histogram),
+            end_to_end: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            dead_letters: Family::default(),
+            dedupe_hits: Counter::default(),
+            dedupe_misses: Counter::default(),
+            dedupe_keys: Gauge::default(),
+            dedupe_bytes: Gauge::default(),
+            dedupe_evictions: Counter::default(),
+            dedupe_expired: Counter::default(),
+            score: Histogram::new((1..=10).map(|i| f64::from(i) * 10.0)),
+            grades: Family::default(),
+            consumer_lag: Family::default(),
+            transactions: Family::default(),
+            commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            rebalances: Family::default(),
+            restore_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            restored_records: Counter::default(),
+            pipeline_restarts: Counter::default(),
+            rules: Family::default(),
+            ready: Gauge::default(),
+            resident_memory: Gauge::default(),
+            rules_lock: Mutex::new(()),
+        };
+        let r = &mut registry;
+        r.register(
+            "records_in",
+            "Records consumed, per topic (counted when their batch commits)",
+            m.records_in.clone(),
+        );
+        r.register(
+            "records_out",
+            "Records produced, per topic (counted when their batch commits)",
+            m.records_out.clone(),
+        );
+        r.register(
+            "leads",
+            "Input records by where they ended: campaign, suppressed, duplicate, test or dead_letter",
+            m.leads.clone(),
+        );
+        r.register_with_unit(
+            "stage_duration",
+            "Time one stage takes on one lead, sampled on one record in 16",
+            Unit::Seconds,
+            m.stage_duration.clone(),
+        );
+        r.register_with_unit(
+            "end_to_end_latency",
+            "From an input record's timestamp to the commit that makes its output visible",
+            Unit::Seconds,
+            m.end_to_end.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Records sent to the dead-letter topic, by stage and error class",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "dedupe_hits",
+            "Leads dropped as duplicates",
+            m.dedupe_hits.clone(),
+        );
+        r.register(
+            "dedupe_misses",
+            "Leads checked by dedupe and let through",
+            m.dedupe_misses.clone(),
+        );
+        r.register(
+            "dedupe_keys",
+            "Dedupe keys held in memory",
+            m.dedupe_keys.clone(),
+        );
+        r.register_with_unit(
+            "dedupe",
+            "Memory held by the dedupe state",
+            Unit::Bytes,
+            m.dedupe_bytes.clone(),
+        );
+        r.register(
+            "dedupe_evictions",
+            "Dedupe keys forgotten to stay within dedupe.memory_budget_mib",
+            m.dedupe_evictions.clone(),
+        );
+        r.register(
+            "dedupe_expired",
+            "Dedupe keys forgotten after a window of event time without a lead",
+            m.dedupe_expired.clone(),
+        );
+        r.register(
+            "lead_score",
+            "Scores of leads scored and routed (0-100)",
+            m.score.clone(),
+        );
+        r.register(
+            "lead_grades",
+            "Leads scored and routed, by grade",
+            m.grades.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "Records between the consumer's position and the partition's last stable offset, per assigned partition, from librdkafka statistics",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "transactions",
+            "Batch commits by result: committed or aborted",
+            m.transactions.clone(),
+        );
+        r.register_with_unit(
+            "commit_duration",
+            "Time to commit a batch: the transaction commit, or flush and offset commit",
+            Unit::Seconds,
+            m.commit_duration.clone(),
+        );
+        r.register(
+            "rebalances",
+            "Consumer group rebalance events, by kind: assign or revoke",
+            m.rebalances.clone(),
+        );
+        r.register_with_unit(
+            "restore_duration",
+            "Time to restore the dedupe state of newly assigned partitions",
+            Unit::Seconds,
+            m.restore_duration.clone(),
+        );
+        r.register(
+            "restored_records",
+            "Changelog records read while restoring dedupe state",
+            m.restored_records.clone(),
+        );
+        r.register(
+            "pipeline_restarts",
+            "Restarts of the pipeline from the last commit after a runtime failure",
+            m.pipeline_restarts.clone(),
+        );
+        r.register(
+            "rules",
+            "The scoring rules and routing version in use (value 1)",
+            m.rules.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when partitions are assigned and restored and the broker is reachable",
+            m.ready.clone(),
+        );
+        r.register_with_unit(
+            "resident_memory",
+            "Resident set size of the process",
+            Unit::Bytes,
+            m.resident_memory.clone(),
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: crate::LEADFLOW_VERSION.to_owned(),
+            })
+            .set(1);
+        r.register("build", "leadflow's version (value 1)", build);
+        // Zero-valued series exist from the start, so that rates and
+        // ratios over them are defined before the first such lead.
+        for outcome in LeadOutcome::ALL {
+            m.leads.get_or_create_owned(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
+        for grade in GRADES {
+            m.grades.get_or_create_owned(&GradeLabels {
+                grade: grade.as_str(),
+            });
+        }
+        for result in ["committed", "aborted"] {
+            m.transactions.get_or_create_owned(&ResultLabels { result });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition, with the resident memory read now.
+    pub fn encode(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.resident_memory
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Names the rules version in use; the previous one's series goes.
+    pub fn set_rules_version(&self, version: &str) {
+        let _guard = self.rules_lock.lock();
+        self.rules.clear();
+        self.rules
+            .get_or_create(&VersionLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// The dedupe state's size now.
+    pub fn set_dedupe_size(&self, keys: usize, bytes: usize) {
+        self.dedupe_keys
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.dedupe_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Observes one lead's stage timings.
+    pub fn observe_stages(&self, laps: &StageLaps) {
+        for (stage, duration) in laps.iter() {
+            self.stage_duration
+                .get_or_create(&StageLabels {
+                    stage: stage.as_str(),
+                })
+                .observe(duration.as_secs_f64());
+        }
+    }
+
+    /// Adds a committed batch's counts and empties it.
+    pub fn commit(&self, batch: &mut Batch, now_ms: i64) {
+        for (topic, n) in batch.consumed.drain(..) {
+            self.records_in
+                .get_or_create(&TopicLabels { topic })
+                .inc_by(n);
+        }
+        for (topic, n) in batch.produced.drain(..) {
+            self.records_out
+                .get_or_create(&TopicLabels { topic })
+                .inc_by(n);
+        }
+        for (i, n) in batch.outcomes.iter_mut().enumerate() {
+            if *n > 0 {
+                self.leads
+                    .get_or_create(&OutcomeLabels {
+                        outcome: LeadOutcome::ALL[i].as_str(),
+                    })
+                    .inc_by(*n);
+                *n = 0;
+            }
+        }
+        for ((stage, class), n) in std::mem::take(&mut batch.dead_letters) {
+            self.dead_letters
+                .get_or_create(&DeadLetterLabels {
+                    stage: stage.as_str(),
+                    class,
+                })
+                .inc_by(n);
+        }
+        self.dedupe_hits
+            .inc_by(std::mem::take(&mut batch.dedupe_hits));
+        self.dedupe_misses
+            .inc_by(std::mem::take(&mut batch.dedupe_misses));
+        for (points, grade) in batch.scores.drain(..) {
+            self.score.observe(f64::from(points));
+            self.grades
+                .get_or_create(&GradeLabels {
+                    grade: grade.as_str(),
+                })
+                .inc();
+        }
+        for timestamp_ms in batch.timestamps.drain(..) {
+            // Clocks of other hosts may run ahead: never a negative latency.
+            let millis = now_ms.saturating_sub(timestamp_ms).max(0);
+            self.end_to_end.observe(millis as f64 / 1000.0);
+        }
+    }
+}
+
+/// What a batch did, kept until it commits (and then added to the
+/// metrics) or aborts (and then forgotten). Topics are named by the
+/// caller's slot strings, cloned only at commit.
+#[derive(Debug, Default)]
+pub struct Batch {
+    consumed: Vec<(String, u64)>,
+    produced: Vec<(String, u64)>,
+    outcomes: [u64; 5],
+    dead_letters: std::collections::BTreeMap<(Stage, &'static str), u64>,
+    dedupe_hits: u64,
+    dedupe_misses: u64,
+    scores: Vec<(u8, Grade)>,
+    timestamps: Vec<i64>,
+}
+
+fn bump(counts: &mut Vec<(String, u64)>, topic: &str) {
+    // A handful of topics: a scan beats hashing.
+    match counts.iter_mut().find(|(t, _)| t == topic) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((topic.to_owned(), 1)),
+    }
+}
+
+impl Batch {
+    pub fn consumed(&mut self, topic: &str) {
+        bump(&mut self.consumed, topic);
+    }
+
+    pub fn produced(&mut self, topic: &str) {
+        bump(&mut self.produced, topic);
+    }
+
+    /// An input's outcome. `checked_by_dedupe` says whether dedupe saw it
+    /// (a miss unless it is a duplicate).
+    pub fn outcome(&mut self, outcome: LeadOutcome, checked_by_dedupe: bool) {
+        if let Some(n) = self.outcomes.get_mut(outcome as usize) {
+            *n += 1;
+        }
+        match outcome {
+            LeadOutcome::Duplicate => self.dedupe_hits += 1,
+            _ if checked_by_dedupe => self.dedupe_misses += 1,
+            _ => {}
+        }
+    }
+
+    pub fn dead_letter(&mut self, stage: Stage, class: &'static str) {
+        *self.dead_letters.entry((stage, class)).or_default() += 1;
+    }
+
+    pub fn scored(&mut self, points: u8, grade: Grade) {
+        self.scores.push((points, grade));
+    }
+
+    /// An output whose input record had this timestamp, for end-to-end latency.
+    pub fn output_of(&mut self, timestamp_ms: Option<i64>) {
+        if let Some(ts) = timestamp_ms {
+            self.timestamps.push(ts);
+        }
+    }
+
+    /// Forgets everything: the batch was aborted.
+    pub fn clear(&mut self) {
+        self.consumed.clear();
+        self.produced.clear();
+        self.outcomes = [0; 5];
+        self.dead_letters.clear();
+        self.dedupe_hits = 0;
+        self.dedupe_misses = 0;
+        self.scores.clear();
+        self.timestamps.clear();
+    }
+}
+
+/// Time spent per stage on one lead, filled by
+/// [`crate::pipeline::StageClock`] laps.
+#[derive(Debug, Clone, Default)]
+pub struct StageLaps {
+    spent: [Option<Duration>; 6],
+}
+
+impl StageLaps {
+    pub fn add(&mut self, stage: Stage, duration: Duration) {
+        let slot = &mut self.spent[stage as usize];
+        *slot = Some(slot.unwrap_or_default() + duration);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Stage, Duration)> + '_ {
+        Stage::ALL
+            .iter()
+            .zip(&self.spent)
+            .filter_map(|(stage, spent)| Some((*stage, (*spent)?)))
+    }
+}
+
+/// A [`StageClock`] that measures: each lap is the time since the last.
+#[derive(Debug)]
+pub struct Stopwatch {
+    last: Instant,
+    pub laps: StageLaps,
+}
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch {
+            last: Instant::now(),
+            laps: StageLaps::default(),
+        }
+    }
+}
+
+impl StageClock for Stopwatch {
+    fn lap(&mut self, stage: Stage) {
+        let now = Instant::now();
+        self.laps.add(stage, now - self.last);
+        self.last = now;
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch, the clock of
+/// record timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The process's resident set size, from `/proc/self/status` (Linux).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_committed_batch_is_counted_and_an_aborted_one_is_not() {
+        let metrics = Metrics::new();
+        let mut batch = Batch::default();
+        batch.consumed("leads.raw");
+        batch.produced("campaign.x");
+        batch.outcome(LeadOutcome::Campaign, true);
+        batch.scored(72, Grade::B);
+        batch.output_of(Some(1_000));
+        batch.clear();
+        metrics.commit(&mut batch, 2_000);
+        let text = metrics.encode();
+        assert_eq!(
+            sample(&text, "leadflow_leads_total{outcome=\"campaign\"}"),
+            Some(0.0)
+        );
+
+        batch.consumed("leads.raw");
+        batch.consumed("leads.raw");
+        batch.produced("campaign.x");
+        batch.outcome(LeadOutcome::Campaign, true);
+        batch.outcome(LeadOutcome::Duplicate, true);
+        batch.dead_letter(Stage::Decode, "json_syntax");
+        batch.scored(72, Grade::B);
+        batch.output_of(Some(1_000));
+        metrics.commit(&mut batch, 1_250);
+        let text = metrics.encode();
+        for (series, value) in [
+            ("leadflow_records_in_total{topic=\"leads.raw\"}", 2.0),
+            ("leadflow_records_out_total{topic=\"campaign.x\"}", 1.0),
+            ("leadflow_leads_total{outcome=\"campaign\"}", 1.0),
+            ("leadflow_leads_total{outcome=\"duplicate\"}", 1.0),
+            ("leadflow_dedupe_hits_total", 1.0),
+            ("leadflow_dedupe_misses_total", 1.0),
+            (
+                "leadflow_dead_letters_total{stage=\"decode\",class=\"json_syntax\"}",
+                1.0,
+            ),
+            ("leadflow_lead_grades_total{grade=\"B\"}", 1.0),
+            ("leadflow_lead_score_sum", 72.0),
+            ("leadflow_end_to_end_latency_seconds_sum", 0.25),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+        assert!(sample(&text, "leadflow_resident_memory_bytes").is_some_and(|b| b > 0.0));
+    }
+
+    #[test]
+    fn a_new_rules_version_replaces_the_old_one() {
+        let metrics = Metrics::new();
+        metrics.set_rules_version("v1");
+        metrics.set_rules_version("v2");
+        let text = metrics.encode();
+        assert_eq!(
+            sample(&text, "leadflow_rules{version=\"v2\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(!text.contains("version=\"v1\""), "{text}");
+    }
+
+    #[test]
+    fn stage_laps_accumulate_per_stage() {
+        let metrics = Metrics::new();
+        let mut laps = StageLaps::default();
+        laps.add(Stage::Dedupe, Duration::from_micros(3));
+        laps.add(Stage::Dedupe, Duration::from_micros(2));
+        laps.add(Stage::Decode, Duration::from_micros(1));
+        metrics.observe_stages(&laps);
+        let text = metrics.encode();
+        let sum = sample(
+            &text,
+            "leadflow_stage_duration_seconds_sum{stage=\"dedupe\"}",
+        )
+        .expect("dedupe series");
+        assert!((sum - 5e-6).abs() < 1e-9, "{sum}");
+        assert!(!text.contains("stage=\"score\""), "{text}");
+    }
+}

@@ -1,0 +1,284 @@
+//! Operating leadflow against the real local broker: the metrics endpoint
+//! (checked by promtool and against what the topics hold), consumer lag
+//! after a rebalance, readiness while dedupe state is restored, JSON logs
+//! without personal data, and graceful shutdown.
+
+#![cfg(feature = "kafka-tests")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::checker::write_generated;
+use common::faults::{FAILOVER, finish_and_check, leads, repartition, wait_for_progress};
+use common::ops::{eventually, get, listen_on, promtool_check, sample, scrape, series, wait_for};
+use common::{Env, PATIENCE, Running, read_all, signal};
+use leadflow::generate::{Expected, Generator, GeneratorOptions};
+
+/// Starts `leadflow run` serving HTTP on a free port.
+fn spawn_run(env: &Env, name: &str, extra: &[&str]) -> (Running, u16) {
+    let port = common::ops::free_port();
+    let listen = listen_on(port);
+    let mut args = vec!["run", listen[0].as_str(), listen[1].as_str()];
+    args.extend_from_slice(extra);
+    (env.spawn(name, &args, Stdio::null()), port)
+}
+
+/// `leadflow_leads_total` for one outcome.
+fn leads_of(text: &str, outcome: &str) -> u64 {
+    sample(
+        text,
+        &format!("leadflow_leads_total{{outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0.0) as u64
+}
+
+/// The (topic, partition) pairs a scrape has a consumer lag for, with the lag.
+fn lags(text: &str) -> BTreeMap<String, f64> {
+    series(text, "leadflow_consumer_lag")
+        .into_iter()
+        .map(|(labels, value)| (labels.to_owned(), value))
+        .collect()
+}
+
+/// SIGTERM, then the exit status within `patience`.
+fn stop(running: &mut Running, patience: Duration) -> std::process::ExitStatus {
+    signal(&running.0, "TERM");
+    wait_for("the process to exit", patience, || {
+        running.0.try_wait().expect("poll process")
+    })
+}
+
+#[test]
+fn metrics_agree_with_the_topics_and_lag_follows_rebalances() {
+    let env = Env::new(
+        "metrics",
+        3,
+        "[kafka.consumer]\n\"statistics.interval.ms\" = \"500\"\n",
+    );
+    let n = 3_000;
+    let seed = 5;
+    write_generated(&env.input, n, seed);
+    let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut classes: BTreeMap<&str, u64> = BTreeMap::new();
+    let generator = Generator::new(GeneratorOptions {
+        seed,
+        ..GeneratorOptions::default()
+    });
+    for lead in generator.take(n) {
+        let outcome = match lead.expected {
+            Expected::Campaign(_) => "campaign",
+            Expected::Suppressed(_) => "suppressed",
+            Expected::Duplicate => "duplicate",
+            Expected::TestLead => "test",
+            Expected::DeadLetter(class) => {
+                *classes.entry(class).or_default() += 1;
+                "dead_letter"
+            }
+        };
+        *expected.entry(outcome).or_default() += 1;
+    }
+
+    let (mut a, port_a) = spawn_run(&env, "a", &["--instance-id", "a"]);
+    let text = eventually("every lead counted in leadflow_leads_total", || {
+        let text = get(port_a, "/metrics")?.1;
+        let counted: u64 = ["campaign", "suppressed", "duplicate", "test", "dead_letter"]
+            .iter()
+            .map(|o| leads_of(&text, o))
+            .sum();
+        (counted == n as u64).then_some(text)
+    });
+    promtool_check(&text);
+
+    for (outcome, count) in &expected {
+        assert_eq!(leads_of(&text, outcome), *count, "{outcome}");
+    }
+    let input = format!("leadflow_records_in_total{{topic=\"{}\"}}", env.input);
+    assert_eq!(sample(&text, &input), Some(n as f64));
+    for topic in [
+        &env.nurture,
+        &env.demand_gen,
+        &env.suppressed,
+        &env.dead_letter,
+    ] {
+        let out = format!("leadflow_records_out_total{{topic=\"{topic}\"}}");
+        let records = read_all(topic).len() as f64;
+        assert_eq!(sample(&text, &out).unwrap_or(0.0), records, "{topic}");
+    }
+    for (class, count) in &classes {
+        let found: f64 = series(&text, "leadflow_dead_letters_total")
+            .iter()
+            .filter(|(labels, _)| labels.contains(&format!("class=\"{class}\"")))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(found, *count as f64, "dead letters of class {class}");
+    }
+    let scored = expected["campaign"] + expected.get("suppressed").copied().unwrap_or(0);
+    let graded: f64 = series(&text, "leadflow_lead_grades_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(graded, scored as f64);
+    assert_eq!(
+        sample(&text, "leadflow_lead_score_count"),
+        Some(scored as f64)
+    );
+    assert_eq!(
+        sample(&text, "leadflow_dedupe_hits_total"),
+        Some(expected["duplicate"] as f64)
+    );
+    assert!(sample(&text, "leadflow_dedupe_keys").is_some_and(|k| k > 0.0));
+    assert!(
+        sample(&text, "leadflow_transactions_total{result=\"committed\"}").is_some_and(|c| c > 0.0)
+    );
+    assert!(sample(&text, "leadflow_end_to_end_latency_seconds_count").is_some_and(|c| c > 0.0));
+    assert!(sample(&text, "leadflow_resident_memory_bytes").is_some_and(|b| b > 1e6));
+    assert_eq!(sample(&text, "leadflow_ready"), Some(1.0));
+
+    // Lag: one series per assigned partition of both topics, all caught up.
+    let all = eventually("lag of all six partitions, caught up", || {
+        let lags = lags(&get(port_a, "/metrics")?.1);
+        (lags.len() == 6 && lags.values().all(|lag| *lag == 0.0)).then_some(lags)
+    });
+
+    // A second process takes some partitions: each reports lag for its own
+    // partitions only, and together they cover all of them.
+    let (mut b, port_b) = spawn_run(&env, "b", &["--instance-id", "b"]);
+    eventually("lag split between the two processes", || {
+        let of_a = lags(&get(port_a, "/metrics")?.1);
+        let of_b = lags(&get(port_b, "/metrics")?.1);
+        let a_keys: BTreeSet<&String> = of_a.keys().collect();
+        let b_keys: BTreeSet<&String> = of_b.keys().collect();
+        let union: BTreeSet<&String> = a_keys.union(&b_keys).copied().collect();
+        let split = !a_keys.is_empty()
+            && !b_keys.is_empty()
+            && a_keys.is_disjoint(&b_keys)
+            && union == all.keys().collect();
+        split.then_some(())
+    });
+    let text = scrape(port_a);
+    assert!(sample(&text, "leadflow_rebalances_total{kind=\"revoke\"}").is_some_and(|r| r >= 1.0));
+
+    assert!(stop(&mut b, PATIENCE).success(), "{}", b.log());
+    assert!(stop(&mut a, PATIENCE).success(), "{}", a.log());
+    // `run` logs JSON lines when stderr is not a terminal, and no log line
+    // carries an email address.
+    let log = a.log();
+    assert!(log.lines().count() > 3, "{log}");
+    for line in log.lines() {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(parsed["level"].is_string(), "{line}");
+        assert!(!line.contains('@'), "personal data in the log: {line}");
+    }
+}
+
+/// Changelog records as leadflow writes them: a `seen` key (tag `s` and a
+/// 128-bit hash) and its first-emitted and last-seen times.
+fn changelog_record(i: u64) -> (Vec<u8>, [u8; 16]) {
+    let mut key = vec![b's'];
+    let hash = u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    key.extend_from_slice(&hash.to_be_bytes());
+    let mut value = [0; 16];
+    let now = 1_760_000_000_000_i64;
+    value[..8].copy_from_slice(&now.to_be_bytes());
+    value[8..].copy_from_slice(&now.to_be_bytes());
+    (key, value)
+}
+
+#[test]
+fn readiness_is_false_while_dedupe_state_restores() {
+    let env = Env::new("ready", 2, "[pipeline]\nrepartition = false\n");
+    let changelog = format!("{}-dedupe-changelog", env.group);
+    let per_partition = 60_000_u64;
+    let records: Vec<(i32, Vec<u8>, [u8; 16])> = (0..2 * per_partition)
+        .map(|i| {
+            let (key, value) = changelog_record(i);
+            ((i % 2) as i32, key, value)
+        })
+        .collect();
+    write_changelog(&changelog, &records);
+
+    let (mut run, port) = spawn_run(&env, "run", &[]);
+    // Every answer of /readyz until the first 200, in order.
+    let mut answers: Vec<(u16, String)> = Vec::new();
+    eventually("/readyz to say ready", || {
+        let answer = get(port, "/readyz")?;
+        let ready = answer.0 == 200;
+        if answers.last() != Some(&answer) {
+            answers.push(answer);
+        }
+        ready.then_some(())
+    });
+    assert_eq!(get(port, "/healthz").map(|a| a.0), Some(200));
+    let restoring = answers
+        .iter()
+        .position(|(status, body)| *status == 503 && body.contains("restoring dedupe state"));
+    assert!(restoring.is_some(), "never reported restoring: {answers:?}");
+    assert!(
+        answers[..answers.len() - 1].iter().all(|(s, _)| *s == 503),
+        "{answers:?}"
+    );
+    let text = scrape(port);
+    assert_eq!(
+        sample(&text, "leadflow_restored_records_total"),
+        Some((2 * per_partition) as f64)
+    );
+    assert_eq!(
+        sample(&text, "leadflow_dedupe_keys"),
+        Some((2 * per_partition) as f64)
+    );
+    assert!(sample(&text, "leadflow_restore_duration_seconds_count").is_some_and(|c| c >= 1.0));
+    assert!(stop(&mut run, PATIENCE).success(), "{}", run.log());
+}
+
+/// Writes raw changelog records to their partitions.
+fn write_changelog(topic: &str, records: &[(i32, Vec<u8>, [u8; 16])]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    for (partition, key, value) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(*partition)
+            .key(key.as_slice())
+            .payload(value.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    producer.flush(PATIENCE).expect("changelog written");
+}
+
+#[test]
+fn sigterm_mid_run_commits_leaves_the_group_and_a_restart_finishes_exactly() {
+    let config = format!("{FAILOVER}shutdown_timeout_ms = 10000\n");
+    let env = Env::new("sigterm", 3, &config);
+    let n = leads();
+    let written = write_generated(&env.input, n, 23);
+    let topic = repartition(&env);
+    let (mut run, _) = spawn_run(&env, "run", &[]);
+    wait_for_progress(&env, &topic, n as i64 / 3, &mut [&mut run], PATIENCE);
+    let stopped = Instant::now();
+    let status = stop(&mut run, Duration::from_secs(10));
+    let took = stopped.elapsed();
+    assert!(status.success(), "{}", run.log());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(run.log().contains("\"stopped\""), "{}", run.log());
+    // It left the group: no member remains, without waiting for a session
+    // timeout.
+    let members = common::group_members(&env.group);
+    assert_eq!(members, 0, "members left in {}", env.group);
+    eprintln!("stopped in {} ms", took.as_millis());
+    finish_and_check(&env, &written);
+}
