@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod reference;
+pub mod reload;
 pub mod stages;
 
 /// leadflow's name and version, the first half of `leadflow.pipeline.version`.

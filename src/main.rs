@@ -14,9 +14,10 @@ use leadflow::generate::GeneratorOptions;
 use leadflow::health::Health;
 use leadflow::http::Observed;
 use leadflow::kafka::produce::{ProduceOptions, produce};
-use leadflow::kafka::runner::{RunOptions, run};
+use leadflow::kafka::runner::{Controls, RunOptions, run};
 use leadflow::kafka::topics;
 use leadflow::metrics::Metrics;
+use leadflow::reload::{self, ReloadSlot};
 use leadflow::stages::decode::Format;
 
 #[derive(Parser)]
@@ -130,10 +131,12 @@ enum TopicsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match load_config(&cli).and_then(|config| {
+    let loaded = config_sources(&cli).and_then(|sources| {
+        let config = Config::load_with(sources.0.as_deref(), &sources.1)?;
         init_logging(&config, matches!(cli.command, Command::Run(_)))?;
-        execute(cli, config)
-    }) {
+        execute(cli, config, sources)
+    });
+    match loaded {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("leadflow: error: {e:#}");
@@ -142,9 +145,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The configuration: the file (`config check`'s argument, else
-/// `--config`), then `LEADFLOW_…` variables, then flags.
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+/// Where the configuration comes from: the file (`config check`'s
+/// argument, else `--config`), then `LEADFLOW_…` variables, then flags.
+type Sources = (Option<PathBuf>, Vec<Override>);
+
+fn config_sources(cli: &Cli) -> anyhow::Result<Sources> {
     let mut overrides = Override::from_env(std::env::vars());
     if let Some(servers) = &cli.bootstrap_servers {
         overrides.push(Override {
@@ -172,10 +177,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         overrides.push(Override::from_flag(flag)?);
     }
     let path = match &cli.command {
-        Command::Config(ConfigCommand::Check { file }) => Some(file.as_path()),
-        _ => cli.config.as_deref(),
+        Command::Config(ConfigCommand::Check { file }) => Some(file.clone()),
+        _ => cli.config.clone(),
     };
-    Ok(Config::load_with(path, &overrides)?)
+    Ok((path, overrides))
 }
 
 /// A value that stays a string whatever it looks like.
@@ -218,7 +223,7 @@ fn init_logging(config: &Config, run: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
+fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -248,11 +253,23 @@ fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
             let shutdown = Arc::new(AtomicBool::new(false));
             let grace = Duration::from_millis(config.pipeline.shutdown_timeout_ms);
             runtime.spawn(stop_on_signal(Arc::clone(&shutdown), grace));
+            let reloads = Arc::new(ReloadSlot::default());
+            runtime.spawn(watch_for_reloads(
+                sources,
+                config.clone(),
+                Arc::clone(&reloads),
+                Arc::clone(&observed.metrics),
+            ));
             let options = RunOptions {
                 until_drained: args.until_drained,
                 http_address,
             };
-            let tally = run(&config, options, &shutdown, &observed)?;
+            let controls = Controls {
+                shutdown: &shutdown,
+                observed: &observed,
+                reloads: &reloads,
+            };
+            let tally = run(&config, options, controls)?;
             println!("{}", serde_json::to_string(&tally)?);
             Ok(())
         }
@@ -314,6 +331,53 @@ fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
                 .collect();
             println!("{}", serde_json::Value::Object(map));
             Ok(())
+        }
+    }
+}
+
+/// Reloads the configuration on SIGHUP or when the config file or the
+/// rules file changes (polled every second), and offers it to the loop.
+/// One that does not load or validate is refused here.
+async fn watch_for_reloads(
+    (path, overrides): Sources,
+    config: Config,
+    slot: Arc<ReloadSlot>,
+    metrics: Arc<Metrics>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; rules reload on file change only");
+            return;
+        }
+    };
+    let mut files = reload::watched_files(path.as_deref(), &config);
+    let mut seen = reload::modified(&files);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let trigger = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let now = reload::modified(&files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "file change"
+            }
+        };
+        match Config::load_with(path.as_deref(), &overrides) {
+            Ok(config) => {
+                tracing::info!(trigger, "configuration loaded for reload");
+                files = reload::watched_files(path.as_deref(), &config);
+                seen = reload::modified(&files);
+                slot.offer(config);
+            }
+            Err(error) => {
+                metrics.reloaded("refused");
+                tracing::warn!(trigger, %error, "reload refused; the rules in use stay");
+            }
         }
     }
 }

@@ -118,6 +118,7 @@ pub struct Metrics {
     pub restored_records: Counter,
     pub pipeline_restarts: Counter,
     pub rules: Family<VersionLabels, Gauge>,
+    pub reloads: Family<ResultLabels, Counter>,
     pub ready: Gauge,
     resident_memory: Gauge,
     /// Serialises rules-version swaps, which clear and set a family.
@@ -170,6 +171,7 @@ impl Metrics {
             restored_records: Counter::default(),
             pipeline_restarts: Counter::default(),
             rules: Family::default(),
+            reloads: Family::default(),
             ready: Gauge::default(),
             resident_memory: Gauge::default(),
             rules_lock: Mutex::new(()),
@@ -291,6 +293,11 @@ impl Metrics {
             m.rules.clone(),
         );
         r.register(
+            "reloads",
+            "Reloads of the scoring rules and routing table, by result: applied or refused",
+            m.reloads.clone(),
+        );
+        r.register(
             "ready",
             "1 when partitions are assigned and restored and the broker is reachable",
             m.ready.clone(),
@@ -323,6 +330,9 @@ impl Metrics {
         for result in ["committed", "aborted"] {
             m.transactions.get_or_create_owned(&ResultLabels { result });
         }
+        for result in ["applied", "refused"] {
+            m.reloads.get_or_create_owned(&ResultLabels { result });
+        }
         Metrics { registry, ..m }
     }
 
@@ -347,6 +357,11 @@ impl Metrics {
                 version: version.to_owned(),
             })
             .set(1);
+    }
+
+    /// Counts a reload: `applied` or `refused`.
+    pub fn reloaded(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// The dedupe state's size now.

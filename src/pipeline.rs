@@ -261,6 +261,14 @@ impl Pipeline {
         &self.routing
     }
 
+    /// Swaps the scoring rules and the routing table, between two
+    /// transactions (see [`crate::reload`]).
+    pub fn set_rules(&mut self, rules: ScoringRules, routing: RoutingTable) {
+        self.version = format!("{} rules/{}", crate::LEADFLOW_VERSION, rules.version());
+        self.rules = rules;
+        self.routing = routing;
+    }
+
     /// The scoring rules' version.
     pub fn rules_version(&self) -> &str {
         self.rules.version()

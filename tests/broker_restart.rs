@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::checker::write_generated;
 use common::faults::{FAILOVER, finish_and_check, leads, repartition, wait_for_progress};
+use common::ops::{free_port, get, listen_on, wait_for};
 use common::{Env, OwnBroker, PATIENCE, committed, signal};
 
 #[test]
@@ -26,9 +27,22 @@ fn leadflow_recovers_from_a_killed_broker_on_its_own() {
     let n = leads() as i64;
     let written = write_generated(&env.input, n as usize, 13);
     let topic = repartition(&env);
-    let mut run = env.spawn("run", &["run"], Stdio::null());
+    let port = free_port();
+    let listen = listen_on(port);
+    let mut run = env.spawn(
+        "run",
+        &["run", listen[0].as_str(), listen[1].as_str()],
+        Stdio::null(),
+    );
     let at_kill = wait_for_progress(&env, &topic, n / 5, &mut [&mut run], PATIENCE);
+    assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));
     broker.kill();
+    // Not ready while the broker is gone, alive all the same.
+    let reason = wait_for("/readyz to turn 503", Duration::from_secs(30), || {
+        get(port, "/readyz").filter(|(status, _)| *status == 503)
+    });
+    eprintln!("with the broker down, /readyz says: {}", reason.1.trim());
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
     broker.script("start");
     let back = Instant::now();
     // What was committed before the broker died, some of it after `at_kill`.
@@ -42,6 +56,9 @@ fn leadflow_recovers_from_a_killed_broker_on_its_own() {
         Duration::from_secs(60),
     );
     let recovered_after = back.elapsed();
+    wait_for("/readyz to turn 200 again", Duration::from_secs(60), || {
+        get(port, "/readyz").filter(|(status, _)| *status == 200)
+    });
     eprintln!(
         "broker killed at {at_kill} committed ({before} when it was back); leadflow progressed again {} ms after the broker was back",
         recovered_after.as_millis()

@@ -282,3 +282,130 @@ fn sigterm_mid_run_commits_leaves_the_group_and_a_restart_finishes_exactly() {
     eprintln!("stopped in {} ms", took.as_millis());
     finish_and_check(&env, &written);
 }
+
+/// Leads counted in `leadflow_leads_total`, every outcome.
+fn counted(text: &str) -> u64 {
+    ["campaign", "suppressed", "duplicate", "test", "dead_letter"]
+        .iter()
+        .map(|o| leads_of(text, o))
+        .sum()
+}
+
+/// `leadflow_reloads_total` for one result.
+fn reloads(text: &str, result: &str) -> u64 {
+    sample(
+        text,
+        &format!("leadflow_reloads_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0) as u64
+}
+
+/// Waits until the run has counted `n` leads.
+fn wait_for_leads(port: u16, n: u64) {
+    eventually(&format!("{n} leads counted"), || {
+        (counted(&get(port, "/metrics")?.1) == n).then_some(())
+    });
+}
+
+#[test]
+fn hot_reload_swaps_rules_and_routes_between_transactions_and_refuses_a_bad_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("rules.toml");
+    let default_rules =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/scoring.toml"))
+            .expect("default rules");
+    let version = |v: &str| {
+        default_rules.replace(
+            "version = \"default-2025.1\"",
+            &format!("version = \"{v}\""),
+        )
+    };
+    std::fs::write(&rules, version("test-v1")).expect("write rules");
+    let env = Env::new(
+        "reload",
+        2,
+        &format!(
+            "[scoring]\nrules_file = {:?}\n",
+            rules.display().to_string()
+        ),
+    );
+    let (mut run, port) = spawn_run(&env, "run", &[]);
+    write_generated(&env.input, 300, 31);
+    wait_for_leads(port, 300);
+    let text = scrape(port);
+    assert_eq!(
+        sample(&text, "leadflow_rules{version=\"test-v1\"}"),
+        Some(1.0)
+    );
+    let boundary = common::ends(&env.input);
+
+    // A routing change by editing the config file: nurture takes grade A only.
+    let config = std::fs::read_to_string(&env.config).expect("config");
+    let nurture = "campaign = \"nurture\"\nstorefront = \"appsource\"\n";
+    assert!(config.contains(nurture));
+    let config = config.replace(nurture, &format!("{nurture}grades = [\"A\"]\n"));
+    std::fs::write(&env.config, config).expect("write config");
+    eventually("the routing change applied", || {
+        (reloads(&get(port, "/metrics")?.1, "applied") == 1).then_some(())
+    });
+    // A rules change by editing the rules file.
+    std::fs::write(&rules, version("test-v2")).expect("write rules");
+    let text = eventually("the rules change applied", || {
+        let text = get(port, "/metrics")?.1;
+        (reloads(&text, "applied") == 2).then_some(text)
+    });
+    assert_eq!(
+        sample(&text, "leadflow_rules{version=\"test-v2\"}"),
+        Some(1.0)
+    );
+    assert!(!text.contains("version=\"test-v1\""), "{text}");
+    write_generated(&env.input, 300, 32);
+    wait_for_leads(port, 600);
+
+    // A broken rules file, announced by SIGHUP: refused, v2 stays.
+    let refused_before = reloads(&scrape(port), "refused");
+    std::fs::write(&rules, "version = \"broken\"\n[behaviour\n").expect("write rules");
+    signal(&run.0, "HUP");
+    eventually("the broken rules refused", || {
+        (reloads(&get(port, "/metrics")?.1, "refused") > refused_before).then_some(())
+    });
+    write_generated(&env.input, 300, 33);
+    wait_for_leads(port, 900);
+    let text = scrape(port);
+    assert_eq!(reloads(&text, "applied"), 2);
+    assert_eq!(
+        sample(&text, "leadflow_rules{version=\"test-v2\"}"),
+        Some(1.0)
+    );
+    assert!(stop(&mut run, PATIENCE).success(), "{}", run.log());
+    assert!(run.log().contains("reload refused"), "{}", run.log());
+
+    // Every output names the rules that scored it: v1 before the reload,
+    // v2 after, and the broken file never took over.
+    let mut nurture_grades_before = BTreeSet::new();
+    for topic in [&env.nurture, &env.demand_gen, &env.suppressed] {
+        for m in read_all(topic) {
+            let (partition, offset) = common::source_of(&m);
+            let before = offset < boundary[&partition];
+            let rules_version = common::header(&m, "leadflow.rules.version");
+            let expected = if before { "test-v1" } else { "test-v2" };
+            assert_eq!(
+                rules_version,
+                Some(expected),
+                "{topic} {partition}/{offset}"
+            );
+            if topic == &env.nurture {
+                let grade = common::header(&m, "leadflow.grade").expect("grade header");
+                if before {
+                    nurture_grades_before.insert(grade.to_owned());
+                } else {
+                    assert_eq!(grade, "A", "{partition}/{offset} routed by the old table");
+                }
+            }
+        }
+    }
+    assert!(
+        nurture_grades_before.len() > 1,
+        "the old table let every grade through: {nurture_grades_before:?}"
+    );
+}

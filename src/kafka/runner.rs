@@ -59,6 +59,7 @@ use crate::metrics::{Batch, KindLabels, LeadOutcome, PartitionLabels, ResultLabe
 use crate::pipeline::{
     Input, Outcome, Pipeline, PipelineSettings, Rekeyed, SourcePosition, StageClock, Tally,
 };
+use crate::reload::ReloadSlot;
 use crate::stages::dedupe::Change;
 use crate::stages::encode::Encoder;
 use crate::stages::route::Destination;
@@ -453,24 +454,30 @@ struct Topology<'a> {
 /// process from the last commit, with the same recovery as a crash (fencing
 /// the old transaction, restoring state), after a backoff of 1 s doubling
 /// to 30 s. Being fenced, by another process with this `transactional.id`,
-/// is final: that process has taken over.
+/// is final: that process has taken over. A restart keeps the rules and
+/// routes of the last reload.
 pub fn run(
     config: &Config,
     options: RunOptions,
-    shutdown: &AtomicBool,
-    observed: &Observed,
+    controls: Controls<'_>,
 ) -> Result<Tally, RunError> {
+    let Controls {
+        shutdown, observed, ..
+    } = controls;
+    let mut config = config.clone();
     let mut tally = Tally::default();
     let mut started = false;
     let mut backoff = Duration::from_secs(1);
     loop {
         let attempt = Instant::now();
-        let life = Life {
-            options,
-            shutdown,
-            observed,
-        };
-        let outcome = run_once(config, &life, &mut tally, &mut started);
+        let life = Life { options, controls };
+        let mut reloaded = None;
+        let outcome = run_once(&config, &life, &mut tally, (&mut started, &mut reloaded));
+        if let Some(new) = reloaded {
+            config.routes = new.routes;
+            config.policy = new.policy;
+            config.scoring = new.scoring;
+        }
         observed.health.set_phase(Phase::Stopping);
         let error = match outcome {
             Ok(()) => return Ok(tally),
@@ -507,25 +514,40 @@ impl RunError {
     }
 }
 
+/// What the loop shares with the rest of the process.
+#[derive(Debug, Clone, Copy)]
+pub struct Controls<'a> {
+    /// Set to stop: the loop finishes and commits its batch, and returns.
+    pub shutdown: &'a AtomicBool,
+    /// Metrics and health the loop reports to.
+    pub observed: &'a Observed,
+    /// New rules and routes, applied between transactions.
+    pub reloads: &'a ReloadSlot,
+}
+
 /// What one life of the pipeline is given.
 struct Life<'a> {
     options: RunOptions,
-    shutdown: &'a AtomicBool,
-    observed: &'a Observed,
+    controls: Controls<'a>,
 }
 
 /// One life of the pipeline: set up, consume until told to stop or a
-/// failure. `started` turns true once set-up is done.
+/// failure. `started` turns true once set-up is done; `reloaded` holds the
+/// last configuration whose rules and routes were applied.
 fn run_once(
     config: &Config,
     life: &Life<'_>,
     tally: &mut Tally,
-    started: &mut bool,
+    (started, reloaded): (&mut bool, &mut Option<Config>),
 ) -> Result<(), RunError> {
     let Life {
         options,
-        shutdown,
-        observed,
+        controls:
+            Controls {
+                shutdown,
+                observed,
+                reloads,
+            },
     } = *life;
     observed.health.set_phase(Phase::Starting);
     let kafka = &config.kafka;
@@ -664,12 +686,13 @@ fn run_once(
     }
     observed.health.set_phase(Phase::Joining);
 
-    let sink = Sink::new(&producer, config, &observed.metrics);
+    let mut sink = Sink::new(&producer, config, &observed.metrics);
     *started = true;
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
     let mut last_report = Instant::now();
     let mut eviction_logged = false;
     let metrics = &observed.metrics;
+    let mut batch_seq: u64 = 0;
     let mut meter = Meter {
         batch: Batch::default(),
         records: 0,
@@ -684,11 +707,35 @@ fn run_once(
             &mut pipeline,
             delivery_timeout,
         )?;
+        // No transaction is open here: the last batch committed.
+        if let Some(new) = reloads.take() {
+            let current = reloaded.as_ref().unwrap_or(config);
+            if apply_reload(
+                &new,
+                current,
+                (&consumer, kafka),
+                &mut pipeline,
+                &mut sink,
+                metrics,
+            ) {
+                *reloaded = Some(new);
+            }
+        }
         meter.batch.clear();
         let deadline = Instant::now() + commit_interval;
         let mut batch = 0;
         // First offset of each partition in this batch, to rewind to on abort.
         let mut batch_start: BTreeMap<Part, i64> = BTreeMap::new();
+        batch_seq += 1;
+        // Every log line of the batch carries its number, and once it
+        // commits, its record count and offsets.
+        let span = tracing::info_span!(
+            "batch",
+            seq = batch_seq,
+            records = tracing::field::Empty,
+            offsets = tracing::field::Empty
+        );
+        let _entered = span.enter();
         let mut batch_tally = Tally::default();
         if last_report.elapsed() >= Duration::from_secs(10) {
             // Expiry writes tombstones, so it belongs to a transaction.
@@ -767,8 +814,18 @@ fn run_once(
                 break;
             }
         }
+        if batch > 0 && !span.is_disabled() {
+            span.record("records", batch);
+            span.record(
+                "offsets",
+                offset_ranges(consumer.context(), &batch_start).as_str(),
+            );
+        }
         match consumer.context().commit(&consumer) {
             Ok(()) => {
+                if batch > 0 {
+                    debug!("batch committed");
+                }
                 pipeline.commit_batch();
                 meter.committed(metrics, &mut pipeline);
                 tally.merge(batch_tally);
@@ -803,6 +860,44 @@ fn run_once(
     consumer.unsubscribe();
     info!(?tally, "stopped");
     Ok(())
+}
+
+/// Swaps in the rules and routes of `new`, if its campaign topics exist.
+/// Returns whether it did.
+fn apply_reload(
+    new: &Config,
+    current: &Config,
+    (consumer, kafka): (&BaseConsumer<RunContext>, &crate::config::KafkaConfig),
+    pipeline: &mut Pipeline,
+    sink: &mut Sink<'_>,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
+    let topics: Vec<&str> = new.routes.iter().map(|r| r.topic.as_str()).collect();
+    let rules = match check_topics(consumer.client(), kafka, &topics)
+        .map_err(|e| e.to_string())
+        .and_then(|_| new.scoring_rules().map_err(|e| e.to_string()))
+    {
+        Ok(rules) => rules,
+        Err(error) => {
+            metrics.reloaded("refused");
+            warn!(%error, rules_version = pipeline.rules_version(), "reload refused; the rules in use stay");
+            return false;
+        }
+    };
+    let restart = crate::reload::needs_restart(current, new);
+    if !restart.is_empty() {
+        warn!(sections = ?restart, "reload: changes outside routes, policy and scoring wait for a restart");
+    }
+    pipeline.set_rules(rules, new.routing_table());
+    sink.set_routes(&new.routes);
+    metrics.set_rules_version(pipeline.rules_version());
+    metrics.reloaded("applied");
+    info!(
+        rules_version = pipeline.rules_version(),
+        routes = new.routes.len(),
+        "rules reloaded"
+    );
+    true
 }
 
 /// The open batch's metrics, and what sampling and gauges need.
@@ -1161,6 +1256,20 @@ fn handle(
     Ok(())
 }
 
+/// `topic/partition:first-last` for each partition a batch read, for its
+/// log span.
+fn offset_ranges(context: &RunContext, batch_start: &BTreeMap<Part, i64>) -> String {
+    let pending = lock(&context.pending);
+    let ranges: Vec<String> = batch_start
+        .iter()
+        .map(|(part, first)| {
+            let last = pending.get(part).map_or(*first, |next| next - 1);
+            format!("{}/{}:{first}-{last}", context.topic(part.0), part.1)
+        })
+        .collect();
+    ranges.join(",")
+}
+
 /// Counts an input's outcome in the batch's metrics. `processed`: the
 /// whole pipeline ran on it, so dedupe saw it if it got that far.
 fn count_outcome(batch: &mut Batch, outcome: &Outcome, processed: bool) {
@@ -1267,18 +1376,24 @@ impl<'a> Sink<'a> {
         config: &'a Config,
         metrics: &'a crate::metrics::Metrics,
     ) -> Sink<'a> {
-        let output = config.topics.output_format;
-        Sink {
+        let mut sink = Sink {
             producer,
             config,
             metrics,
-            routes: config
-                .routes
-                .iter()
-                .map(|route| Encoder::new(route.format.unwrap_or(output)))
-                .collect(),
-            suppressed: Encoder::new(output),
-        }
+            routes: Vec::new(),
+            suppressed: Encoder::new(config.topics.output_format),
+        };
+        sink.set_routes(&config.routes);
+        sink
+    }
+
+    /// One encoder per route, in table order.
+    fn set_routes(&mut self, routes: &[crate::stages::route::Route]) {
+        let output = self.config.topics.output_format;
+        self.routes = routes
+            .iter()
+            .map(|route| Encoder::new(route.format.unwrap_or(output)))
+            .collect();
     }
 
     /// Produces a routed lead to each of its campaign topics, or to the
