@@ -8,9 +8,16 @@ cd "$(dirname "$0")/.."
 export LEADFLOW_KAFKA_PORT=${LEADFLOW_KAFKA_PORT:-19092}
 export LEADFLOW_TEST_BOOTSTRAP="127.0.0.1:$LEADFLOW_KAFKA_PORT"
 
+scripts/tools.sh
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --features kafka-tests -- -D warnings
 cargo test --features kafka-tests --no-run
+
+# docker/ is checked without a Docker engine (tests/docker.rs checks the
+# dashboard and the alert rules against the exported metrics).
+docker-compose -f docker/compose.yaml config -q
+promtool check config docker/prometheus/prometheus.yml >/dev/null
 
 scripts/kafka.sh reset
 trap 'scripts/kafka.sh stop' EXIT

@@ -1,0 +1,154 @@
+//! Checks of `docker/` that need no Docker engine: the Grafana dashboard
+//! and the Prometheus alert rules query only metrics leadflow exports, and
+//! the dashboard has the panels operators rely on and uses the provisioned
+//! data source. (`scripts/test.sh` also runs `docker-compose config` and
+//! `promtool check config` on the compose and Prometheus files.)
+
+use std::collections::BTreeSet;
+
+use leadflow::metrics::{
+    DeadLetterLabels, KindLabels, Metrics, PartitionLabels, StageLabels, TopicLabels,
+};
+
+const DOCKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker");
+
+/// Every series name leadflow can export: counters with `_total`,
+/// histograms with `_bucket`, `_sum` and `_count`.
+fn exported() -> BTreeSet<String> {
+    // Labelled families show only once they have a series: give each one.
+    let metrics = Metrics::new();
+    let topic = TopicLabels {
+        topic: "leads.raw".into(),
+    };
+    metrics.records_in.get_or_create(&topic).inc();
+    metrics.records_out.get_or_create(&topic).inc();
+    metrics
+        .dead_letters
+        .get_or_create(&DeadLetterLabels {
+            stage: "decode",
+            class: "json_syntax",
+        })
+        .inc();
+    metrics
+        .consumer_lag
+        .get_or_create(&PartitionLabels {
+            topic: "leads.raw".into(),
+            partition: 0,
+        })
+        .set(0);
+    metrics
+        .rebalances
+        .get_or_create(&KindLabels { kind: "assign" })
+        .inc();
+    metrics
+        .stage_duration
+        .get_or_create(&StageLabels { stage: "decode" })
+        .observe(1e-6);
+    metrics.set_rules_version("v1");
+    let text = metrics.encode();
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').expect("TYPE line");
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// `leadflow_…` names in a query or rules text.
+fn referenced(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("leadflow_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{DOCKER}/{path}")).expect(path)
+}
+
+#[test]
+fn the_dashboard_shows_what_operators_need_from_exported_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/dashboards/leadflow.json")).expect("dashboard JSON");
+    let exported = exported();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for needed in [
+        "Throughput by outcome",
+        "Consumer lag by partition",
+        "End-to-end latency",
+        "Dead letters by class",
+        "Dedupe ratio",
+        "Grade mix",
+    ] {
+        assert!(
+            titles.contains(&needed),
+            "no panel {needed:?} in {titles:?}"
+        );
+    }
+    let provisioned = read("grafana/provisioning/datasources/prometheus.yaml");
+    let mut ids = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let uid = panel["datasource"]["uid"]
+            .as_str()
+            .expect("panel data source");
+        assert!(
+            provisioned.contains(&format!("uid: {uid}")),
+            "{title}: data source {uid} is not provisioned"
+        );
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "{title}: id reused"
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            let names = referenced(expr);
+            assert!(
+                !names.is_empty(),
+                "{title}: {expr} queries no leadflow metric"
+            );
+            for name in names {
+                assert!(exported.contains(&name), "{title}: {name} is not exported");
+            }
+        }
+    }
+}
+
+#[test]
+fn alert_rules_use_exported_metrics() {
+    let rules = read("prometheus/alerts.yml");
+    let exported = exported();
+    let names = referenced(&rules);
+    assert!(names.len() >= 4, "{names:?}");
+    for name in names {
+        assert!(
+            exported.contains(&name),
+            "alerts.yml: {name} is not exported"
+        );
+    }
+}
