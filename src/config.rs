@@ -1,7 +1,8 @@
 //! Configuration: one TOML file, every key optional with a documented
-//! default (README, "Configuration"). Unknown keys are errors, so a typo
-//! never silently falls back to a default. Errors name the file, the key
-//! and the reason on one line.
+//! default (README, "Configuration"), with `LEADFLOW_…` environment
+//! variables and `--set` flags over it, in that order. Unknown keys are
+//! errors, so a typo never silently falls back to a default. Errors name
+//! the file (or the variable or flag), the key and the reason on one line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
