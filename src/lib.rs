@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod reference;
 pub mod reload;
 pub mod stages;
+pub mod validate;
 
 /// leadflow's name and version, the first half of `leadflow.pipeline.version`.
 pub const LEADFLOW_VERSION: &str = concat!("leadflow/", env!("CARGO_PKG_VERSION"));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use leadflow::config::{Config, LogFormat, Override};
+use leadflow::config::{Config, LogConfig, LogFormat, Override};
 use leadflow::generate::GeneratorOptions;
 use leadflow::health::Health;
 use leadflow::http::Observed;
@@ -17,6 +17,7 @@ use leadflow::kafka::produce::{ProduceOptions, produce};
 use leadflow::kafka::runner::{Controls, RunOptions, run};
 use leadflow::kafka::topics;
 use leadflow::metrics::Metrics;
+use leadflow::pipeline::{Pipeline, PipelineSettings};
 use leadflow::reload::{self, ReloadSlot};
 use leadflow::stages::decode::Format;
 
@@ -43,6 +44,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole pipeline on an in-process mock Kafka cluster, with no
+    /// broker to install: generate leads, process them, and show where
+    /// every one of them went.
+    Demo(DemoArgs),
+    /// Run decode, enrich, dedupe, score and route offline over a file of
+    /// raw JSON leads, with the configuration and rules `run` would use,
+    /// and print where each lead would go, or why it would be
+    /// dead-lettered. Exit code 1 if any would be.
+    Validate {
+        /// JSON Lines, or one JSON lead; `-` reads standard input.
+        file: PathBuf,
+        /// One JSON object per lead, in input order.
+        #[arg(long)]
+        json: bool,
+    },
     /// Consume raw leads, process them and produce campaign, suppressed and dead-letter records.
     Run(RunArgs),
     /// Produce generated raw leads; prints the outcome leadflow must reach as JSON.
@@ -60,6 +76,16 @@ enum ConfigCommand {
     /// Validate FILE (with `LEADFLOW_…` variables and `--set` over it) and
     /// print the effective configuration, every key with its value.
     Check { file: PathBuf },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Number of generated leads.
+    #[arg(long, default_value_t = 100_000)]
+    leads: u64,
+    /// Random seed; the same seed gives the same leads.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -129,11 +155,13 @@ enum TopicsCommand {
     Counts,
 }
 
+mod cli;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded = config_sources(&cli).and_then(|sources| {
         let config = Config::load_with(sources.0.as_deref(), &sources.1)?;
-        init_logging(&config, matches!(cli.command, Command::Run(_)))?;
+        init_logging(&config, &cli.command)?;
         execute(cli, config, sources)
     });
     match loaded {
@@ -183,6 +211,57 @@ fn config_sources(cli: &Cli) -> anyhow::Result<Sources> {
     Ok((path, overrides))
 }
 
+/// `leadflow validate`.
+fn validate(config: &Config, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut bytes = Vec::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read standard input")?;
+    } else {
+        bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    let mut settings = PipelineSettings::from_config(config)?;
+    // Lead exports are JSON, whatever the input topic carries.
+    settings.input_format = Format::Json;
+    let mut pipeline = Pipeline::new(settings);
+    let verdicts =
+        leadflow::validate::validate(config, &mut pipeline, &bytes, leadflow::metrics::now_ms());
+    let mut out = std::io::stdout().lock();
+    for verdict in &verdicts {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(verdict)?)?;
+        } else {
+            writeln!(out, "{}", leadflow::validate::describe(verdict))?;
+        }
+    }
+    let dead = verdicts
+        .iter()
+        .filter(|v| v.outcome == "dead_letter")
+        .count();
+    if dead > 0 {
+        anyhow::bail!("{dead} of {} leads would be dead-lettered", verdicts.len());
+    }
+    Ok(())
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener`.
+fn serve_http(
+    runtime: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    observed: &Observed,
+) -> anyhow::Result<std::net::SocketAddr> {
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    runtime.spawn(leadflow::http::serve(listener, observed.clone()));
+    Ok(address)
+}
+
 /// A value that stays a string whatever it looks like.
 fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_owned()).to_string()
@@ -191,16 +270,20 @@ fn toml_string(value: &str) -> String {
 /// Log lines go to stderr: JSON lines from `run` unless stderr is a
 /// terminal (or `log.format` says otherwise), human-readable text from
 /// the other commands. `RUST_LOG` wins over `log.level`.
-fn init_logging(config: &Config, run: bool) -> anyhow::Result<()> {
+fn init_logging(config: &Config, command: &Command) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
+    let run = matches!(command, Command::Run(_));
+    // The demo's progress bar and summary are its output: only warnings
+    // interrupt them, unless asked otherwise.
+    let level = match command {
+        Command::Demo(_) if config.log.level == LogConfig::default().level => "warn",
+        _ => config.log.level.as_str(),
+    };
     let filter = match std::env::var("RUST_LOG") {
         Ok(filter) if !filter.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&filter)
             .with_context(|| format!("RUST_LOG={filter:?} is not a valid log filter"))?,
-        _ => tracing_subscriber::EnvFilter::try_new(&config.log.level).with_context(|| {
-            format!(
-                "config key `log.level`: {:?} is not a valid log filter",
-                config.log.level
-            )
+        _ => tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
+            format!("config key `log.level`: {level:?} is not a valid log filter")
         })?,
     };
     let json = match config.log.format {
@@ -230,26 +313,21 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
+        Command::Demo(args) => cli::demo::run_demo(&config, &runtime, args.leads, args.seed),
         Command::Run(args) => {
             let observed = Observed {
                 metrics: Arc::new(Metrics::new()),
                 health: Arc::new(Health::default()),
             };
-            let mut http_address = None;
-            if !config.http.listen.trim().is_empty() {
+            let http_address = if config.http.listen.trim().is_empty() {
+                None
+            } else {
                 let listen = config.http.listen.trim();
                 let listener = std::net::TcpListener::bind(listen).with_context(|| {
                     format!("cannot listen on {listen} (config key `http.listen`)")
                 })?;
-                listener.set_nonblocking(true)?;
-                let address = listener.local_addr()?;
-                let listener = {
-                    let _entered = runtime.enter();
-                    tokio::net::TcpListener::from_std(listener)?
-                };
-                runtime.spawn(leadflow::http::serve(listener, observed.clone()));
-                http_address = Some(address);
-            }
+                Some(serve_http(&runtime, listener, &observed)?)
+            };
             let shutdown = Arc::new(AtomicBool::new(false));
             let grace = Duration::from_millis(config.pipeline.shutdown_timeout_ms);
             runtime.spawn(stop_on_signal(Arc::clone(&shutdown), grace));
@@ -273,6 +351,7 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&tally)?);
             Ok(())
         }
+        Command::Validate { file, json } => validate(&config, &file, json),
         Command::Config(ConfigCommand::Check { file }) => {
             print!("{}", config.to_toml());
             eprintln!("{}: valid", file.display());

@@ -192,3 +192,101 @@ fn a_taken_http_port_is_a_one_line_error() {
         "{line}"
     );
 }
+
+/// Runs `leadflow validate` with `input` on stdin.
+fn validate_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leadflow"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/quickstart.toml"),
+            "validate",
+        ])
+        .args(args)
+        .env("RUST_LOG", "off")
+        .env_remove("LEADFLOW_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run leadflow validate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write leads");
+    child.wait_with_output().expect("validate output")
+}
+
+#[test]
+fn validate_prints_one_json_object_per_lead_in_order_and_fails_on_dead_letters() {
+    let examples = include_str!("data/raw-leads.jsonl");
+    let leads: Vec<&str> = examples.lines().filter(|l| !l.trim().is_empty()).collect();
+    let input = format!("{}\n{{\"broken\": \n{}\n", leads.join("\n"), leads[0]);
+    let out = validate_stdin(&["--json", "-"], &input);
+    assert!(!out.status.success(), "a dead letter must fail the run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let verdicts: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(verdicts.len(), leads.len() + 2, "{stdout}");
+    for (i, verdict) in verdicts.iter().enumerate() {
+        assert_eq!(verdict["line"], i + 1, "{verdict}");
+        let outcome = verdict["outcome"].as_str().expect("outcome");
+        assert!(
+            ["campaign", "suppressed", "duplicate", "test", "dead_letter"].contains(&outcome),
+            "{verdict}"
+        );
+        if matches!(outcome, "campaign" | "suppressed") {
+            assert!(
+                verdict["score"].is_u64() && verdict["grade"].is_string(),
+                "{verdict}"
+            );
+            assert!(verdict["reasons"].is_array(), "{verdict}");
+            assert!(!verdict["topics"].as_array().expect("topics").is_empty());
+        }
+        if matches!(outcome, "dead_letter" | "suppressed") {
+            assert!(verdict["class"].is_string(), "{verdict}");
+        }
+    }
+    let broken = &verdicts[leads.len()];
+    assert_eq!(broken["outcome"], "dead_letter");
+    assert_eq!(broken["topics"][0], "leads.dlq");
+    // The first lead again, last: a duplicate, unless it never got past decode.
+    let first = verdicts[0]["outcome"].as_str().expect("outcome");
+    let last = verdicts[leads.len() + 1]["outcome"]
+        .as_str()
+        .expect("outcome");
+    if matches!(first, "campaign" | "suppressed") {
+        assert_eq!(last, "duplicate");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("would be dead-lettered"), "{stderr}");
+}
+
+#[test]
+fn validate_succeeds_when_every_lead_gets_through() {
+    let examples = include_str!("data/raw-leads.jsonl");
+    let leads: Vec<&str> = examples.lines().filter(|l| !l.trim().is_empty()).collect();
+    let out = validate_stdin(&["--json", "-"], &leads.join("\n"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The examples that reach a campaign, validated again on their own.
+    let routed: Vec<&str> = stdout
+        .lines()
+        .zip(&leads)
+        .filter(|(verdict, _)| verdict.contains("\"outcome\":\"campaign\""))
+        .map(|(_, lead)| *lead)
+        .collect();
+    assert!(!routed.is_empty(), "{stdout}");
+    let out = validate_stdin(&["-"], &routed.join("\n"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().count(), routed.len(), "{stdout}");
+    for (i, line) in stdout.lines().enumerate() {
+        assert!(line.starts_with(&format!("line {}", i + 1)), "{line}");
+        assert!(line.contains(": campaign -> campaign."), "{line}");
+        assert!(line.contains(" grade "), "{line}");
+    }
+}

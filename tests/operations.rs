@@ -19,11 +19,16 @@ use leadflow::generate::{Expected, Generator, GeneratorOptions};
 
 /// Starts `leadflow run` serving HTTP on a free port.
 fn spawn_run(env: &Env, name: &str, extra: &[&str]) -> (Running, u16) {
+    spawn_run_with(env, name, extra, &[])
+}
+
+/// [`spawn_run`] with extra environment variables.
+fn spawn_run_with(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> (Running, u16) {
     let port = common::ops::free_port();
     let listen = listen_on(port);
     let mut args = vec!["run", listen[0].as_str(), listen[1].as_str()];
     args.extend_from_slice(extra);
-    (env.spawn(name, &args, Stdio::null()), port)
+    (env.spawn_with(name, &args, Stdio::null(), vars), port)
 }
 
 /// `leadflow_leads_total` for one outcome.
@@ -81,7 +86,9 @@ fn metrics_agree_with_the_topics_and_lag_follows_rebalances() {
         *expected.entry(outcome).or_default() += 1;
     }
 
-    let (mut a, port_a) = spawn_run(&env, "a", &["--instance-id", "a"]);
+    // At debug level, so that the log check below covers every level.
+    let (mut a, port_a) =
+        spawn_run_with(&env, "a", &["--instance-id", "a"], &[("RUST_LOG", "debug")]);
     let text = eventually("every lead counted in leadflow_leads_total", || {
         let text = get(port_a, "/metrics")?.1;
         let counted: u64 = ["campaign", "suppressed", "duplicate", "test", "dead_letter"]
@@ -164,15 +171,26 @@ fn metrics_agree_with_the_topics_and_lag_follows_rebalances() {
     assert!(stop(&mut b, PATIENCE).success(), "{}", b.log());
     assert!(stop(&mut a, PATIENCE).success(), "{}", a.log());
     // `run` logs JSON lines when stderr is not a terminal, and no log line
-    // carries an email address.
+    // carries an email address. Each committed batch's line names its
+    // span: the records and the offset ranges of the batch.
     let log = a.log();
-    assert!(log.lines().count() > 3, "{log}");
+    let mut batch_offsets = 0;
     for line in log.lines() {
         let parsed: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(parsed["level"].is_string(), "{line}");
         assert!(!line.contains('@'), "personal data in the log: {line}");
+        if parsed["fields"]["message"] == "batch committed" {
+            let span = &parsed["span"];
+            assert_eq!(span["name"], "batch", "{line}");
+            assert!(span["records"].as_u64().is_some_and(|r| r > 0), "{line}");
+            let offsets = span["offsets"].as_str().unwrap_or_default();
+            if offsets.contains(&format!("{}/", env.input)) {
+                batch_offsets += 1;
+            }
+        }
     }
+    assert!(batch_offsets > 0, "no batch span with input offsets: {log}");
 }
 
 /// Changelog records as leadflow writes them: a `seen` key (tag `s` and a

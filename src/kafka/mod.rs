@@ -6,6 +6,7 @@
 //! missing topic or an invalid client property ends the process with an
 //! error within the configured connect timeout, never a hang.
 
+pub mod demo;
 pub mod headers;
 pub mod produce;
 pub mod runner;

@@ -192,10 +192,22 @@ impl Env {
 
     /// Starts `leadflow` in the background; `name` names its log file.
     pub fn spawn(&self, name: &str, args: &[&str], stdout: Stdio) -> Running {
+        self.spawn_with(name, args, stdout, &[])
+    }
+
+    /// [`Env::spawn`] with extra environment variables.
+    pub fn spawn_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        stdout: Stdio,
+        vars: &[(&str, &str)],
+    ) -> Running {
         let log = self.config.with_file_name(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = self
             .command(args)
+            .envs(vars.iter().copied())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
