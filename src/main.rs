@@ -14,7 +14,9 @@ use leadflow::generate::GeneratorOptions;
 use leadflow::health::Health;
 use leadflow::http::Observed;
 use leadflow::kafka::produce::{ProduceOptions, produce};
+use leadflow::kafka::replay::{self, ReplayOptions};
 use leadflow::kafka::runner::{Controls, RunOptions, run};
+use leadflow::kafka::tail::{self, TailError, TailOptions};
 use leadflow::kafka::topics;
 use leadflow::metrics::Metrics;
 use leadflow::pipeline::{Pipeline, PipelineSettings};
@@ -59,6 +61,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the records of a topic (campaign, suppressed, dead-letter or
+    /// input), decoded as the topic's format says, with their headers.
+    Tail {
+        topic: String,
+        /// Start at the oldest record [default: only new records].
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after N records.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+        /// Stop once every partition is read to its end.
+        #[arg(long)]
+        exit_at_end: bool,
+        /// One JSON object per record.
+        #[arg(long)]
+        json: bool,
+    },
     /// Consume raw leads, process them and produce campaign, suppressed and dead-letter records.
     Run(RunArgs),
     /// Produce generated raw leads; prints the outcome leadflow must reach as JSON.
@@ -69,6 +88,44 @@ enum Command {
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Work with the dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Re-drive dead letters to the input topic after a fix, with their
+    /// original key, value, timestamp and headers, exactly once: a replay
+    /// interrupted and run again under the same name doubles nothing.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Only this error class (`leadflow.error.class`); repeatable.
+    #[arg(long = "class", value_name = "CLASS")]
+    classes: Vec<String>,
+    /// Only this stage (`leadflow.error.stage`); repeatable.
+    #[arg(long = "stage", value_name = "STAGE")]
+    stages: Vec<String>,
+    /// Only records with a timestamp at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records with a timestamp before this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Records replayed per second at most.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// List what would be replayed; write and commit nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The replay's consumer group and transactional.id
+    /// [default: GROUP-dlq-replay]. Reuse it to resume; change it to
+    /// replay the same dead letters again.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -352,6 +409,78 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Validate { file, json } => validate(&config, &file, json),
+        Command::Dlq(DlqCommand::Replay(args)) => {
+            let rfc3339 = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<i64>> {
+                value
+                    .as_deref()
+                    .map(|v| {
+                        let at = time::OffsetDateTime::parse(
+                            v,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .with_context(|| format!("{flag} {v:?} is not an RFC 3339 time"))?;
+                        Ok(i64::try_from(at.unix_timestamp_nanos() / 1_000_000)?)
+                    })
+                    .transpose()
+            };
+            let options = ReplayOptions {
+                since_ms: rfc3339("--since", &args.since)?,
+                until_ms: rfc3339("--until", &args.until)?,
+                classes: args.classes,
+                stages: args.stages,
+                rate: args.rate,
+                dry_run: args.dry_run,
+                name: args
+                    .name
+                    .unwrap_or_else(|| format!("{}-dlq-replay", config.kafka.group_id)),
+            };
+            let shutdown = Arc::new(AtomicBool::new(false));
+            let grace = Duration::from_millis(config.pipeline.shutdown_timeout_ms);
+            runtime.spawn(stop_on_signal(Arc::clone(&shutdown), grace));
+            let dry_run = options.dry_run;
+            let report = replay::replay(&config, &options, &shutdown, |chosen| {
+                if dry_run {
+                    println!(
+                        "{}/{}/{} {}/{}",
+                        config.topics.dead_letter,
+                        chosen.partition,
+                        chosen.offset,
+                        chosen.stage.as_deref().unwrap_or("?"),
+                        chosen.class.as_deref().unwrap_or("?")
+                    );
+                }
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Tail {
+            topic,
+            from_beginning,
+            max,
+            exit_at_end,
+            json,
+        } => {
+            use std::io::Write as _;
+            let options = TailOptions {
+                from_beginning,
+                max,
+                exit_at_end,
+            };
+            let mut out = std::io::stdout().lock();
+            let printed = tail::tail(&config, &topic, options, |record| {
+                if json {
+                    let line = serde_json::to_string(&record).map_err(std::io::Error::other)?;
+                    writeln!(out, "{line}")
+                } else {
+                    writeln!(out, "{}", tail::describe(&record))
+                }
+            });
+            match printed {
+                // A reader that stopped reading (`| head`) is no failure.
+                Err(TailError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.map(|_| ()).map_err(Into::into),
+            }
+        }
         Command::Config(ConfigCommand::Check { file }) => {
             print!("{}", config.to_toml());
             eprintln!("{}: valid", file.display());

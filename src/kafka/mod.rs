@@ -9,7 +9,9 @@
 pub mod demo;
 pub mod headers;
 pub mod produce;
+pub mod replay;
 pub mod runner;
+pub mod tail;
 pub mod topics;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

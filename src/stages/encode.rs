@@ -18,6 +18,11 @@ pub const CAMPAIGN_LEAD_SCHEMA: &str = include_str!("../../schemas/campaign-lead
 static CAMPAIGN_LEAD: LazyLock<Option<apache_avro::Schema>> =
     LazyLock::new(|| apache_avro::Schema::parse_str(CAMPAIGN_LEAD_SCHEMA).ok());
 
+/// The compiled campaign-lead schema, for readers of campaign records.
+pub fn campaign_lead_schema() -> Option<&'static apache_avro::Schema> {
+    CAMPAIGN_LEAD.as_ref()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     #[error("cannot encode the campaign lead as Avro: {0}")]

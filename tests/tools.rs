@@ -1,0 +1,254 @@
+//! The everyday tools against the real local broker: a standard Kafka
+//! client (kcat) writes raw leads and reads what leadflow writes, with the
+//! exact commands the README gives; `leadflow tail` decodes dead letters;
+//! `leadflow dlq replay` re-drives dead letters exactly once, even when
+//! killed halfway and run again.
+
+#![cfg(feature = "kafka-tests")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use common::ops::wait_for;
+use common::{Env, PATIENCE, TestRecord, bootstrap, header, produce, read_all};
+use rdkafka::message::Message;
+
+/// The README's lead for the kcat example: an AppSource trial.
+const LEAD: &str = r#"{"event_id":"kcat-0001","received_at":"2025-03-04T10:15:02Z","UserDetails":{"FirstName":"Ana","LastName":"Silva","Email":"ana.silva@fabrikam.com","Country":"PT","Company":"Fabrikam","Title":"Head of Sales Ops"},"LeadSource":"SPZA-PLT|contoso.sales-insights","ActionCode":"PLT"}"#;
+
+/// Runs kcat with `args`, `input` on stdin; its stdout.
+fn kcat(args: &[&str], input: &str) -> String {
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat (Debian's kcat package; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to kcat");
+    let out = child.wait_with_output().expect("kcat");
+    assert!(
+        out.status.success(),
+        "kcat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records() {
+    let env = Env::new("kcat", 1, "");
+    let broker = bootstrap();
+    // README, "Interop": write a raw lead (and a broken one), keyed.
+    kcat(
+        &["-P", "-b", &broker, "-t", &env.input, "-K", "\t"],
+        &format!("kcat-0001\t{LEAD}\nkcat-0002\tnot a lead\n"),
+    );
+    env.run_until_drained();
+
+    // Read the campaign topic back: key, headers, value.
+    let campaign = kcat(
+        &[
+            "-C",
+            "-b",
+            &broker,
+            "-t",
+            &env.nurture,
+            "-X",
+            "isolation.level=read_committed",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%h\t%s\n",
+        ],
+        "",
+    );
+    let lines: Vec<&str> = campaign.lines().collect();
+    assert_eq!(lines.len(), 1, "{campaign}");
+    let fields: Vec<&str> = lines[0].splitn(3, '\t').collect();
+    assert_eq!(fields.len(), 3, "{campaign}");
+    assert!(
+        fields[1].contains("leadflow.storefront=appsource"),
+        "{campaign}"
+    );
+    assert!(fields[1].contains("leadflow.grade="), "{campaign}");
+    let value: serde_json::Value = serde_json::from_str(fields[2]).expect("campaign lead JSON");
+    assert_eq!(value["event_id"], "kcat-0001");
+    assert_eq!(value["campaign"], "nurture");
+    assert_eq!(fields[0], value["dedupe_key"].as_str().expect("dedupe key"));
+
+    // Read the dead-letter topic back: the original bytes and key, and why.
+    let dead = kcat(
+        &[
+            "-C",
+            "-b",
+            &broker,
+            "-t",
+            &env.dead_letter,
+            "-X",
+            "isolation.level=read_committed",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%h\t%s\n",
+        ],
+        "",
+    );
+    let fields: Vec<&str> = dead.trim_end().splitn(3, '\t').collect();
+    assert_eq!(fields.len(), 3, "{dead}");
+    assert_eq!(
+        (fields[0], fields[2]),
+        ("kcat-0002", "not a lead"),
+        "{dead}"
+    );
+    for expected in [
+        "leadflow.error.stage=decode",
+        "leadflow.error.class=json_syntax",
+        &format!("leadflow.source.topic={}", env.input),
+        "leadflow.source.offset=1",
+    ] {
+        assert!(fields[1].contains(expected), "{expected} not in {dead}");
+    }
+
+    // `leadflow tail` shows the same dead letter, decoded, with its headers.
+    let out = env.leadflow(&[
+        "tail",
+        &env.dead_letter,
+        "--from-beginning",
+        "--exit-at-end",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON record"))
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["key"], "kcat-0002");
+    assert_eq!(records[0]["value"], "not a lead");
+    assert_eq!(records[0]["decoded_as"], "text");
+    assert_eq!(records[0]["headers"]["leadflow.error.class"], "json_syntax");
+    let out = env.leadflow(&["tail", &env.nurture, "--from-beginning", "--max", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("leadflow.storefront: appsource"), "{text}");
+    assert!(text.contains("\"event_id\": \"kcat-0001\""), "{text}");
+}
+
+#[test]
+fn an_interrupted_dlq_replay_run_again_replays_each_dead_letter_once() {
+    let env = Env::new("replay", 2, "");
+    // 300 records that are not JSON (class json_syntax) and 50 JSON
+    // records that are not leads (another class), all distinct.
+    let broken: Vec<String> = (0..300).map(|i| format!("broken lead {i}")).collect();
+    let shapes: Vec<String> = (0..50).map(|i| format!("[{i}]")).collect();
+    let records: Vec<TestRecord<'_>> = broken
+        .iter()
+        .chain(&shapes)
+        .enumerate()
+        .map(|(i, value)| TestRecord {
+            partition: (i % 2) as i32,
+            key: None,
+            value: Some(value.as_bytes()),
+            headers: &[("producer", "test")],
+            timestamp_ms: 1_760_000_000_000 + i as i64,
+        })
+        .collect();
+    produce(&env.input, &records);
+    env.run_until_drained();
+    let dead = read_all(&env.dead_letter);
+    let classes: BTreeMap<&str, usize> = dead.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(header(r, "leadflow.error.class").unwrap_or("?"))
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(classes.get("json_syntax"), Some(&300), "{classes:?}");
+    let originals = read_all(&env.input).len();
+    assert_eq!(originals, 350);
+
+    // A dry run lists the 300 and writes nothing.
+    let out = env.leadflow(&["dlq", "replay", "--class", "json_syntax", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.ends_with("decode/json_syntax"))
+            .count(),
+        300
+    );
+    assert!(stdout.contains("\"chosen\":300,\"replayed\":0"), "{stdout}");
+    assert_eq!(read_all(&env.input).len(), originals);
+
+    // Killed halfway: some replayed records are committed, the rest not.
+    let mut first = env.spawn(
+        "replay-1",
+        &["dlq", "replay", "--class", "json_syntax", "--rate", "25"],
+        Stdio::null(),
+    );
+    wait_for("part of the replay committed", PATIENCE, || {
+        let replayed = read_all(&env.input).len() - originals;
+        (replayed >= 40).then_some(())
+    });
+    first.0.kill().expect("kill -9 the replay");
+    first.0.wait().expect("reap");
+    let before_rerun = read_all(&env.input).len() - originals;
+    assert!(before_rerun < 300, "the kill came after the whole replay");
+
+    let out = env.leadflow(&["dlq", "replay", "--class", "json_syntax"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = read_all(&env.input);
+    let replayed: Vec<_> = input
+        .iter()
+        .filter(|r| header(r, "leadflow.replayed.from").is_some())
+        .collect();
+    let mut values: Vec<String> = replayed
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
+        .collect();
+    values.sort();
+    let mut expected = broken.clone();
+    expected.sort();
+    assert_eq!(
+        values, expected,
+        "each json_syntax dead letter exactly once"
+    );
+    assert_eq!(input.len(), originals + 300);
+    for record in &replayed {
+        assert_eq!(
+            header(record, "producer"),
+            Some("test"),
+            "original headers kept"
+        );
+        assert!(header(record, "leadflow.error.class").is_none());
+    }
+    // Run again: nothing left to replay under this name.
+    let out = env.leadflow(&["dlq", "replay", "--class", "json_syntax"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"replayed\":0"), "{stdout}");
+    assert_eq!(read_all(&env.input).len(), originals + 300);
+    eprintln!("killed after {before_rerun} of 300 replayed; the rerun replayed the rest");
+}
