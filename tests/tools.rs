@@ -43,6 +43,29 @@ fn kcat(args: &[&str], input: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// README, "Interop": every committed record of `topic` as
+/// `KEY<tab>HEADERS<tab>VALUE` lines.
+fn read_committed(broker: &str, topic: &str) -> String {
+    kcat(
+        &[
+            "-C",
+            "-b",
+            broker,
+            "-t",
+            topic,
+            "-X",
+            "isolation.level=read_committed",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%h\t%s\n",
+        ],
+        "",
+    )
+}
+
 #[test]
 fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records() {
     let env = Env::new("kcat", 1, "");
@@ -55,24 +78,7 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
     env.run_until_drained();
 
     // Read the campaign topic back: key, headers, value.
-    let campaign = kcat(
-        &[
-            "-C",
-            "-b",
-            &broker,
-            "-t",
-            &env.nurture,
-            "-X",
-            "isolation.level=read_committed",
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%k\t%h\t%s\n",
-        ],
-        "",
-    );
+    let campaign = read_committed(&broker, &env.nurture);
     let lines: Vec<&str> = campaign.lines().collect();
     assert_eq!(lines.len(), 1, "{campaign}");
     let fields: Vec<&str> = lines[0].splitn(3, '\t').collect();
@@ -88,24 +94,7 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
     assert_eq!(fields[0], value["dedupe_key"].as_str().expect("dedupe key"));
 
     // Read the dead-letter topic back: the original bytes and key, and why.
-    let dead = kcat(
-        &[
-            "-C",
-            "-b",
-            &broker,
-            "-t",
-            &env.dead_letter,
-            "-X",
-            "isolation.level=read_committed",
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%k\t%h\t%s\n",
-        ],
-        "",
-    );
+    let dead = read_committed(&broker, &env.dead_letter);
     let fields: Vec<&str> = dead.trim_end().splitn(3, '\t').collect();
     assert_eq!(fields.len(), 3, "{dead}");
     assert_eq!(
