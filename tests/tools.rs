@@ -72,7 +72,7 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
     let broker = bootstrap();
     // README, "Interop": write a raw lead (and a broken one), keyed.
     kcat(
-        &["-P", "-b", &broker, "-t", &env.input, "-K", "\t"],
+        &["-P", "-b", &broker, "-t", &env.input, "-K", r"\t"],
         &format!("kcat-0001\t{LEAD}\nkcat-0002\tnot a lead\n"),
     );
     env.run_until_drained();

@@ -229,16 +229,26 @@ fn choose(message: &BorrowedMessage<'_>, options: &ReplayOptions) -> Option<Chos
         stage: header(headers::ERROR_STAGE),
         class: header(headers::ERROR_CLASS),
     };
-    let listed = |wanted: &[String], got: &Option<String>| {
-        wanted.is_empty() || got.as_ref().is_some_and(|g| wanted.contains(g))
-    };
-    let time = message.timestamp().to_millis();
-    let in_range = options
-        .since_ms
-        .is_none_or(|s| time.is_some_and(|t| t >= s))
-        && options.until_ms.is_none_or(|u| time.is_some_and(|t| t < u));
-    (listed(&options.classes, &chosen.class) && listed(&options.stages, &chosen.stage) && in_range)
+    options
+        .admits(&chosen, message.timestamp().to_millis())
         .then_some(chosen)
+}
+
+impl ReplayOptions {
+    /// Whether a dead letter of this stage and class, with this record
+    /// time, is to be replayed.
+    pub fn admits(&self, dead_letter: &Chosen, time_ms: Option<i64>) -> bool {
+        let listed = |wanted: &[String], got: &Option<String>| {
+            wanted.is_empty() || got.as_ref().is_some_and(|g| wanted.contains(g))
+        };
+        let in_range = self
+            .since_ms
+            .is_none_or(|s| time_ms.is_some_and(|t| t >= s))
+            && self.until_ms.is_none_or(|u| time_ms.is_some_and(|t| t < u));
+        listed(&self.classes, &dead_letter.class)
+            && listed(&self.stages, &dead_letter.stage)
+            && in_range
+    }
 }
 
 /// The producer's own headers of a dead letter, without what leadflow
@@ -291,4 +301,39 @@ fn commit(
         return Err(ReplayError::Delivery(failure));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_choose_by_class_stage_and_time() {
+        let dead_letter = |stage: &str, class: &str| Chosen {
+            partition: 0,
+            offset: 0,
+            stage: Some(stage.to_owned()),
+            class: Some(class.to_owned()),
+        };
+        let any = ReplayOptions::default();
+        assert!(any.admits(&dead_letter("decode", "json_syntax"), None));
+        let options = ReplayOptions {
+            classes: vec!["json_syntax".into(), "missing_email".into()],
+            stages: vec!["decode".into()],
+            since_ms: Some(1_000),
+            until_ms: Some(2_000),
+            ..ReplayOptions::default()
+        };
+        assert!(options.admits(&dead_letter("decode", "missing_email"), Some(1_000)));
+        assert!(!options.admits(&dead_letter("enrich", "missing_email"), Some(1_500)));
+        assert!(!options.admits(&dead_letter("decode", "unknown_offer"), Some(1_500)));
+        assert!(!options.admits(&dead_letter("decode", "json_syntax"), Some(2_000)));
+        assert!(!options.admits(&dead_letter("decode", "json_syntax"), Some(999)));
+        assert!(!options.admits(&dead_letter("decode", "json_syntax"), None));
+        let unlabelled = Chosen {
+            class: None,
+            ..dead_letter("decode", "x")
+        };
+        assert!(!options.admits(&unlabelled, Some(1_500)));
+    }
 }
