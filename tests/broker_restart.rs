@@ -38,9 +38,18 @@ fn leadflow_recovers_from_a_killed_broker_on_its_own() {
     assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));
     broker.kill();
     // Not ready while the broker is gone, alive all the same.
-    let reason = wait_for("/readyz to turn 503", Duration::from_secs(30), || {
-        get(port, "/readyz").filter(|(status, _)| *status == 503)
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        if let Some(answer) = get(port, "/readyz").filter(|(status, _)| *status == 503) {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed 200 for 30 s with the broker down: {}",
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait
+    };
     eprintln!("with the broker down, /readyz says: {}", reason.1.trim());
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
     broker.script("start");

@@ -142,13 +142,41 @@ pub fn check_topics<C: ClientContext>(
         .collect()
 }
 
-/// Collects delivery failures reported by the producer's callbacks.
+/// Collects delivery failures reported by the producer's callbacks, and
+/// tells `health` whether the broker answers. The producer polls on its
+/// own thread, so this keeps readiness true to the broker even while the
+/// processing loop is blocked in a transaction call.
 #[derive(Default)]
 pub(crate) struct DeliveryTracker {
     failure: Mutex<Option<String>>,
+    pub(crate) health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(health) = &self.health
+            && matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown))
+        {
+            health.set_broker_reachable(false);
+        }
+        log_client_error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(health) = &self.health {
+            health.set_broker_reachable(any_broker_up(&statistics));
+        }
+    }
+}
+
+/// Whether librdkafka's statistics show a connection to any real broker
+/// (not a bootstrap or coordinator alias) up.
+pub(crate) fn any_broker_up(statistics: &rdkafka::Statistics) -> bool {
+    statistics
+        .brokers
+        .values()
+        .any(|b| b.nodeid >= 0 && b.state == "UP")
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();

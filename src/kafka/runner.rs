@@ -152,11 +152,9 @@ impl ClientContext for RunContext {
     /// Consumer lag per assigned partition and broker reachability, every
     /// `statistics.interval.ms`.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let reachable = statistics
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.observed.health.set_broker_reachable(reachable);
+        self.observed
+            .health
+            .set_broker_reachable(super::any_broker_up(&statistics));
         let lag = &self.observed.metrics.consumer_lag;
         let mut current = Vec::new();
         for (name, topic) in &statistics.topics {
@@ -570,6 +568,9 @@ fn run_once(
         // it, so it is kept as short as delivery allows (librdkafka requires
         // message.timeout.ms <= transaction.timeout.ms).
         ("transaction.timeout.ms", delivery_timeout_ms.as_str()),
+        // Broker reachability for readiness, seen from the producer's own
+        // polling thread.
+        ("statistics.interval.ms", "5000"),
     ];
     let mut producer_config = client_config(kafka, Role::Producer, &producer_defaults);
     let transactional_id = config.transactional_id();
@@ -578,7 +579,10 @@ fn run_once(
     }
     let producer: Arc<LeadProducer> = Arc::new(
         producer_config
-            .create_with_context(DeliveryTracker::default())
+            .create_with_context(DeliveryTracker {
+                health: Some(Arc::clone(&observed.health)),
+                ..DeliveryTracker::default()
+            })
             .map_err(SetupError::Client)?,
     );
 
