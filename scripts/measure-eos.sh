@@ -32,10 +32,11 @@ config at-least-once at-least-once true
 config exactly-once-no-repartition exactly-once false
 "$leadflow" -c "$work/exactly-once.toml" produce --count "$leads" > "$work/expected.json"
 
+# Text logs: the report reads timestamps off the start of each line.
+export LEADFLOW_LOG__FORMAT=text
 run() { # NAME LABEL
   /usr/bin/time -f '%e %U %S %M' -o "$work/$1.$2.time" \
-    # Text logs: the report reads timestamps off the start of each line.
-    LEADFLOW_LOG__FORMAT=text "$leadflow" -c "$work/$1.toml" run --until-drained > "$work/$1.$2.tally" 2> "$work/$1.$2.log"
+    "$leadflow" -c "$work/$1.toml" run --until-drained > "$work/$1.$2.tally" 2> "$work/$1.$2.log"
 }
 for mode in exactly-once at-least-once exactly-once-no-repartition; do
   run "$mode" drain
