@@ -159,6 +159,11 @@ struct RunArgs {
     /// Exit once every assigned partition is read to its end and committed.
     #[arg(long)]
     until_drained: bool,
+    /// Benchmark baseline: copy input records unchanged to the first
+    /// route's topic, with the same clients and transactions, and no
+    /// processing.
+    #[arg(long)]
+    passthrough: bool,
 }
 
 #[derive(Args)]
@@ -193,6 +198,11 @@ struct ProduceArgs {
     /// Record encoding [default: `topics.input_format`].
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
+    /// Stamp records with the time of producing instead of each lead's
+    /// event time (for latency measurements; leads without an event time
+    /// of their own then dedupe by that time, unlike the printed tally).
+    #[arg(long)]
+    stamp_now: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -398,6 +408,7 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             let options = RunOptions {
                 until_drained: args.until_drained,
                 http_address,
+                passthrough: args.passthrough,
             };
             let controls = Controls {
                 shutdown: &shutdown,
@@ -493,6 +504,7 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             }
             let options = ProduceOptions {
                 topic,
+                stamp_now: args.stamp_now,
                 count: args.count,
                 rate: (args.rate > 0.0).then_some(args.rate),
                 generator: GeneratorOptions {

@@ -169,6 +169,7 @@ impl Demo {
             topic: self.config.topics.input.clone(),
             count: self.options.leads,
             rate: None,
+            stamp_now: false,
             generator: GeneratorOptions {
                 seed: self.options.seed,
                 format: self.config.topics.input_format,
@@ -194,6 +195,7 @@ impl Demo {
         let options = RunOptions {
             until_drained: true,
             http_address,
+            passthrough: false,
         };
         Ok(run(&self.config, options, controls)?)
     }

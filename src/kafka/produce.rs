@@ -30,6 +30,11 @@ pub struct ProduceOptions {
     /// Leads per second; `None` for as fast as the broker takes them.
     pub rate: Option<f64>,
     pub generator: GeneratorOptions,
+    /// Stamp records with the time of producing rather than the lead's
+    /// event time, for measuring end-to-end latency. Leads without an
+    /// event time of their own then take that time, so dedupe may differ
+    /// from the printed expectation.
+    pub stamp_now: bool,
 }
 
 /// Produces `options.count` generated leads and returns the expected tally.
@@ -56,10 +61,12 @@ pub fn produce(kafka: &KafkaConfig, options: &ProduceOptions) -> Result<Tally, P
             }
         }
         let Some(lead) = generator.next() else { break };
-        let record = BaseRecord::to(&options.topic)
+        let mut record = BaseRecord::to(&options.topic)
             .key(lead.key.as_bytes())
-            .payload(lead.value.as_slice())
-            .timestamp(lead.timestamp_ms);
+            .payload(lead.value.as_slice());
+        if !options.stamp_now {
+            record = record.timestamp(lead.timestamp_ms);
+        }
         send(&producer, record).map_err(|source| ProduceError::Send {
             topic: options.topic.clone(),
             source,

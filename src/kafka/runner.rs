@@ -100,6 +100,10 @@ pub struct RunOptions {
     pub until_drained: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, for the log.
     pub http_address: Option<std::net::SocketAddr>,
+    /// Copy input records unchanged to the first route's topic instead of
+    /// processing them: the benchmarks' baseline, the same loop, clients
+    /// and transactions with no stage in between.
+    pub passthrough: bool,
 }
 
 /// Which of the loop's two input topics a partition belongs to.
@@ -441,6 +445,8 @@ impl RunContext {
 struct Topology<'a> {
     repartition: Option<(&'a str, i32)>,
     changelog: &'a str,
+    /// Where records go unchanged, in pass-through mode.
+    passthrough: Option<&'a str>,
 }
 
 /// Runs the pipeline until `shutdown` is set (or the input is drained, with
@@ -649,6 +655,10 @@ fn run_once(
             .as_deref()
             .map(|name| (name, i32::try_from(partitions_of(name)).unwrap_or(i32::MAX))),
         changelog: &changelog_topic,
+        passthrough: options
+            .passthrough
+            .then(|| config.routes.first().map(|r| r.topic.as_str()))
+            .flatten(),
     };
     let restorer: BaseConsumer<ReadToEnd> = client_config(
         kafka,
@@ -1153,6 +1163,25 @@ fn handle(
 ) -> Result<(), RunError> {
     let message = step.message;
     meter.batch.consumed(message.topic());
+    if let Some(topic) = topology.passthrough {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(ts) = message.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        send(sink.producer, record).map_err(|source| RunError::Produce {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        meter.batch.produced(topic);
+        tally.inputs += 1;
+        return Ok(());
+    }
     let mut stopwatch = meter.stopwatch();
     let batch = &mut meter.batch;
     let own = SourcePosition {

@@ -1,0 +1,153 @@
+"""Reads what scripts/bench.sh measured and prints its Markdown report.
+
+  bench_report.py drain WORK LEADS LEADFLOW   the throughput table
+  bench_report.py half-rate WORK LEADS    half the exactly-once leads/s
+  bench_report.py latency WORK LEADFLOW CONFIG TOPIC COUNT RATE
+                                          produce COUNT leads at RATE/s and
+                                          time each campaign record's
+                                          arrival at a read_committed reader
+"""
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+MODES = ["passthrough", "exactly-once", "at-least-once", "exactly-once-repartitioned"]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_seconds(work, mode):
+    """Processing time: first partition assignment to the drained input."""
+    stamps = {}
+    for line in open(os.path.join(work, f"{mode}.log")):
+        line = ANSI.sub("", line)
+        for event in ("partitions assigned", "input drained"):
+            if event in line and (event not in stamps or event == "input drained"):
+                stamps[event] = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+    return (stamps["input drained"] - stamps["partitions assigned"]).total_seconds()
+
+
+def drained(work, leads):
+    expected = json.load(open(os.path.join(work, "expected.json")))
+    rows = {}
+    for mode in MODES:
+        wall, user, system, rss_kib = open(os.path.join(work, f"{mode}.time")).read().split()[:4]
+        tally = json.loads(open(os.path.join(work, f"{mode}.tally")).read() or "{}")
+        if mode == "passthrough":
+            matches = tally.get("inputs") == leads
+        else:
+            got = {k: v for k, v in tally.items() if k != "repartitioned"}
+            want = {k: v for k, v in expected.items() if k != "repartitioned"}
+            matches = got == want
+        seconds = log_seconds(work, mode)
+        cpu = float(user) + float(system)
+        rows[mode] = dict(
+            seconds=seconds,
+            rate=leads / seconds,
+            wall=float(wall),
+            cpu=cpu,
+            cpu_per_million=cpu * 1e6 / leads,
+            rss=int(rss_kib) / 1024,
+            matches=matches,
+        )
+    return rows
+
+
+def machine(leadflow):
+    cpu = open("/proc/cpuinfo").read()
+    model = re.search(r"model name\s*:\s*(.*)", cpu).group(1)
+    mem = int(re.search(r"MemTotal:\s*(\d+)", open("/proc/meminfo").read()).group(1)) // 1024 // 1024
+    lock = open("Cargo.lock").read()
+    rdkafka = re.search(r'name = "rdkafka-sys"\nversion = "([^"]+)"', lock).group(1)
+    pom = open("scripts/kafka/pom.xml").read()
+    kafka = re.search(r"<kafka.version>([^<]+)<", pom)
+    version = subprocess.run([leadflow, "--version"], capture_output=True, text=True).stdout.strip()
+    if "/debug/" in leadflow:
+        version += " (debug build: a smoke run, its figures mean nothing)"
+    return (
+        f"Machine: {os.cpu_count()} cores ({model}), {mem} GiB; the broker on the same machine.  \n"
+        f"Versions: {version}; rdkafka-sys {rdkafka} (librdkafka); Apache Kafka "
+        f"{kafka.group(1) if kafka else '?'} (KRaft, one node).\n"
+    )
+
+
+def report_drain(work, leads, leadflow):
+    rows = drained(work, leads)
+    base = rows["passthrough"]["rate"]
+    print(machine(leadflow))
+    print(f"{leads:,} generated leads preloaded into 12 partitions, drained by "
+          "`leadflow run --until-drained` (release build), commit interval 100 ms.\n")
+    print("| mode | processing s | leads/s | × pass-through | CPU s | CPU s per million | peak RSS MiB | tally matches |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, r in rows.items():
+        print(f"| {mode} | {r['seconds']:.1f} | {r['rate']:,.0f} | {r['rate'] / base:.2f} | "
+              f"{r['cpu']:.1f} | {r['cpu_per_million']:.1f} | {r['rss']:.0f} | "
+              f"{'yes' if r['matches'] else 'NO'} |")
+    print()
+    if not all(r["matches"] for r in rows.values()):
+        print("A run's tally does not match the generator's expectation.", file=sys.stderr)
+        sys.exit(1)
+
+
+def half_rate(work, leads):
+    print(max(1, int(drained(work, leads)["exactly-once"]["rate"] / 2)))
+
+
+def latency(work, leadflow, config, topic, count, rate):
+    count, rate = int(count), float(rate)
+    tail = subprocess.Popen(
+        [leadflow, "-c", config, "tail", topic, "--from-beginning", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+    )
+    produce = subprocess.Popen(
+        [leadflow, "-c", config, "produce", "--count", str(count), "--rate", str(rate), "--stamp-now"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    latencies = []
+    quiet_since = None
+    while True:
+        ready, _, _ = select.select([tail.stdout], [], [], 0.5)
+        if ready:
+            line = tail.stdout.readline()
+            if not line:
+                break
+            arrived = time.time() * 1000
+            record = json.loads(line)
+            latencies.append(arrived - record["timestamp_ms"])
+            quiet_since = None
+        elif produce.poll() is not None:
+            quiet_since = quiet_since or time.time()
+            # Everything produced is committed well within this.
+            if time.time() - quiet_since > 5:
+                break
+    tail.terminate()
+    tail.wait()
+    latencies.sort()
+
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] if latencies else float("nan")
+
+    print(f"End-to-end latency at {rate:,.0f} leads/s (half the exactly-once maximum), {count:,} leads "
+          f"produced with their time of producing, {len(latencies):,} campaign records timed at a "
+          "read_committed reader:\n")
+    print("| p50 ms | p99 ms | p99.9 ms | max ms |")
+    print("|---|---|---|---|")
+    print(f"| {pct(50):.0f} | {pct(99):.0f} | {pct(99.9):.0f} | {latencies[-1] if latencies else float('nan'):.0f} |")
+    print()
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "drain":
+        report_drain(args[0], int(args[1]), args[2])
+    elif command == "half-rate":
+        half_rate(args[0], int(args[1]))
+    elif command == "latency":
+        latency(*args)
+    else:
+        sys.exit(f"unknown command {command}")
