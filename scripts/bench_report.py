@@ -11,9 +11,10 @@
 import json
 import os
 import re
-import select
+import queue
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 
@@ -108,17 +109,28 @@ def latency(work, leadflow, config, topic, count, rate):
         [leadflow, "-c", config, "produce", "--count", str(count), "--rate", str(rate), "--stamp-now"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    # A thread blocks on the pipe and stamps each line as it arrives:
+    # select() on a buffered pipe would leave read-ahead lines waiting.
+    arrivals = queue.Queue()
+
+    def read():
+        for line in tail.stdout:
+            arrivals.put((time.time() * 1000, line))
+        arrivals.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     latencies = []
     quiet_since = None
     while True:
-        ready, _, _ = select.select([tail.stdout], [], [], 0.5)
-        if ready:
-            line = tail.stdout.readline()
-            if not line:
-                break
-            arrived = time.time() * 1000
-            record = json.loads(line)
-            latencies.append(arrived - record["timestamp_ms"])
+        try:
+            item = arrivals.get(timeout=0.5)
+        except queue.Empty:
+            item = False
+        if item is None:
+            break
+        if item:
+            arrived, line = item
+            latencies.append(arrived - json.loads(line)["timestamp_ms"])
             quiet_since = None
         elif produce.poll() is not None:
             quiet_since = quiet_since or time.time()
