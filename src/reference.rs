@@ -122,7 +122,7 @@ pub fn e164(phone: &str, country: Option<&Country>) -> Option<String> {
             .and_then(|prefix| prefix.parse::<u16>().ok())
             .is_some_and(|code| codes.contains(&code))
     });
-    let hinted = country.is_some_and(|c| digits.starts_with(&c.calling_code.to_string()));
+    let hinted = country.is_some_and(|c| starts_with_number(&digits, c.calling_code));
     if (8..=15).contains(&digits.len())
         && !digits.starts_with('0')
         && has_calling_code
@@ -134,6 +134,16 @@ pub fn e164(phone: &str, country: Option<&Country>) -> Option<String> {
     let number = phonenumber::parse(region, trimmed).ok()?;
     phonenumber::is_valid(&number)
         .then(|| number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// Whether `digits` starts with the decimal digits of `number`, without
+/// formatting it.
+fn starts_with_number(digits: &str, number: u16) -> bool {
+    let width = number.checked_ilog10().map_or(1, |l| l as usize + 1);
+    digits
+        .get(..width)
+        .and_then(|prefix| prefix.parse::<u16>().ok())
+        .is_some_and(|prefix| prefix == number)
 }
 
 /// The registrable domain (the public suffix plus one label), e.g.
@@ -181,8 +191,10 @@ fn is_free(domain: &str) -> bool {
 /// would double that cost). Disposable is checked first: the free-webmail
 /// list contains disposable domains too.
 pub fn email_class(domain: &str, registrable: &str) -> EmailClass {
+    // Most addresses are at a registrable domain: one lookup then, not two.
+    let subdomain = domain != registrable;
     if disposable_emails::is_disposable_domain(domain)
-        || disposable_emails::is_disposable_domain(registrable)
+        || (subdomain && disposable_emails::is_disposable_domain(registrable))
     {
         return EmailClass::Disposable;
     }
@@ -193,7 +205,7 @@ pub fn email_class(domain: &str, registrable: &str) -> EmailClass {
     if tld == "edu" || (tld.len() == 2 && matches!(second, "edu" | "ac")) {
         return EmailClass::Education;
     }
-    if is_free(domain) || is_free(registrable) {
+    if is_free(domain) || (subdomain && is_free(registrable)) {
         return EmailClass::Free;
     }
     EmailClass::Business
@@ -202,6 +214,33 @@ pub fn email_class(domain: &str, registrable: &str) -> EmailClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_calling_code_prefix_is_matched_digit_for_digit() {
+        assert!(starts_with_number("4420", 44));
+        assert!(starts_with_number("1555", 1));
+        assert!(!starts_with_number("0441", 44));
+        assert!(!starts_with_number("4", 44));
+        assert!(starts_with_number("351912", 351));
+        assert!(!starts_with_number("35", 351));
+    }
+
+    #[test]
+    fn a_subdomain_is_classed_by_its_registrable_domain_too() {
+        assert_eq!(
+            email_class("mailinator.com", "mailinator.com"),
+            EmailClass::Disposable
+        );
+        assert_eq!(
+            email_class("eu.mailinator.com", "mailinator.com"),
+            EmailClass::Disposable
+        );
+        assert_eq!(email_class("gmail.com", "gmail.com"), EmailClass::Free);
+        assert_eq!(
+            email_class("contoso.com", "contoso.com"),
+            EmailClass::Business
+        );
+    }
 
     #[test]
     fn countries_by_alpha2_or_alpha3_in_any_case() {
