@@ -210,6 +210,27 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A record to `topic` with `message`'s value and timestamp and the given
+/// key: how leadflow passes a record's bytes on unchanged (re-keyed,
+/// dead-lettered, replayed or copied).
+pub(crate) fn copy_of<'a>(
+    topic: &'a str,
+    message: &'a rdkafka::message::BorrowedMessage<'_>,
+    key: Option<&'a [u8]>,
+) -> BaseRecord<'a, [u8], [u8]> {
+    let mut record = BaseRecord::to(topic);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(payload) = message.payload() {
+        record = record.payload(payload);
+    }
+    if let Some(ts) = message.timestamp().to_millis() {
+        record = record.timestamp(ts);
+    }
+    record
+}
+
 /// Enqueues a record, waiting for room when the producer's queue is full.
 pub(crate) fn send(
     producer: &LeadProducer,

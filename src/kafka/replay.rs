@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
     DeliveryTracker, LeadProducer, ReadToEnd, Role, SetupError, check_topics, client_config,
-    headers, send,
+    copy_of, headers, send,
 };
 use crate::config::Config;
 
@@ -193,17 +193,8 @@ pub fn replay(
             in_transaction = true;
         }
         let from = format!("{dlq}/{}/{}", message.partition(), message.offset());
-        let mut record =
-            BaseRecord::<[u8], [u8]>::to(input).headers(replayed_headers(message.headers(), &from));
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(value) = message.payload() {
-            record = record.payload(value);
-        }
-        if let Some(ts) = message.timestamp().to_millis() {
-            record = record.timestamp(ts);
-        }
+        let record = copy_of(input, &message, message.key())
+            .headers(replayed_headers(message.headers(), &from));
         send(producer, record)?;
         if let Some(rate) = options.rate.filter(|r| *r > 0.0) {
             let started = *first_chosen.get_or_insert_with(Instant::now);

@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     DeliveryTracker, LeadProducer, ReadToEnd, Role, SetupError, check_topics, client_config,
-    headers, lock, log_client_error, send,
+    copy_of, headers, lock, log_client_error, send,
 };
 use crate::config::{Config, ProcessingGuarantee};
 use crate::domain::{Lead, Score};
@@ -1164,16 +1164,7 @@ fn handle(
     let message = step.message;
     meter.batch.consumed(message.topic());
     if let Some(topic) = topology.passthrough {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(ts) = message.timestamp().to_millis() {
-            record = record.timestamp(ts);
-        }
+        let record = copy_of(topic, message, message.key());
         send(sink.producer, record).map_err(|source| RunError::Produce {
             topic: topic.to_owned(),
             source,
@@ -1244,16 +1235,9 @@ fn handle(
                 };
                 let partition = partition_for(key.0, partitions);
                 let key = key.to_hex();
-                let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-                    .key(key.as_bytes())
+                let record = copy_of(topic, message, Some(key.as_bytes()))
                     .partition(partition)
                     .headers(headers::forwarded(message.headers(), source, original_key));
-                if let Some(payload) = message.payload() {
-                    record = record.payload(payload);
-                }
-                if let Some(ts) = timestamp_ms {
-                    record = record.timestamp(ts);
-                }
                 send(sink.producer, record).map_err(|source| RunError::Produce {
                     topic: topic.to_owned(),
                     source,
@@ -1356,21 +1340,12 @@ impl<'a> Sink<'a> {
         batch: &mut Batch,
     ) -> Result<(), RunError> {
         let dlq = self.config.topics.dead_letter.as_str();
-        let mut record = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
+        let record = copy_of(dlq, message, key).headers(headers::dead_letter(
             message.headers(),
             source,
             pipeline.version(),
             failure,
         ));
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(ts) = message.timestamp().to_millis() {
-            record = record.timestamp(ts);
-        }
         send(self.producer, record).map_err(|source| RunError::Produce {
             topic: dlq.to_owned(),
             source,
