@@ -1,6 +1,8 @@
 //! The errors people hit first, checked without a broker: each is one line
 //! on stderr naming the problem, and a non-zero exit within seconds.
 
+mod common;
+
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -195,28 +197,19 @@ fn a_taken_http_port_is_a_one_line_error() {
 
 /// Runs `leadflow validate` with `input` on stdin.
 fn validate_stdin(args: &[&str], input: &str) -> Output {
-    use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leadflow"))
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/quickstart.toml"),
-            "validate",
-        ])
-        .args(args)
-        .env("RUST_LOG", "off")
-        .env_remove("LEADFLOW_CONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run leadflow validate");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write leads");
-    child.wait_with_output().expect("validate output")
+    common::piped(
+        Command::new(env!("CARGO_BIN_EXE_leadflow"))
+            .args([
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/quickstart.toml"),
+                "validate",
+            ])
+            .args(args)
+            .env("RUST_LOG", "off")
+            .env_remove("LEADFLOW_CONFIG"),
+        input,
+        "leadflow validate",
+    )
 }
 
 #[test]

@@ -9,11 +9,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use common::ops::wait_for;
-use common::{Env, PATIENCE, TestRecord, bootstrap, header, produce, read_all};
+use common::{Env, PATIENCE, TestRecord, bootstrap, header, piped, produce, read_all};
 use rdkafka::message::Message;
 
 /// The README's lead for the kcat example: an AppSource trial.
@@ -21,20 +20,11 @@ const LEAD: &str = r#"{"event_id":"kcat-0001","received_at":"2025-03-04T10:15:02
 
 /// Runs kcat with `args`, `input` on stdin; its stdout.
 fn kcat(args: &[&str], input: &str) -> String {
-    let mut child = Command::new("kcat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat (Debian's kcat package; scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write to kcat");
-    let out = child.wait_with_output().expect("kcat");
+    let out = piped(
+        Command::new("kcat").args(args),
+        input,
+        "kcat (Debian's kcat package; scripts/test.sh installs it)",
+    );
     assert!(
         out.status.success(),
         "kcat {args:?}: {}",

@@ -98,6 +98,27 @@ impl Drop for OwnBroker {
     }
 }
 
+/// Runs `command` with `input` on its stdin; its output. `what` names it
+/// when it cannot start.
+pub fn piped(command: &mut Command, input: &str, what: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write to {what}: {e}"));
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
 /// Sends a signal (`TERM`, `STOP`, `CONT`) to a child process.
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")

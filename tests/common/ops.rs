@@ -65,20 +65,11 @@ pub fn series<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
 
 /// Checks the exposition with `promtool check metrics`.
 pub fn promtool_check(text: &str) {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
+    let out = super::piped(
+        std::process::Command::new("promtool").args(["check", "metrics"]),
+        text,
+        "promtool (Debian's prometheus package; scripts/test.sh installs it)",
+    );
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}",
