@@ -279,23 +279,47 @@ impl DedupeKey {
     }
 
     fn hash(normalized_email: &str, offer: &Offer, action: Option<&ActionCode>) -> DedupeKey {
-        // Separators that cannot occur in the parts keep distinct triples distinct.
-        let mut text = String::with_capacity(normalized_email.len() + 64);
-        text.push_str(normalized_email);
-        text.push('\n');
-        text.push_str(&offer.publisher_id);
-        text.push('.');
-        text.push_str(&offer.offer_id);
+        // Separators that cannot occur in the parts keep distinct triples
+        // distinct. Streaming gives the same hash as one buffer would, so
+        // keys in existing changelogs stay valid, without building a string.
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(normalized_email.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(offer.publisher_id.as_bytes());
+        hasher.update(b".");
+        hasher.update(offer.offer_id.as_bytes());
         if let Some(action) = action {
-            text.push('\n');
-            text.push_str(action.code());
+            hasher.update(b"\n");
+            hasher.update(action.code().as_bytes());
         }
-        DedupeKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+        DedupeKey(hasher.digest128())
     }
 
     /// Lower-case hex, used as the record key of every output.
     pub fn to_hex(self) -> String {
-        format!("{:032x}", self.0)
+        self.hex().as_str().to_owned()
+    }
+
+    /// [`DedupeKey::to_hex`] without allocating, for the per-record path.
+    pub fn hex(self) -> HexKey {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 32];
+        for (i, slot) in text.iter_mut().enumerate() {
+            let shift = 124 - 4 * i;
+            *slot = DIGITS[((self.0 >> shift) & 0xf) as usize];
+        }
+        HexKey(text)
+    }
+}
+
+/// A dedupe key's 32 lower-case hex digits, on the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexKey([u8; 32]);
+
+impl HexKey {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -514,6 +538,14 @@ mod tests {
         );
         assert_ne!(a, DedupeKey::new("a@x.com", &offer, &ActionCode::Create));
         assert_eq!(a.to_hex().len(), 32);
+        assert_eq!(a.to_hex(), format!("{:032x}", a.0));
+        // The streamed hash is the one-buffer hash that existing changelogs hold.
+        let one_buffer = xxhash_rust::xxh3::xxh3_128(b"a@x.com\ncontoso.gateway\nINS");
+        assert_eq!(a.0, one_buffer);
+        assert_eq!(
+            DedupeKey(1).hex().as_str(),
+            "00000000000000000000000000000001"
+        );
     }
 
     #[test]

@@ -442,9 +442,8 @@ mod tests {
         else {
             panic!("expected a routed lead, got {outcome:?}");
         };
-        let bytes = Encoder::new(Format::Json)
-            .encode(&lead, &score, destination, None)
-            .expect("encode");
+        let mut bytes = Vec::new();
+        Encoder::new(Format::Json).encode(&lead, &score, destination, None, &mut bytes);
         let json = serde_json::from_slice(&bytes).expect("json");
         (destination, lead, score, json)
     }

@@ -34,6 +34,55 @@ pub struct Country {
     /// International calling code, e.g. 351 for Portugal.
     #[serde(skip)]
     pub calling_code: u16,
+    /// The country as `phonenumber` names regions, when it knows it.
+    #[serde(skip)]
+    phone_region: Option<phonenumber::country::Id>,
+    /// Bit `n` set: a national number here may have `n` digits, by
+    /// `phonenumber`'s metadata. 0 when unknown.
+    #[serde(skip)]
+    national_lengths: u32,
+}
+
+impl Country {
+    /// Whether a number of `digits` digits could be a national number
+    /// here; `true` when the metadata does not say.
+    fn may_be_national(&self, digits: usize) -> bool {
+        self.national_lengths == 0
+            || u32::try_from(digits)
+                .ok()
+                .and_then(|n| 1u32.checked_shl(n))
+                .is_some_and(|bit| self.national_lengths & bit != 0)
+    }
+}
+
+/// The national number lengths `phonenumber`'s metadata allows in a
+/// region, over every type of number, as a bit set.
+fn national_lengths(region: phonenumber::country::Id) -> u32 {
+    let Some(meta) = phonenumber::metadata::DATABASE.by_id(region.as_ref()) else {
+        return 0;
+    };
+    let d = meta.descriptors();
+    let types = [
+        d.fixed_line(),
+        d.mobile(),
+        d.toll_free(),
+        d.premium_rate(),
+        d.shared_cost(),
+        d.personal_number(),
+        d.voip(),
+        d.pager(),
+        d.uan(),
+        d.voicemail(),
+    ];
+    std::iter::once(d.general())
+        .chain(types.into_iter().flatten())
+        .flat_map(|desc| {
+            desc.possible_length()
+                .iter()
+                .chain(desc.possible_local_length())
+        })
+        .filter_map(|&n| 1u32.checked_shl(u32::from(n)))
+        .fold(0, |set, bit| set | bit)
 }
 
 struct CountryTable {
@@ -53,8 +102,12 @@ static COUNTRIES: LazyLock<CountryTable> = LazyLock::new(|| {
         by_code.insert(country.alpha3().to_string().to_uppercase(), i);
         let calling_code = u16::try_from(country.country_code()).unwrap_or(0);
         calling_codes.insert(calling_code);
+        let alpha2 = country.alpha2().to_string().to_uppercase();
+        let phone_region = alpha2.parse::<phonenumber::country::Id>().ok();
         countries.push(Country {
-            alpha2: country.alpha2().to_string().to_uppercase(),
+            national_lengths: phone_region.map_or(0, national_lengths),
+            phone_region,
+            alpha2,
             name: country.iso_short_name(),
             region: country.maybe_region().map(|r| spaced(&format!("{r:?}"))),
             subregion: country.maybe_subregion().map(|r| spaced(&format!("{r:?}"))),
@@ -97,24 +150,37 @@ pub fn country(code: &str) -> Option<&'static Country> {
 }
 
 /// The phone number in E.164 (`+` and up to 15 digits), if it is one.
-/// Microsoft sends digits with the country code and without `+`; those are
-/// checked against the calling codes cheaply. Other forms (a national number
-/// with a leading 0, say) are parsed by `phonenumber` with the country hint.
+///
+/// Microsoft sends digits with the country code and without `+`. Digits that
+/// start with a calling code become E.164 directly when nothing says
+/// otherwise: a `+` or `00`, the lead's country's own calling code, no
+/// country, or a length no national number of that country has (a
+/// foreign mobile, say). Other forms (a national number with a leading 0,
+/// or digits that could be national) are parsed by `phonenumber` with the
+/// country as the hint, which costs a hundred times more.
 pub fn e164(phone: &str, country: Option<&Country>) -> Option<String> {
     let trimmed = phone.trim();
-    let international = trimmed.starts_with('+') || trimmed.starts_with("00");
-    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
-    let stripped = trimmed
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'));
-    if !stripped || digits.is_empty() {
+    let allowed =
+        |b: u8| b.is_ascii_digit() || matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.');
+    if !trimmed.bytes().all(allowed) {
         return None;
     }
-    let digits = if trimmed.starts_with("00") {
-        digits.trim_start_matches("00").to_owned()
-    } else {
-        digits
-    };
+    let international = trimmed.starts_with('+') || trimmed.starts_with("00");
+    // E.164 has at most 15 digits; with an international prefix and
+    // punctuation 20 is plenty, and more is no phone number.
+    let mut buffer = [0u8; 20];
+    let mut len = 0;
+    for digit in trimmed.bytes().filter(u8::is_ascii_digit) {
+        *buffer.get_mut(len)? = digit;
+        len += 1;
+    }
+    let mut digits = buffer.get(..len)?;
+    if trimmed.starts_with("00") {
+        while let Some(rest) = digits.strip_prefix(b"00") {
+            digits = rest;
+        }
+    }
+    let digits = std::str::from_utf8(digits).ok().filter(|d| !d.is_empty())?;
     let codes = &COUNTRIES.calling_codes;
     let has_calling_code = (1..=3).any(|n| {
         digits
@@ -122,16 +188,21 @@ pub fn e164(phone: &str, country: Option<&Country>) -> Option<String> {
             .and_then(|prefix| prefix.parse::<u16>().ok())
             .is_some_and(|code| codes.contains(&code))
     });
-    let hinted = country.is_some_and(|c| starts_with_number(&digits, c.calling_code));
+    let not_national = match country {
+        None => true,
+        Some(c) => starts_with_number(digits, c.calling_code) || !c.may_be_national(digits.len()),
+    };
     if (8..=15).contains(&digits.len())
         && !digits.starts_with('0')
         && has_calling_code
-        && (international || hinted || country.is_none())
+        && (international || not_national)
     {
-        return Some(format!("+{digits}"));
+        let mut e164 = String::with_capacity(digits.len() + 1);
+        e164.push('+');
+        e164.push_str(digits);
+        return Some(e164);
     }
-    let region = country.and_then(|c| c.alpha2.parse::<phonenumber::country::Id>().ok());
-    let number = phonenumber::parse(region, trimmed).ok()?;
+    let number = phonenumber::parse(country.and_then(|c| c.phone_region), trimmed).ok()?;
     phonenumber::is_valid(&number)
         .then(|| number.format().mode(phonenumber::Mode::E164).to_string())
 }
@@ -269,9 +340,25 @@ mod tests {
             e164("030 1234567", country("DE")).as_deref(),
             Some("+49301234567")
         );
-        for bad in ["", "n/a", "123", "0000000000000000000"] {
+        for bad in [
+            "",
+            "n/a",
+            "123",
+            "0000000000000000000",
+            "1234567890123456789012",
+        ] {
             assert_eq!(e164(bad, None), None, "{bad}");
         }
+        // A US mobile on a Portuguese lead: 11 digits cannot be a
+        // Portuguese national number (9), so the calling code stands.
+        assert_eq!(e164("14255551234", pt).as_deref(), Some("+14255551234"));
+        // Ten digits can be a US national number, so the hint decides
+        // (61 would otherwise read as Australia's calling code).
+        assert_eq!(
+            e164("6175555555", country("US")).as_deref(),
+            Some("+16175555555")
+        );
+        assert!(pt.is_some_and(|pt| pt.may_be_national(9) && !pt.may_be_national(11)));
     }
 
     #[test]

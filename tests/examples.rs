@@ -54,15 +54,25 @@ fn example_outputs_in_json_and_avro() {
                 .map(|i| pipeline.routing().routes()[i].campaign.clone()),
             Destination::Suppressed(_) => None,
         };
-        let as_json = json
-            .encode(&lead, &score, destination, campaign.as_deref())
-            .expect("json");
+        let mut as_json = Vec::new();
+        json.encode(
+            &lead,
+            &score,
+            destination,
+            campaign.as_deref(),
+            &mut as_json,
+        );
         let as_json: serde_json::Value = serde_json::from_slice(&as_json).expect("valid json");
         insta::assert_json_snapshot!(format!("{name}_json"), as_json);
 
-        let as_avro = avro
-            .encode(&lead, &score, destination, campaign.as_deref())
-            .expect("avro");
+        let mut as_avro = Vec::new();
+        avro.encode(
+            &lead,
+            &score,
+            destination,
+            campaign.as_deref(),
+            &mut as_avro,
+        );
         let hex: String = as_avro.iter().map(|b| format!("{b:02x}")).collect();
         insta::assert_snapshot!(format!("{name}_avro"), hex);
         let decoded = reader

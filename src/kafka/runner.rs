@@ -1234,8 +1234,8 @@ fn handle(
                     return Ok(());
                 };
                 let partition = partition_for(key.0, partitions);
-                let key = key.to_hex();
-                let record = copy_of(topic, message, Some(key.as_bytes()))
+                let key = key.hex();
+                let record = copy_of(topic, message, Some(key.as_str().as_bytes()))
                     .partition(partition)
                     .headers(headers::forwarded(message.headers(), source, original_key));
                 send(sink.producer, record).map_err(|source| RunError::Produce {
@@ -1327,6 +1327,8 @@ struct Sink<'a> {
     metrics: &'a crate::metrics::Metrics,
     routes: Vec<Encoder>,
     suppressed: Encoder,
+    /// One buffer for every encoded lead: librdkafka copies the bytes.
+    payload: std::cell::RefCell<Vec<u8>>,
 }
 
 impl<'a> Sink<'a> {
@@ -1390,6 +1392,7 @@ impl<'a> Sink<'a> {
             metrics,
             routes: Vec::new(),
             suppressed: Encoder::new(config.topics.output_format),
+            payload: std::cell::RefCell::new(Vec::with_capacity(1024)),
         };
         sink.set_routes(&config.routes);
         sink
@@ -1414,7 +1417,7 @@ impl<'a> Sink<'a> {
         (destination, lead, score): (Destination, &Lead, &Score),
         batch: &mut Batch,
     ) -> Result<(), Failure> {
-        let key = lead.dedupe_key.to_hex();
+        let key = lead.dedupe_key.hex();
         let mut lead_headers = headers::LeadHeaders {
             storefront: lead.storefront.as_str(),
             grade: score.grade.as_str(),
@@ -1438,12 +1441,11 @@ impl<'a> Sink<'a> {
                 )]
             }
         };
+        let mut payload = self.payload.borrow_mut();
         for (topic, campaign, encoder) in targets {
-            let payload = encoder
-                .encode(lead, score, destination, campaign)
-                .map_err(|e| Failure::new(Stage::Produce, &e))?;
+            encoder.encode(lead, score, destination, campaign, &mut payload);
             let mut record = BaseRecord::to(topic)
-                .key(key.as_bytes())
+                .key(key.as_str().as_bytes())
                 .payload(payload.as_slice())
                 .headers(headers::output(source, pipeline.version(), lead_headers));
             if let Some(ts) = timestamp_ms {

@@ -2,13 +2,11 @@
 //! as an Avro datum of `schemas/campaign-lead.avsc`. Both carry the same
 //! fields; a unit test keeps the schema and the JSON in step.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use apache_avro::writer::datum::GenericDatumWriter;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::domain::{ActionCode, Lead, Score};
-use crate::error::ErrorClass;
+use crate::domain::{ActionCode, HexKey, Lead, Score};
 use crate::stages::decode::Format;
 use crate::stages::route::Destination;
 
@@ -23,67 +21,42 @@ pub fn campaign_lead_schema() -> Option<&'static apache_avro::Schema> {
     CAMPAIGN_LEAD.as_ref()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    #[error("cannot encode the campaign lead as Avro: {0}")]
-    Avro(String),
-}
-
-impl ErrorClass for EncodeError {
-    fn class(&self) -> &'static str {
-        match self {
-            EncodeError::Avro(_) => "avro_encode",
-        }
-    }
-}
-
 /// Encodes campaign leads in one format.
+#[derive(Debug, Clone, Copy)]
 pub struct Encoder {
-    /// `None` for JSON.
-    avro: Option<GenericDatumWriter<'static>>,
-}
-
-impl std::fmt::Debug for Encoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encoder")
-            .field("avro", &self.avro.is_some())
-            .finish()
-    }
+    format: Format,
 }
 
 impl Encoder {
     pub fn new(format: Format) -> Encoder {
-        let avro = match format {
-            Format::Json => None,
-            // The schema is compiled in and checked by a unit test.
-            Format::Avro => CAMPAIGN_LEAD
-                .as_ref()
-                .and_then(|schema| GenericDatumWriter::builder(schema).build().ok()),
-        };
-        Encoder { avro }
+        Encoder { format }
     }
 
     /// Encodes a routed lead for one campaign or, with `campaign` `None`,
-    /// as suppressed.
+    /// as suppressed, replacing what `out` held. Cannot fail: every value
+    /// the record holds has a place in both formats.
     pub fn encode(
         &self,
         lead: &Lead,
         score: &Score,
         destination: Destination,
         campaign: Option<&str>,
-    ) -> Result<Vec<u8>, EncodeError> {
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
         let record = CampaignLead::new(lead, score, destination, campaign);
-        match &self.avro {
-            // Serializing this struct of strings and numbers cannot fail.
-            None => Ok(serde_json::to_vec(&record).unwrap_or_default()),
-            Some(writer) => writer
-                .write_ser_to_vec(&record)
-                .map_err(|e| EncodeError::Avro(e.to_string())),
+        match self.format {
+            // Serializing strings and numbers into memory cannot fail.
+            Format::Json => {
+                let _ = serde_json::to_writer(&mut *out, &record);
+            }
+            Format::Avro => record.write_avro(&mut AvroDatum(out)),
         }
     }
 }
 
 /// The campaign-lead record written to campaign and suppressed topics.
+/// The field order is the schema's: Avro writes fields by position.
 #[derive(Debug, Serialize)]
 struct CampaignLead<'a> {
     event_id: Option<&'a str>,
@@ -93,7 +66,8 @@ struct CampaignLead<'a> {
     suppressed: Option<&'static str>,
     source_tag: &'static str,
     action_code: &'a str,
-    earlier_actions: Vec<&'a str>,
+    #[serde(serialize_with = "action_codes")]
+    earlier_actions: &'a [ActionCode],
     publisher_id: &'a str,
     offer_id: &'a str,
     offer_title: Option<&'a str>,
@@ -118,9 +92,115 @@ struct CampaignLead<'a> {
     fit: i32,
     grade: &'static str,
     mql: bool,
-    reasons: Vec<&'a str>,
+    #[serde(serialize_with = "texts")]
+    reasons: &'a [Arc<str>],
     rules_version: &'a str,
-    dedupe_key: String,
+    #[serde(serialize_with = "hex_key")]
+    dedupe_key: HexKey,
+}
+
+fn action_codes<S: Serializer>(codes: &&[ActionCode], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(codes.iter().map(ActionCode::code))
+}
+
+fn texts<S: Serializer>(texts: &&[Arc<str>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(texts.iter().map(|t| &**t))
+}
+
+fn hex_key<S: Serializer>(key: &HexKey, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(key.as_str())
+}
+
+/// Avro's binary encoding of the values a campaign lead holds.
+///
+/// Written here rather than through apache-avro's serde serializer, which
+/// cost 4 µs per lead (twice the whole stage budget) resolving each field
+/// and union by name at run time. The schema is fixed at compile time, so
+/// its field order is fixed too; the unit tests compare every byte with
+/// apache-avro's own encoding of the same records.
+struct AvroDatum<'a>(&'a mut Vec<u8>);
+
+impl AvroDatum<'_> {
+    /// `long` and `int`: zig-zag, then 7 bits a byte, low first.
+    fn long(&mut self, n: i64) {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        while z >= 0x80 {
+            self.0.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        self.0.push(z as u8);
+    }
+
+    fn string(&mut self, s: &str) {
+        self.long(s.len() as i64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    /// `["null", "string"]`: the branch index, then the string.
+    fn optional(&mut self, s: Option<&str>) {
+        match s {
+            None => self.long(0),
+            Some(s) => {
+                self.long(1);
+                self.string(s);
+            }
+        }
+    }
+
+    /// An array of strings in one block (count, items, then the 0 that ends it).
+    fn strings<'s>(&mut self, items: impl ExactSizeIterator<Item = &'s str>) {
+        if items.len() > 0 {
+            self.long(items.len() as i64);
+            for item in items {
+                self.string(item);
+            }
+        }
+        self.long(0);
+    }
+
+    fn boolean(&mut self, b: bool) {
+        self.0.push(u8::from(b));
+    }
+}
+
+impl CampaignLead<'_> {
+    fn write_avro(&self, out: &mut AvroDatum<'_>) {
+        out.optional(self.event_id);
+        out.long(self.event_time_ms);
+        out.string(self.storefront);
+        out.optional(self.campaign);
+        out.optional(self.suppressed);
+        out.string(self.source_tag);
+        out.string(self.action_code);
+        out.strings(self.earlier_actions.iter().map(ActionCode::code));
+        out.string(self.publisher_id);
+        out.string(self.offer_id);
+        out.optional(self.offer_title);
+        out.string(self.email);
+        out.string(self.email_domain);
+        out.string(self.registrable_domain);
+        out.string(self.email_class);
+        out.optional(self.first_name);
+        out.optional(self.last_name);
+        out.optional(self.phone);
+        out.optional(self.phone_e164);
+        out.optional(self.country);
+        out.optional(self.country_name);
+        out.optional(self.region);
+        out.optional(self.company);
+        out.optional(self.title);
+        out.optional(self.seniority);
+        out.long(i64::from(self.completeness));
+        out.optional(self.description);
+        out.long(i64::from(self.score));
+        out.long(i64::from(self.behaviour));
+        out.long(i64::from(self.fit));
+        out.string(self.grade);
+        out.boolean(self.mql);
+        out.strings(self.reasons.iter().map(|r| &**r));
+        out.string(self.rules_version);
+        out.string(self.dedupe_key.as_str());
+    }
 }
 
 impl<'a> CampaignLead<'a> {
@@ -143,7 +223,7 @@ impl<'a> CampaignLead<'a> {
             suppressed,
             source_tag: lead.source_tag.as_str(),
             action_code: lead.action.code(),
-            earlier_actions: lead.earlier_actions.iter().map(ActionCode::code).collect(),
+            earlier_actions: &lead.earlier_actions,
             publisher_id: &lead.offer.publisher_id,
             offer_id: &lead.offer.offer_id,
             offer_title: lead.offer_title.as_deref(),
@@ -170,9 +250,9 @@ impl<'a> CampaignLead<'a> {
             fit: score.fit,
             grade: score.grade.as_str(),
             mql: score.mql,
-            reasons: score.reasons.iter().map(|r| &**r).collect(),
+            reasons: &score.reasons,
             rules_version: &score.rules_version,
-            dedupe_key: lead.dedupe_key.to_hex(),
+            dedupe_key: lead.dedupe_key.hex(),
         }
     }
 }
@@ -194,14 +274,12 @@ mod tests {
         let destination =
             crate::stages::route::route(&lead, &score, &RoutingTable::default()).expect("routed");
 
-        let json = Encoder::new(Format::Json)
-            .encode(&lead, &score, destination, Some("nurture"))
-            .expect("json");
+        let mut json = Vec::new();
+        Encoder::new(Format::Json).encode(&lead, &score, destination, Some("nurture"), &mut json);
         let json: serde_json::Value = serde_json::from_slice(&json).expect("valid json");
 
-        let avro = Encoder::new(Format::Avro)
-            .encode(&lead, &score, destination, Some("nurture"))
-            .expect("avro");
+        let mut avro = Vec::new();
+        Encoder::new(Format::Avro).encode(&lead, &score, destination, Some("nurture"), &mut avro);
         let schema = apache_avro::Schema::parse_str(CAMPAIGN_LEAD_SCHEMA).expect("schema");
         let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
             .build()
@@ -215,5 +293,68 @@ mod tests {
         assert_eq!(json["campaign"], "nurture");
         assert_eq!(json["earlier_actions"][0], "INS");
         assert_eq!(json["country_name"], "Portugal");
+    }
+
+    /// Every byte of the hand-written Avro encoding equals apache-avro's
+    /// encoding of the same record, over absent and present optionals,
+    /// empty and full arrays, and small, large and negative numbers.
+    #[test]
+    fn avro_bytes_equal_apache_avros_own_encoding() {
+        let schema = campaign_lead_schema().expect("schema");
+        let oracle = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .expect("writer");
+        let bare = fixtures::lead(Storefront::AzureMarketplace, ActionCode::Install);
+        let mut full = fixtures::lead(Storefront::AppSource, ActionCode::Other("Subscribe".into()));
+        full.event_id = Some("leads.raw/3/12345".into());
+        full.event_time_ms = 1_764_000_000_123;
+        full.offer_title = Some("Contoso Gateway (BYOL) – ünïcode".into());
+        full.first_name = Some("Ana".into());
+        full.last_name = Some("Silva".into());
+        full.phone = Some("351912345678".into());
+        full.phone_e164 = Some("+351912345678".into());
+        full.country = crate::reference::country("PT");
+        full.company = Some("Fabrikam".into());
+        full.title = Some("CIO".into());
+        full.seniority = Some(crate::domain::Seniority::CLevel);
+        full.completeness = 100;
+        full.description = Some("x".repeat(300));
+        full.earlier_actions = vec![ActionCode::Install, ActionCode::PartnerLedTrial];
+        full.dedupe_key = crate::domain::DedupeKey(u128::MAX - 7);
+        let rules = ScoringRules::default_rules();
+        let mut negative = score(&full, &rules);
+        negative.behaviour = -40;
+        negative.fit = i32::from(i16::MIN);
+        negative.mql = true;
+        negative.reasons.clear();
+        let cases = [
+            (
+                &bare,
+                score(&bare, &rules),
+                Destination::Suppressed(crate::domain::SuppressionReason::DoNotContact),
+                None,
+            ),
+            (
+                &full,
+                score(&full, &rules),
+                Destination::Suppressed(crate::domain::SuppressionReason::DisposableEmail),
+                None,
+            ),
+            (
+                &full,
+                negative,
+                Destination::Campaigns(Default::default()),
+                Some("demand-gen"),
+            ),
+        ];
+        let mut ours = Vec::new();
+        for (lead, score, destination, campaign) in cases {
+            Encoder::new(Format::Avro).encode(lead, &score, destination, campaign, &mut ours);
+            let record = CampaignLead::new(lead, &score, destination, campaign);
+            let theirs = oracle
+                .write_ser_to_vec(&record)
+                .expect("apache-avro encodes it");
+            assert_eq!(ours, theirs, "{record:?}");
+        }
     }
 }

@@ -129,20 +129,24 @@ pub fn normalize_email(raw: &str) -> Result<String, EnrichError> {
         return Err(invalid());
     }
     let gmail = domain == "gmail.com" || domain == "googlemail.com";
-    let mut local = local;
-    if PLUS_TAG_DOMAINS.contains(&domain) {
-        local = local.split_once('+').map_or(local, |(base, _tag)| base);
+    let tagged = PLUS_TAG_DOMAINS.contains(&domain) && local.contains('+');
+    if !gmail && !tagged {
+        // Most addresses: the lower-cased address is the identity.
+        return Ok(lowered);
     }
-    let local = if gmail {
-        local.replace('.', "")
+    let local = local.split_once('+').map_or(local, |(base, _tag)| base);
+    let mut normalized = String::with_capacity(lowered.len());
+    if gmail {
+        normalized.extend(local.chars().filter(|c| *c != '.'));
     } else {
-        local.to_owned()
-    };
-    if local.is_empty() {
+        normalized.push_str(local);
+    }
+    if normalized.is_empty() {
         return Err(invalid());
     }
-    let domain = if gmail { "gmail.com" } else { domain };
-    Ok(format!("{local}@{domain}"))
+    normalized.push('@');
+    normalized.push_str(if gmail { "gmail.com" } else { domain });
+    Ok(normalized)
 }
 
 /// Who acted on which offer, how, and through which storefront: the part of
@@ -288,38 +292,36 @@ pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> 
 }
 
 /// Seniority from a job title, by whole words, so that "Doctor" is no CTO.
+/// Compares words in place rather than lower-casing a copy: this runs for
+/// every lead.
 pub fn seniority(title: &str) -> Seniority {
-    let title = title.to_lowercase();
-    let words: Vec<&str> = title
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
-    let has = |w: &str| words.contains(&w);
-    let c_level = words.iter().any(|w| {
-        matches!(
-            *w,
-            "ceo"
-                | "cto"
-                | "cio"
-                | "cfo"
-                | "coo"
-                | "cmo"
-                | "ciso"
-                | "cdo"
-                | "chief"
-                | "founder"
-                | "owner"
-                | "president"
-        )
-    }) && !title.contains("vice president");
-    if c_level {
+    let words = || {
+        title
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+    };
+    let has = |name: &str| words().any(|w| w.eq_ignore_ascii_case(name));
+    let vice_president = words()
+        .zip(words().skip(1))
+        .any(|(a, b)| a.eq_ignore_ascii_case("vice") && b.eq_ignore_ascii_case("president"));
+    const C_LEVEL: [&str; 12] = [
+        "ceo",
+        "cto",
+        "cio",
+        "cfo",
+        "coo",
+        "cmo",
+        "ciso",
+        "cdo",
+        "chief",
+        "founder",
+        "owner",
+        "president",
+    ];
+    let c_level = words().any(|w| C_LEVEL.iter().any(|c| w.eq_ignore_ascii_case(c)));
+    if c_level && !vice_president {
         Seniority::CLevel
-    } else if has("vp")
-        || has("svp")
-        || has("evp")
-        || title.contains("vice president")
-        || has("head")
-    {
+    } else if has("vp") || has("svp") || has("evp") || vice_president || has("head") {
         Seniority::VicePresident
     } else if has("director") {
         Seniority::Director
@@ -392,6 +394,9 @@ mod tests {
         assert_eq!(seniority("CIO"), Seniority::CLevel);
         assert_eq!(seniority("VP Engineering"), Seniority::VicePresident);
         assert_eq!(seniority("Vice President, Sales"), Seniority::VicePresident);
+        assert_eq!(seniority("vice-president"), Seniority::VicePresident);
+        assert_eq!(seniority("President"), Seniority::CLevel);
+        assert_eq!(seniority("SENIOR ENGINEERING MANAGER"), Seniority::Manager);
         assert_eq!(seniority("Head of Sales Ops"), Seniority::VicePresident);
         assert_eq!(seniority("Director of Platform"), Seniority::Director);
         assert_eq!(seniority("IT Manager"), Seniority::Manager);
