@@ -44,14 +44,21 @@ pub struct Country {
 }
 
 impl Country {
-    /// Whether a number of `digits` digits could be a national number
-    /// here; `true` when the metadata does not say.
-    fn may_be_national(&self, digits: usize) -> bool {
-        self.national_lengths == 0
-            || u32::try_from(digits)
+    /// Whether `digits` could be a national number here, by length and
+    /// then by the region's number pattern; `true` when the metadata does
+    /// not say. One pattern costs far less than `phonenumber::parse`.
+    fn may_be_national(&self, digits: &str) -> bool {
+        let length_fits = self.national_lengths == 0
+            || u32::try_from(digits.len())
                 .ok()
                 .and_then(|n| 1u32.checked_shl(n))
-                .is_some_and(|bit| self.national_lengths & bit != 0)
+                .is_some_and(|bit| self.national_lengths & bit != 0);
+        length_fits
+            && self.phone_region.is_none_or(|region| {
+                phonenumber::metadata::DATABASE
+                    .by_id(region.as_ref())
+                    .is_none_or(|meta| meta.descriptors().general().is_match(digits))
+            })
     }
 }
 
@@ -190,7 +197,7 @@ pub fn e164(phone: &str, country: Option<&Country>) -> Option<String> {
     });
     let not_national = match country {
         None => true,
-        Some(c) => starts_with_number(digits, c.calling_code) || !c.may_be_national(digits.len()),
+        Some(c) => starts_with_number(digits, c.calling_code) || !c.may_be_national(digits),
     };
     if (8..=15).contains(&digits.len())
         && !digits.starts_with('0')
@@ -358,7 +365,10 @@ mod tests {
             e164("6175555555", country("US")).as_deref(),
             Some("+16175555555")
         );
-        assert!(pt.is_some_and(|pt| pt.may_be_national(9) && !pt.may_be_national(11)));
+        assert!(pt.is_some_and(|pt| pt.may_be_national("912345678")));
+        assert!(pt.is_some_and(|pt| !pt.may_be_national("14255551234")));
+        // Nine digits, but no Portuguese number starts with 5.
+        assert!(pt.is_some_and(|pt| !pt.may_be_national("512345678")));
     }
 
     #[test]
