@@ -14,14 +14,14 @@ pub mod runner;
 pub mod tail;
 pub mod topics;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use crate::config::KafkaConfig;
 
@@ -150,6 +150,9 @@ pub fn check_topics<C: ClientContext>(
 pub(crate) struct DeliveryTracker {
     failure: Mutex<Option<String>>,
     pub(crate) health: Option<std::sync::Arc<crate::health::Health>>,
+    /// Delivery reports served so far, for [`flush`] to wait on.
+    delivered: Mutex<u64>,
+    delivery: Condvar,
 }
 
 impl ClientContext for DeliveryTracker {
@@ -182,6 +185,8 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        *lock(&self.delivered) += 1;
+        self.delivery.notify_all();
         if let Err((error, message)) = result {
             let mut failure = lock(&self.failure);
             if failure.is_none() {
@@ -198,6 +203,41 @@ impl ProducerContext for DeliveryTracker {
 impl DeliveryTracker {
     pub(crate) fn take(&self) -> Option<String> {
         lock(&self.failure).take()
+    }
+}
+
+/// Waits until every record produced so far is acknowledged or failed
+/// (failures are in [`DeliveryTracker::take`]), or `timeout` passes.
+///
+/// Use this, not rdkafka's `flush`: that one waits in 100 ms polls, and on
+/// a [`ThreadedProducer`] those polls see no events (its own thread serves
+/// them), so every flush with a record in flight took 100 ms, a whole
+/// commit interval per transaction (`commit_transaction` flushes the same
+/// way first). Here librdkafka is told to send at once (a flush that does
+/// not wait), and the wait is on the delivery reports.
+pub(crate) fn flush(producer: &LeadProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    let tracker = producer.context();
+    loop {
+        let delivered = *lock(&tracker.delivered);
+        match producer.flush(Duration::ZERO) {
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
+            done => return done,
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        // Woken by the next report; the bound re-asks librdkafka in case
+        // the last report came before the count was read.
+        let wait = (deadline - now).min(Duration::from_millis(5));
+        let guard = lock(&tracker.delivered);
+        if *guard == delivered {
+            let _ = tracker
+                .delivery
+                .wait_timeout(guard, wait)
+                .map_err(PoisonError::into_inner);
+        }
     }
 }
 

@@ -280,6 +280,8 @@ fn commit(
             rdkafka::types::RDKafkaErrorCode::InvalidGroupId,
         ))
     })?;
+    // See `kafka::flush`; a failure shows again in the commit.
+    let _ = super::flush(producer, timeout);
     let result = producer
         .send_offsets_to_transaction(&offsets, &metadata, timeout)
         .and_then(|()| producer.commit_transaction(timeout));
