@@ -73,8 +73,7 @@ pub fn produce(kafka: &KafkaConfig, options: &ProduceOptions) -> Result<Tally, P
         })?;
         producer.poll(Duration::ZERO);
     }
-    producer
-        .flush(Duration::from_secs(60))
+    super::flush(&producer, Duration::from_secs(60))
         .map_err(|e| ProduceError::Delivery(e.to_string()))?;
     if let Some(failure) = producer.context().take() {
         return Err(ProduceError::Delivery(failure));

@@ -280,10 +280,10 @@ fn commit(
             rdkafka::types::RDKafkaErrorCode::InvalidGroupId,
         ))
     })?;
-    // See `kafka::flush`; a failure shows again in the commit.
-    let _ = super::flush(producer, timeout);
     let result = producer
         .send_offsets_to_transaction(&offsets, &metadata, timeout)
+        // See `kafka::flush`.
+        .and_then(|()| super::flush(producer, timeout))
         .and_then(|()| producer.commit_transaction(timeout));
     if let Err(error) = result {
         // Nothing of this batch is visible; a rerun replays it.

@@ -399,21 +399,27 @@ impl RunContext {
         let timeout = Duration::from_secs(10).min(self.delivery_timeout);
         // A transaction of only changelog tombstones has no offsets.
         let mut offsets_sent = offsets.count() == 0;
-        // What the commit would wait for, without rdkafka's 100 ms polls; a
-        // failure shows again in the commit, which flushes too.
-        let _ = super::flush(&self.producer, timeout);
         loop {
-            let attempt = if offsets_sent {
-                Ok(())
-            } else {
-                // Fresh group metadata every time: a rebalance changes the
-                // generation, and stale metadata would fence this process.
-                let metadata = consumer.group_metadata().ok_or(RunError::NoGroupMetadata)?;
-                self.producer
-                    .send_offsets_to_transaction(offsets, &metadata, timeout)
-            }
-            .map(|()| offsets_sent = true)
-            .and_then(|()| self.producer.commit_transaction(timeout));
+            // Fresh group metadata every time: a rebalance changes the
+            // generation, and stale metadata would fence this process.
+            let metadata = match offsets_sent {
+                true => None,
+                false => Some(consumer.group_metadata().ok_or(RunError::NoGroupMetadata)?),
+            };
+            // What the commit would wait for first, without rdkafka's 100 ms
+            // polls (see `kafka::flush`). A flush that times out fails the
+            // attempt: committing after it would wait as long again, past
+            // the transaction timeout, and the coordinator's own abort would
+            // then fence this producer.
+            let attempt = super::flush(&self.producer, timeout)
+                .and_then(|()| match &metadata {
+                    None => Ok(()),
+                    Some(metadata) => self
+                        .producer
+                        .send_offsets_to_transaction(offsets, metadata, timeout),
+                })
+                .map(|()| offsets_sent = true)
+                .and_then(|()| self.producer.commit_transaction(timeout));
             let error = match attempt {
                 Ok(()) => {
                     self.in_transaction.store(false, Ordering::Relaxed);
