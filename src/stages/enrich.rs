@@ -242,10 +242,7 @@ pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> 
         .rsplit_once('@')
         .map(|(_, domain)| domain.to_owned())
         .unwrap_or_default();
-    let registrable_domain = reference::registrable_domain(&email_domain)
-        .unwrap_or(&email_domain)
-        .to_owned();
-    let email_class = reference::email_class(&email_domain, &registrable_domain);
+    let (registrable_domain, email_class) = reference::domain_facts(&email_domain);
     let country = raw.country.as_deref().and_then(reference::country);
     let phone_e164 = raw
         .phone
