@@ -13,7 +13,8 @@
 #   exactly-once, repartitioned   with the re-keying hop (the default).
 # Then a restart of the exactly-once run, which restores its dedupe state
 # from the changelog and finds nothing left to drain: the restore time.
-# Then end-to-end latency at a fixed rate of half the exactly-once maximum:
+# Then end-to-end latency at fixed rates of half and a tenth of the
+# exactly-once maximum:
 # from producing a raw lead (stamped with the time of producing) to its
 # campaign record arriving at a read_committed consumer (`leadflow tail`).
 # Prints a Markdown report (docs/BENCHMARKS.md holds the last full one).

@@ -49,20 +49,30 @@ pub struct Country {
 
 impl Country {
     /// Whether `digits` could be a national number here, by length and
-    /// then by the region's number pattern; `true` when the metadata does
+    /// then by the region's number pattern, with or without the region's
+    /// trunk prefix (Russia's `8`, say: `8 495 …` is Moscow, not a number
+    /// in Vietnam, whose calling code is 84); `true` when the metadata does
     /// not say. One pattern costs far less than `phonenumber::parse`.
     fn may_be_national(&self, digits: &str) -> bool {
-        let length_fits = self.national_lengths == 0
-            || u32::try_from(digits.len())
-                .ok()
-                .and_then(|n| 1u32.checked_shl(n))
-                .is_some_and(|bit| self.national_lengths & bit != 0);
-        length_fits
-            && self.phone_region.is_none_or(|region| {
-                phonenumber::metadata::DATABASE
-                    .by_id(region.as_ref())
-                    .is_none_or(|meta| meta.descriptors().general().is_match(digits))
-            })
+        let Some(meta) = self
+            .phone_region
+            .and_then(|region| phonenumber::metadata::DATABASE.by_id(region.as_ref()))
+        else {
+            return true;
+        };
+        let fits = |number: &str| {
+            let length_fits = self.national_lengths == 0
+                || u32::try_from(number.len())
+                    .ok()
+                    .and_then(|n| 1u32.checked_shl(n))
+                    .is_some_and(|bit| self.national_lengths & bit != 0);
+            length_fits && meta.descriptors().general().is_match(number)
+        };
+        fits(digits)
+            || meta
+                .national_prefix()
+                .and_then(|prefix| digits.strip_prefix(prefix))
+                .is_some_and(fits)
     }
 }
 
@@ -405,6 +415,11 @@ mod tests {
         );
         assert!(pt.is_some_and(|pt| pt.may_be_national("912345678")));
         assert!(pt.is_some_and(|pt| !pt.may_be_national("14255551234")));
+        // Russia's trunk prefix 8 before a national number, not Vietnam's 84.
+        assert_eq!(
+            e164("8 (495) 123-45-67", country("RU")).as_deref(),
+            Some("+74951234567")
+        );
         // Nine digits, but no Portuguese number starts with 5.
         assert!(pt.is_some_and(|pt| !pt.may_be_national("512345678")));
     }

@@ -213,8 +213,9 @@ impl DeliveryTracker {
 /// a [`ThreadedProducer`] those polls see no events (its own thread serves
 /// them), so every flush with a record in flight took 100 ms, a whole
 /// commit interval per transaction (`commit_transaction` flushes the same
-/// way first). Here librdkafka is told to send at once (a flush that does
-/// not wait), and the wait is on the delivery reports.
+/// way first, but finds nothing left after this). Here librdkafka is asked
+/// whether anything is still in flight (a flush that does not wait, which
+/// also wakes its broker threads), and the wait is on the delivery reports.
 pub(crate) fn flush(producer: &LeadProducer, timeout: Duration) -> Result<(), KafkaError> {
     let deadline = Instant::now() + timeout;
     let tracker = producer.context();
@@ -228,9 +229,10 @@ pub(crate) fn flush(producer: &LeadProducer, timeout: Duration) -> Result<(), Ka
         if now >= deadline {
             return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
         }
-        // Woken by the next report; the bound re-asks librdkafka in case
-        // the last report came before the count was read.
-        let wait = (deadline - now).min(Duration::from_millis(5));
+        // Woken by the next report. librdkafka counts a record out of
+        // flight only after its report's callback returns, so the last
+        // wake-up can come early: the short bound re-asks soon after.
+        let wait = (deadline - now).min(Duration::from_millis(1));
         let guard = lock(&tracker.delivered);
         if *guard == delivered {
             let _ = tracker

@@ -1419,8 +1419,8 @@ impl<'a> Sink<'a> {
     }
 
     /// Produces a routed lead to each of its campaign topics, or to the
-    /// suppressed topic. A lead that cannot be encoded, or whose record the
-    /// broker will never take (too large, say), fails at the produce stage.
+    /// suppressed topic. A lead whose record the broker will never take
+    /// (too large, say) fails at the produce stage.
     fn send_lead(
         &self,
         pipeline: &Pipeline,

@@ -417,6 +417,8 @@ impl Deduper {
             return;
         };
         let cutoff = *cutoff;
+        // Latest times are whole seconds, so the keys of the cut-off's
+        // second go together: more than 1% when many share it.
         let evicted = self.forget(|last_seen_ms| last_seen_ms <= cutoff);
         self.evicted += evicted as u64;
     }
@@ -456,7 +458,9 @@ impl Deduper {
     }
 
     /// Memory the tables hold: every bucket (filled or not) with its
-    /// control byte, which is what the allocator gave them.
+    /// control byte. Exact while keys are only added; after keys are
+    /// forgotten it is a lower bound, since `capacity()` then leaves out the
+    /// slots that removals mark but do not free.
     pub fn bytes(&self) -> usize {
         self.shards
             .values()
