@@ -119,7 +119,7 @@ def half_rate(work, leads):
 def latency(work, leadflow, config, topic, count, rate, label):
     count, rate = int(count), float(rate)
     tail = subprocess.Popen(
-        [leadflow, "-c", config, "tail", topic, "--from-beginning", "--json"],
+        [leadflow, "-c", config, "tail", topic, "--from-beginning", "--timestamps"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
     )
     produce = subprocess.Popen(
@@ -147,7 +147,7 @@ def latency(work, leadflow, config, topic, count, rate, label):
             break
         if item:
             arrived, line = item
-            produced = json.loads(line)["timestamp_ms"]
+            produced = int(line)
             latencies.append((produced, arrived - produced))
             quiet_since = None
         elif produce.poll() is not None:

@@ -77,6 +77,10 @@ enum Command {
         /// One JSON object per record.
         #[arg(long)]
         json: bool,
+        /// Only each record's timestamp (ms since the epoch), one per line,
+        /// without reading headers or values: for timing arrivals.
+        #[arg(long, conflicts_with = "json")]
+        timestamps: bool,
     },
     /// Consume raw leads, process them and produce campaign, suppressed and dead-letter records.
     Run(RunArgs),
@@ -470,16 +474,20 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             max,
             exit_at_end,
             json,
+            timestamps,
         } => {
             use std::io::Write as _;
             let options = TailOptions {
                 from_beginning,
                 max,
                 exit_at_end,
+                positions_only: timestamps,
             };
             let mut out = std::io::stdout().lock();
             let printed = tail::tail(&config, &topic, options, |record| {
-                if json {
+                if timestamps {
+                    writeln!(out, "{}", record.timestamp_ms.unwrap_or(-1))
+                } else if json {
                     let line = serde_json::to_string(&record).map_err(std::io::Error::other)?;
                     writeln!(out, "{line}")
                 } else {

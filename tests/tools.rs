@@ -123,6 +123,23 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
     assert_eq!(records[0]["value"], "not a lead");
     assert_eq!(records[0]["decoded_as"], "text");
     assert_eq!(records[0]["headers"]["leadflow.error.class"], "json_syntax");
+    // `--timestamps`: the same record's timestamp, and nothing else.
+    let out = env.leadflow(&[
+        "tail",
+        &env.dead_letter,
+        "--from-beginning",
+        "--exit-at-end",
+        "--timestamps",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        records[0]["timestamp_ms"].to_string()
+    );
     let out = env.leadflow(&["tail", &env.nurture, "--from-beginning", "--max", "1"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("leadflow.storefront: appsource"), "{text}");
