@@ -102,19 +102,22 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
     }
 
     // `leadflow tail` shows the same dead letter, decoded, with its headers.
-    let out = env.leadflow(&[
-        "tail",
-        &env.dead_letter,
-        "--from-beginning",
-        "--exit-at-end",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let tail_dead_letters = |how: &str| {
+        let out = env.leadflow(&[
+            "tail",
+            &env.dead_letter,
+            "--from-beginning",
+            "--exit-at-end",
+            how,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let records: Vec<serde_json::Value> = tail_dead_letters("--json")
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON record"))
         .collect();
@@ -124,20 +127,8 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
     assert_eq!(records[0]["decoded_as"], "text");
     assert_eq!(records[0]["headers"]["leadflow.error.class"], "json_syntax");
     // `--timestamps`: the same record's timestamp, and nothing else.
-    let out = env.leadflow(&[
-        "tail",
-        &env.dead_letter,
-        "--from-beginning",
-        "--exit-at-end",
-        "--timestamps",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        tail_dead_letters("--timestamps").trim(),
         records[0]["timestamp_ms"].to_string()
     );
     let out = env.leadflow(&["tail", &env.nurture, "--from-beginning", "--max", "1"]);
