@@ -171,16 +171,13 @@ fn readable(message: &BorrowedMessage<'_>, content: Content) -> TailRecord {
         Some(bytes) => decode_value(bytes, content),
     };
     TailRecord {
-        topic: message.topic().to_owned(),
-        partition: message.partition(),
-        offset: message.offset(),
-        timestamp_ms: message.timestamp().to_millis(),
         key: message
             .key()
             .map(|k| String::from_utf8_lossy(k).into_owned()),
         headers,
         value,
         decoded_as,
+        ..position(message)
     }
 }
 
