@@ -24,6 +24,10 @@ fn main() {
 }
 
 const LEADS: usize = 10_000;
+/// The whole path keeps dedupe state, so it gets enough distinct leads that
+/// a long run (`--sample-count 10000 --sample-size 10`) is not mostly
+/// repeats of leads it has already seen.
+const WHOLE_PATH_LEADS: usize = 100_000;
 const WINDOW_MS: i64 = 180 * 86_400_000;
 
 fn config() -> Config {
@@ -34,12 +38,12 @@ fn config() -> Config {
 }
 
 /// Generated records: (value, record timestamp).
-fn records(format: Format) -> Vec<(Vec<u8>, i64)> {
+fn records(format: Format, count: usize) -> Vec<(Vec<u8>, i64)> {
     Generator::new(GeneratorOptions {
         format,
         ..GeneratorOptions::default()
     })
-    .take(LEADS)
+    .take(count)
     .map(|lead| (lead.value, lead.timestamp_ms))
     .collect()
 }
@@ -58,7 +62,7 @@ fn fixture() -> Fixture {
     let rules = config.scoring_rules().expect("rules");
     let routing = config.routing_table();
     let decoder = Decoder::new(Format::Json, 1 << 20);
-    let routed = records(Format::Json)
+    let routed = records(Format::Json, LEADS)
         .into_iter()
         .filter_map(|(value, ts)| decoder.decode(Some(&value), Some(ts)).ok())
         .filter_map(|raw| enrich(raw, &reference).ok())
@@ -87,7 +91,7 @@ fn cycle<'a, T>(items: &'a [T]) -> impl FnMut() -> &'a T + 'a {
 
 #[divan::bench(args = [Format::Json, Format::Avro])]
 fn decode(bencher: Bencher, format: Format) {
-    let records = records(format);
+    let records = records(format, LEADS);
     let decoder = Decoder::new(format, 1 << 20);
     let mut next = cycle(&records);
     bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
@@ -100,7 +104,7 @@ fn decode(bencher: Bencher, format: Format) {
 fn enrich_lead(bencher: Bencher) {
     let fixture = fixture();
     let decoder = Decoder::new(Format::Json, 1 << 20);
-    let raws: Vec<_> = records(Format::Json)
+    let raws: Vec<_> = records(Format::Json, LEADS)
         .into_iter()
         .filter_map(|(value, ts)| decoder.decode(Some(&value), Some(ts)).ok())
         .collect();
@@ -171,7 +175,7 @@ fn whole_path(bencher: Bencher, (input, output): (Format, Format)) {
     let mut pipeline = Pipeline::new(settings);
     pipeline.dedupe().add_partition(0);
     let encoder = Encoder::new(output);
-    let records = records(input);
+    let records = records(input, WHOLE_PATH_LEADS);
     let mut next = cycle(&records);
     let mut offset = 0;
     let mut out = Vec::new();
@@ -244,5 +248,42 @@ fn dedupe_at_size(bencher: Bencher, keys: u64) {
             black_box(deduper.record(0, &lead));
         }
         deduper.commit();
+    });
+}
+
+/// E.164 for national numbers (with their trunk prefix) of every region
+/// `phonenumber` knows, round after round: the slow path of a stream whose
+/// leads come from everywhere, where `phonenumber`'s shared cache of
+/// compiled patterns matters.
+#[divan::bench]
+fn e164_every_region(bencher: Bencher) {
+    let phones: Vec<(String, &leadflow::reference::Country)> = phonenumber::metadata::DATABASE
+        .iter()
+        .filter_map(|meta| {
+            let country = leadflow::reference::country(meta.id())?;
+            let example = meta.descriptors().fixed_line()?.example()?;
+            let prefix = meta.national_prefix().unwrap_or_default();
+            Some((format!("{prefix}{example}"), country))
+        })
+        .collect();
+    let before = leadflow::metrics::resident_memory_bytes().unwrap_or(0);
+    let valid = phones
+        .iter()
+        .filter(|(phone, country)| leadflow::reference::e164(phone, Some(country)).is_some())
+        .count();
+    let after = leadflow::metrics::resident_memory_bytes().unwrap_or(0);
+    let patterns = phonenumber::metadata::DATABASE
+        .cache()
+        .lock()
+        .map_or(0, |cache| cache.len());
+    println!(
+        "e164: {valid} of {} regions' example numbers valid; {patterns} compiled patterns, {:.1} MB resident",
+        phones.len(),
+        after.saturating_sub(before) as f64 / 1e6
+    );
+    let mut next = cycle(&phones);
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        let (phone, country) = next();
+        black_box(leadflow::reference::e164(phone, Some(country)))
     });
 }

@@ -83,7 +83,23 @@ fn national_lengths(region: phonenumber::country::Id) -> u32 {
         return 0;
     };
     let d = meta.descriptors();
-    let types = [
+    std::iter::once(d.general())
+        .chain(number_types(d).into_iter().flatten())
+        .flat_map(|desc| {
+            desc.possible_length()
+                .iter()
+                .chain(desc.possible_local_length())
+        })
+        .filter_map(|&n| 1u32.checked_shl(u32::from(n)))
+        .fold(0, |set, bit| set | bit)
+}
+
+/// The descriptors of the types of number a region assigns, any of which
+/// makes a number valid there.
+fn number_types(
+    d: &phonenumber::metadata::Descriptors,
+) -> [Option<&phonenumber::metadata::Descriptor>; 10] {
+    [
         d.fixed_line(),
         d.mobile(),
         d.toll_free(),
@@ -94,16 +110,7 @@ fn national_lengths(region: phonenumber::country::Id) -> u32 {
         d.pager(),
         d.uan(),
         d.voicemail(),
-    ];
-    std::iter::once(d.general())
-        .chain(types.into_iter().flatten())
-        .flat_map(|desc| {
-            desc.possible_length()
-                .iter()
-                .chain(desc.possible_local_length())
-        })
-        .filter_map(|&n| 1u32.checked_shl(u32::from(n)))
-        .fold(0, |set, bit| set | bit)
+    ]
 }
 
 struct CountryTable {
@@ -223,9 +230,31 @@ pub fn e164(phone: &str, country: Option<&Country>) -> Option<String> {
         e164.push_str(digits);
         return Some(e164);
     }
+    size_phone_regex_cache();
     let number = phonenumber::parse(country.and_then(|c| c.phone_region), trimmed).ok()?;
     phonenumber::is_valid(&number)
         .then(|| number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// How many compiled patterns `phonenumber` keeps. Its own default is 100
+/// for all regions together. Parsing and validating one national number
+/// touches a dozen of its region's patterns, so a stream with leads from
+/// more than a handful of countries evicted and recompiled patterns on
+/// nearly every slow-path phone: 2.5 ms each over every region's example
+/// numbers, against 34 µs with room for all of them (`e164_every_region`
+/// in `benches/stages.rs`). The cache holds every distinct pattern of
+/// `phonenumber` 0.3.10's metadata (2,058, checked by a test). The 1,346
+/// that E.164 of every region's numbers touches took 133 MB once compiled;
+/// a stream holds only its own countries' share.
+const PHONE_REGEX_CACHE_ENTRIES: usize = 4_096;
+
+fn size_phone_regex_cache() {
+    static SIZED: std::sync::Once = std::sync::Once::new();
+    SIZED.call_once(|| {
+        if let Ok(mut cache) = phonenumber::metadata::DATABASE.cache().lock() {
+            cache.set_capacity(PHONE_REGEX_CACHE_ENTRIES);
+        }
+    });
 }
 
 /// Whether `digits` starts with the decimal digits of `number`, without
@@ -340,6 +369,64 @@ pub fn email_class(domain: &str, registrable: &str) -> EmailClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_phone_pattern_fits_in_the_pattern_cache() {
+        use phonenumber::metadata::{Descriptors, Format};
+        let descriptors = |d: &'static Descriptors| {
+            let others = [
+                Some(d.general()),
+                d.emergency(),
+                d.short_code(),
+                d.standard_rate(),
+                d.carrier(),
+                d.no_international(),
+            ];
+            number_types(d)
+                .into_iter()
+                .chain(others)
+                .flatten()
+                .map(|d| d.national_number().as_str())
+        };
+        let formats = |f: &'static [Format]| {
+            f.iter().flat_map(|f| {
+                std::iter::once(f.pattern().as_str())
+                    .chain(f.leading_digits().iter().map(|r| r.as_str()))
+            })
+        };
+        let patterns: HashSet<&str> = phonenumber::metadata::DATABASE
+            .iter()
+            .flat_map(|meta| {
+                descriptors(meta.descriptors())
+                    .chain(formats(meta.formats()))
+                    .chain(formats(meta.international_formats()))
+                    .chain(
+                        [
+                            meta.international_prefix(),
+                            meta.national_prefix_for_parsing(),
+                            meta.leading_digits(),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .map(|r| r.as_str()),
+                    )
+            })
+            .collect();
+        assert!(
+            patterns.len() > 1_000,
+            "the count reads phonenumber's metadata"
+        );
+        assert!(
+            patterns.len() <= PHONE_REGEX_CACHE_ENTRIES,
+            "{} patterns",
+            patterns.len()
+        );
+        // The first national number sizes the cache.
+        assert!(e164("020 7946 0018", country("GB")).is_some());
+        let cache = phonenumber::metadata::DATABASE.cache();
+        let capacity = cache.lock().map(|cache| cache.capacity()).ok();
+        assert_eq!(capacity, Some(PHONE_REGEX_CACHE_ENTRIES));
+    }
 
     #[test]
     fn a_calling_code_prefix_is_matched_digit_for_digit() {
