@@ -23,6 +23,9 @@ pidfile="$data/broker.pid"
 # A fixed cluster id keeps a reused data dir valid across starts.
 cluster_id="TGVhZGZsb3dUZXN0QnJva2"
 
+# shellcheck source=scripts/pidfile.sh
+. "$here/pidfile.sh"
+
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 
 fetch() {
@@ -36,7 +39,7 @@ fetch() {
   touch "$libs/.complete"
 }
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+running() { running_pid "$pidfile"; }
 
 ready() { java -cp "$home/classes:$libs/*" WaitReady "$bootstrap" "$1"; }
 
@@ -95,19 +98,7 @@ start() {
   fi
 }
 
-stop() {
-  if ! running; then rm -f "$pidfile"; return; fi
-  local pid; pid=$(cat "$pidfile")
-  log "stopping broker (pid $pid)"
-  kill "$pid"
-  for _ in $(seq 1 300); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; return; }
-    sleep 0.1
-  done
-  log "broker did not stop in 30 s; killing it"
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-}
+stop() { stop_pid "$pidfile" "broker"; }
 
 case "${1:-}" in
   start) start ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests, and the integration
-# tests against a real Apache Kafka broker, which this script starts on its
-# own port with fresh data and stops again however the tests end.
+# tests against a real Apache Kafka broker and a real schema registry
+# (Apicurio), which this script starts on their own ports with fresh data
+# and stops again however the tests end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,11 @@ promtool check config docker/prometheus/prometheus.yml >/dev/null
 LEADFLOW_KAFKA_PORT=$((LEADFLOW_KAFKA_PORT + 200)) scripts/bench.sh --smoke > /dev/null
 
 scripts/kafka.sh reset
-trap 'scripts/kafka.sh stop' EXIT
+trap 'scripts/kafka.sh stop; scripts/registry.sh stop' EXIT
 scripts/kafka.sh start
+# The schema registry keeps its data in memory: every start is fresh.
+scripts/registry.sh start
+LEADFLOW_TEST_REGISTRY=$(scripts/registry.sh url)
+export LEADFLOW_TEST_REGISTRY
 
 cargo test --features kafka-tests

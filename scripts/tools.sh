@@ -11,6 +11,8 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v kcat >/dev/null || missing+=(kcat)
+# scripts/registry.sh asks the registry whether it is up with curl.
+command -v curl >/dev/null || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=()
@@ -21,4 +23,5 @@ export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
 # The prometheus package would start a Prometheus server where an init
 # system runs; the tests need only its promtool.
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v kcat >/dev/null
+command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v kcat >/dev/null \
+  && command -v curl >/dev/null

@@ -55,6 +55,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    /// The schema registry, for topics in the `confluent-avro` format.
+    pub schema_registry: crate::registry::RegistryConfig,
     /// The routing table: storefront (and optionally grade and action) to
     /// campaign topics.
     pub routes: Vec<Route>,
@@ -74,6 +76,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            schema_registry: crate::registry::RegistryConfig::default(),
             routes: default_routes(),
             catalog: Vec::new(),
         }
@@ -552,6 +555,24 @@ impl Config {
             if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
                 return Err(invalid(key, format!("topic {name:?} is also {other}")));
             }
+        }
+        let confluent = [self.topics.input_format, self.topics.output_format]
+            .into_iter()
+            .chain(self.routes.iter().filter_map(|r| r.format))
+            .any(|format| format == Format::ConfluentAvro);
+        if confluent && self.schema_registry.url.is_none() {
+            return Err(invalid(
+                "schema_registry.url",
+                "must be set: a topic uses the confluent-avro format".into(),
+            ));
+        }
+        if let Some(url) = &self.schema_registry.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "schema_registry.url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
         }
         if self.routes.is_empty() || self.routes.len() > MAX_ROUTES {
             return Err(invalid(

@@ -48,6 +48,12 @@ impl fmt::Display for Stage {
 pub trait ErrorClass: std::error::Error {
     /// Short `snake_case` name, stable across releases.
     fn class(&self) -> &'static str;
+
+    /// The registry id of the writer schema the record named, when the
+    /// failure is about it.
+    fn schema_id(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Why one record could not be processed: what goes into its dead letter.
@@ -56,6 +62,8 @@ pub struct Failure {
     pub stage: Stage,
     pub class: &'static str,
     pub message: String,
+    /// See [`ErrorClass::schema_id`].
+    pub schema_id: Option<u32>,
 }
 
 impl Failure {
@@ -64,6 +72,7 @@ impl Failure {
             stage,
             class: error.class(),
             message: error.to_string(),
+            schema_id: error.schema_id(),
         }
     }
 }

@@ -133,8 +133,11 @@ pub struct GeneratorOptions {
     pub test_lead_ratio: f64,
     /// Event time of the first lead; later ones are about a second apart.
     pub start_time_ms: i64,
-    /// Encoding of the records: JSON, or raw-lead Avro datums.
+    /// Encoding of the records: JSON, or raw-lead Avro datums, bare or
+    /// Confluent-framed.
     pub format: Format,
+    /// For `confluent-avro`: the registry id of the raw-lead schema.
+    pub schema_id: u32,
 }
 
 impl Default for GeneratorOptions {
@@ -148,6 +151,7 @@ impl Default for GeneratorOptions {
             // 2025-03-01T00:00:00Z: fixed, so a seed reproduces the same bytes.
             start_time_ms: 1_740_787_200_000,
             format: Format::Json,
+            schema_id: 0,
         }
     }
 }
@@ -520,6 +524,7 @@ impl Iterator for Generator {
         let lead = match self.options.format {
             Format::Json => lead,
             Format::Avro => as_avro(lead),
+            Format::ConfluentAvro => as_confluent(lead, self.options.schema_id),
         };
         self.tally(&lead.expected);
         Some(lead)
@@ -534,6 +539,29 @@ fn as_avro(mut lead: GeneratedLead) -> GeneratedLead {
         None => {
             if let Expected::DeadLetter(class) = &mut lead.expected {
                 *class = "avro_decode";
+            }
+        }
+    }
+    lead
+}
+
+/// The same record in the Confluent wire format, as a producer with
+/// Confluent's Avro serializer would write it. What is not a JSON object
+/// is written as it is and fails at the frame.
+fn as_confluent(mut lead: GeneratedLead, schema_id: u32) -> GeneratedLead {
+    use crate::error::ErrorClass;
+    match to_raw_avro(&lead.value) {
+        Some(datum) => {
+            let mut framed = Vec::with_capacity(datum.len() + 5);
+            crate::stages::decode::write_confluent_header(schema_id, &mut framed);
+            framed.extend_from_slice(&datum);
+            lead.value = framed;
+        }
+        None => {
+            if let Expected::DeadLetter(class) = &mut lead.expected
+                && let Err(e) = crate::stages::decode::confluent_frame(&lead.value)
+            {
+                *class = e.class();
             }
         }
     }

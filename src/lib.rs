@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod reference;
+pub mod registry;
 pub mod reload;
 pub mod stages;
 pub mod validate;

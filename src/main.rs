@@ -95,6 +95,21 @@ enum Command {
     /// Work with the dead-letter topic.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Check or register leadflow's Avro schemas (`schemas/`) in the
+    /// schema registry, under the subjects of the topics that use the
+    /// `confluent-avro` format, for deploy pipelines.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Whether each schema may be registered under its subject by the
+    /// registry's compatibility rule. Exit code 1 if any may not.
+    Check,
+    /// Register each schema under its subject (a schema registered
+    /// already keeps its id). Exit code 1 if the registry refuses any.
+    Register,
 }
 
 #[derive(Subcommand)]
@@ -500,6 +515,7 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                 other => other.map(|_| ()).map_err(Into::into),
             }
         }
+        Command::Schemas(command) => schemas(&config, command),
         Command::Config(ConfigCommand::Check { file }) => {
             print!("{}", config.to_toml());
             eprintln!("{}: valid", file.display());
@@ -561,6 +577,50 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `leadflow schemas check|register`: one line per subject.
+fn schemas(config: &Config, command: SchemasCommand) -> anyhow::Result<()> {
+    use leadflow::registry::{Compatibility, Registration, RegistryClient, topic_schemas};
+    let schemas = topic_schemas(config);
+    if schemas.is_empty() {
+        anyhow::bail!("no topic uses the confluent-avro format, so no schema needs the registry");
+    }
+    let client = RegistryClient::new(&config.schema_registry)?;
+    let mut refused = 0;
+    for topic in &schemas {
+        let verdict = match command {
+            SchemasCommand::Check => match client.check(&topic.subject, topic.schema)? {
+                Compatibility::Compatible => "compatible".to_owned(),
+                Compatibility::NoSubject => {
+                    "compatible (the subject has no version yet)".to_owned()
+                }
+                Compatibility::Incompatible(messages) => {
+                    refused += 1;
+                    format!("INCOMPATIBLE: {}", messages.join("; "))
+                }
+            },
+            SchemasCommand::Register => match client.register(&topic.subject, topic.schema)? {
+                Registration::Registered(id) => format!("registered, id {id}"),
+                Registration::Incompatible(message) => {
+                    refused += 1;
+                    format!("REFUSED: {message}")
+                }
+            },
+        };
+        println!(
+            "{} ({} for {}): {verdict}",
+            topic.subject, topic.file, topic.topic
+        );
+    }
+    if refused > 0 {
+        anyhow::bail!(
+            "{refused} of {} schemas refused by {}",
+            schemas.len(),
+            client.url()
+        );
+    }
+    Ok(())
 }
 
 /// Reloads the configuration on SIGHUP or when the config file or the

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{DedupeKey, Lead, Score};
 use crate::error::{Failure, Stage};
-use crate::stages::decode::{Decoder, Format};
+use crate::stages::decode::{Decoder, Format, WriterAnswer};
 use crate::stages::dedupe::{Change, Deduper};
 use crate::stages::enrich::{Reference, enrich, identify};
 use crate::stages::route::{Destination, RoutingTable, route};
@@ -267,6 +267,17 @@ impl Pipeline {
         self.version = format!("{} rules/{}", crate::LEADFLOW_VERSION, rules.version());
         self.rules = rules;
         self.routing = routing;
+    }
+
+    /// The writer schema id a `confluent-avro` record needs before it can
+    /// be decoded, if the decoder has not been given it yet.
+    pub fn missing_writer_schema(&self, value: Option<&[u8]>) -> Option<u32> {
+        self.decoder.missing_writer_schema(value)
+    }
+
+    /// Gives the decoder the registry's answer for writer schema `id`.
+    pub fn add_writer_schema(&mut self, id: u32, answer: WriterAnswer<'_>) {
+        self.decoder.add_writer_schema(id, answer);
     }
 
     /// The scoring rules' version.

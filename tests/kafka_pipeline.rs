@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    Env, PATIENCE, TestRecord, committed, ends, event_id, header, produce, read_all, source_of,
+    Env, PATIENCE, TestRecord, committed, ends, event_id, header, produce, produce_values,
+    read_all, source_of,
 };
 use leadflow::config::Config;
 use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
@@ -444,17 +445,7 @@ fn examples_land_where_the_domain_says(format: &str) {
             _ => line.as_bytes().to_vec(),
         })
         .collect();
-    let records: Vec<TestRecord<'_>> = lines
-        .iter()
-        .map(|value| TestRecord {
-            partition: 0,
-            key: None,
-            value: Some(value),
-            headers: &[],
-            timestamp_ms: T0,
-        })
-        .collect();
-    produce(&env.input, &records);
+    produce_values(&env.input, &lines, T0);
     let out = env.run_until_drained();
 
     let schema = apache_avro::Schema::parse_str(leadflow::stages::encode::CAMPAIGN_LEAD_SCHEMA)

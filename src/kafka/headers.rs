@@ -12,6 +12,9 @@ use crate::pipeline::SourcePosition;
 pub const ERROR_STAGE: &str = "leadflow.error.stage";
 pub const ERROR_CLASS: &str = "leadflow.error.class";
 pub const ERROR_MESSAGE: &str = "leadflow.error.message";
+/// On a dead letter about a Confluent-framed record's schema: the writer
+/// schema's registry id.
+pub const SCHEMA_ID: &str = "leadflow.schema.id";
 pub const SOURCE_TOPIC: &str = "leadflow.source.topic";
 pub const SOURCE_PARTITION: &str = "leadflow.source.partition";
 pub const SOURCE_OFFSET: &str = "leadflow.source.offset";
@@ -68,6 +71,10 @@ pub fn dead_letter<H: Headers>(
     let headers = add(headers, ERROR_STAGE, failure.stage.as_str());
     let headers = add(headers, ERROR_CLASS, failure.class);
     let headers = add(headers, ERROR_MESSAGE, &failure.message);
+    let headers = match failure.schema_id {
+        Some(id) => add(headers, SCHEMA_ID, &id.to_string()),
+        None => headers,
+    };
     provenance(headers, source, pipeline_version)
 }
 
@@ -156,6 +163,7 @@ mod tests {
             stage: Stage::Decode,
             class: "json_syntax",
             message: "not valid JSON: EOF".into(),
+            schema_id: None,
         };
         let source = SourcePosition {
             topic: "leads.raw",
@@ -163,6 +171,7 @@ mod tests {
             offset: 42,
         };
         let headers = dead_letter(Some(&original), source, "leadflow/test rules/r1", &failure);
+        assert_eq!(get(&headers, SCHEMA_ID), None);
         assert_eq!(get(&headers, "traceparent"), Some("00-abc-01"));
         assert_eq!(get(&headers, ERROR_STAGE), Some("decode"));
         assert_eq!(get(&headers, ERROR_CLASS), Some("json_syntax"));
@@ -230,11 +239,13 @@ mod tests {
             stage: Stage::Produce,
             class: "produce_rejected",
             message: "too large".into(),
+            schema_id: Some(7),
         };
         let dead = dead_letter(Some(&headers), source, "v", &failure);
         assert_eq!(get(&dead, "traceparent"), Some("00-abc-01"));
         assert_eq!(get(&dead, SOURCE_OFFSET), Some("7"));
         assert_eq!(dead.iter().filter(|h| h.key == SOURCE_OFFSET).count(), 1);
         assert_eq!(dead.iter().filter(|h| h.key == SOURCE_KEY).count(), 0);
+        assert_eq!(get(&dead, SCHEMA_ID), Some("7"));
     }
 }

@@ -31,7 +31,7 @@
 //! (read_committed, to its end) between two batches, and it is resumed.
 //! When one is revoked, the open batch is committed and its state dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,7 +59,9 @@ use crate::metrics::{Batch, KindLabels, LeadOutcome, PartitionLabels, ResultLabe
 use crate::pipeline::{
     Input, Outcome, Pipeline, PipelineSettings, Rekeyed, SourcePosition, StageClock, Tally,
 };
+use crate::registry::{Registration, RegistryClient};
 use crate::reload::ReloadSlot;
+use crate::stages::decode::{Format, WriterAnswer};
 use crate::stages::dedupe::Change;
 use crate::stages::encode::Encoder;
 use crate::stages::route::Destination;
@@ -90,6 +92,16 @@ pub enum RunError {
     Aborted(KafkaError),
     #[error("cannot restore dedupe state from {topic:?}: {reason}")]
     Restore { topic: String, reason: String },
+    /// The registry could not be asked, so records that need a writer
+    /// schema wait: the batch is processed again once it answers.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("schema registry refused {file} under subject {subject:?}: {reason}")]
+    SchemaRefused {
+        subject: String,
+        file: &'static str,
+        reason: String,
+    },
 }
 
 /// How `leadflow run` ends.
@@ -455,6 +467,8 @@ struct Topology<'a> {
     changelog: &'a str,
     /// Where records go unchanged, in pass-through mode.
     passthrough: Option<&'a str>,
+    /// Where writer schemas of `confluent-avro` input come from.
+    registry: Option<&'a RegistryClient>,
 }
 
 /// Runs the pipeline until `shutdown` is set (or the input is drained, with
@@ -568,6 +582,9 @@ fn run_once(
     // Reference data and rules first: a bad rules file fails before any I/O.
     let mut pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
     observed.metrics.set_rules_version(pipeline.rules_version());
+    // Output schemas are registered (or found) before anything is read,
+    // so every record written names its schema's id.
+    let (registry, schema_ids) = schema_registry(config)?;
 
     let exactly_once = config.pipeline.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
     let delivery_timeout_ms = config.pipeline.delivery_timeout_ms.to_string();
@@ -670,6 +687,7 @@ fn run_once(
             .passthrough
             .then(|| config.routes.first().map(|r| r.topic.as_str()))
             .flatten(),
+        registry: registry.as_ref(),
     };
     let restorer: BaseConsumer<ReadToEnd> = client_config(
         kafka,
@@ -711,7 +729,7 @@ fn run_once(
     }
     observed.health.set_phase(Phase::Joining);
 
-    let mut sink = Sink::new(&producer, config, &observed.metrics);
+    let mut sink = Sink::new(&producer, config, &observed.metrics, schema_ids);
     *started = true;
     let commit_interval = Duration::from_millis(config.pipeline.commit_interval_ms);
     let mut last_report = Instant::now();
@@ -1163,6 +1181,73 @@ struct Step<'a, 'm> {
     processed: bool,
 }
 
+/// Connects to the schema registry when a topic is `confluent-avro`, and
+/// registers leadflow's output schemas under their subjects (or, without
+/// `auto_register`, finds them there): the id to frame each output
+/// topic's records with.
+fn schema_registry(
+    config: &Config,
+) -> Result<(Option<RegistryClient>, HashMap<String, u32>), RunError> {
+    let schemas = crate::registry::topic_schemas(config);
+    let uses_registry = !schemas.is_empty();
+    if !uses_registry {
+        return Ok((None, HashMap::new()));
+    }
+    let client = RegistryClient::new(&config.schema_registry)?;
+    let mut ids = HashMap::new();
+    for topic in schemas {
+        // The input's schema is the reader's; producers register theirs.
+        if topic.topic == config.topics.input
+            && topic.schema == crate::stages::decode::RAW_LEAD_SCHEMA
+        {
+            continue;
+        }
+        let refused = |reason: String| RunError::SchemaRefused {
+            subject: topic.subject.clone(),
+            file: topic.file,
+            reason,
+        };
+        let id = if config.schema_registry.auto_register {
+            match client.register(&topic.subject, topic.schema)? {
+                Registration::Registered(id) => id,
+                Registration::Incompatible(reason) => return Err(refused(reason)),
+            }
+        } else {
+            client
+                .lookup(&topic.subject, topic.schema)?
+                .ok_or_else(|| {
+                    refused("not registered, and schema_registry.auto_register is false".into())
+                })?
+        };
+        info!(subject = %topic.subject, id, topic = %topic.topic, "output schema registered");
+        ids.insert(topic.topic, id);
+    }
+    Ok((Some(client), ids))
+}
+
+/// Asks the registry for the writer schema a Confluent-framed record
+/// names, the first time one does. An id the registry does not know is
+/// an answer (the record becomes a dead letter); a registry that cannot
+/// answer fails the batch, which runs again from the last commit once it
+/// does, so that no good record is dead-lettered for the registry's sake.
+fn learn_writer_schema(
+    pipeline: &mut Pipeline,
+    registry: &RegistryClient,
+    value: Option<&[u8]>,
+) -> Result<(), RunError> {
+    let Some(id) = pipeline.missing_writer_schema(value) else {
+        return Ok(());
+    };
+    match registry.schema_by_id(id)? {
+        Some(schema) if schema.schema_type.eq_ignore_ascii_case("AVRO") => {
+            pipeline.add_writer_schema(id, WriterAnswer::Avro(&schema.schema));
+        }
+        Some(schema) => pipeline.add_writer_schema(id, WriterAnswer::Other(&schema.schema_type)),
+        None => pipeline.add_writer_schema(id, WriterAnswer::Unknown),
+    }
+    Ok(())
+}
+
 /// Processes one record and produces its outputs.
 fn handle(
     step: Step<'_, '_>,
@@ -1197,6 +1282,9 @@ fn handle(
         _ => (own, message.key()),
     };
     let timestamp_ms = message.timestamp().to_millis();
+    if let Some(registry) = topology.registry {
+        learn_writer_schema(pipeline, registry, message.payload())?;
+    }
     let input = Input {
         value: message.payload(),
         timestamp_ms,
@@ -1332,12 +1420,26 @@ fn partition_for(key: u128, partitions: i32) -> i32 {
 
 /// Where outputs go and how they are encoded: one encoder per route (in
 /// table order) and one for the suppressed topic.
+/// The encoder for one output topic. A `confluent-avro` topic frames
+/// records with the id its schema was registered under at start; a route
+/// added by a reload to a topic that has none yet writes schema id 0,
+/// which no registry assigns, so readers reject those records rather
+/// than misread them.
+fn encoder_for(schema_ids: &HashMap<String, u32>, topic: &str, format: Format) -> Encoder {
+    match format {
+        Format::ConfluentAvro => Encoder::confluent(schema_ids.get(topic).copied().unwrap_or(0)),
+        other => Encoder::new(other),
+    }
+}
+
 struct Sink<'a> {
     producer: &'a LeadProducer,
     config: &'a Config,
     metrics: &'a crate::metrics::Metrics,
     routes: Vec<Encoder>,
     suppressed: Encoder,
+    /// Registry ids of the campaign-lead schema by `confluent-avro` topic.
+    schema_ids: HashMap<String, u32>,
     /// One buffer for every encoded lead: librdkafka copies the bytes.
     payload: std::cell::RefCell<Vec<u8>>,
 }
@@ -1396,13 +1498,20 @@ impl<'a> Sink<'a> {
         producer: &'a LeadProducer,
         config: &'a Config,
         metrics: &'a crate::metrics::Metrics,
+        schema_ids: HashMap<String, u32>,
     ) -> Sink<'a> {
+        let suppressed = encoder_for(
+            &schema_ids,
+            &config.topics.suppressed,
+            config.topics.output_format,
+        );
         let mut sink = Sink {
             producer,
             config,
             metrics,
             routes: Vec::new(),
-            suppressed: Encoder::new(config.topics.output_format),
+            suppressed,
+            schema_ids,
             payload: std::cell::RefCell::new(Vec::with_capacity(1024)),
         };
         sink.set_routes(&config.routes);
@@ -1414,7 +1523,13 @@ impl<'a> Sink<'a> {
         let output = self.config.topics.output_format;
         self.routes = routes
             .iter()
-            .map(|route| Encoder::new(route.format.unwrap_or(output)))
+            .map(|route| {
+                encoder_for(
+                    &self.schema_ids,
+                    &route.topic,
+                    route.format.unwrap_or(output),
+                )
+            })
             .collect();
     }
 
@@ -1466,6 +1581,7 @@ impl<'a> Sink<'a> {
                 stage: Stage::Produce,
                 class: "produce_rejected",
                 message: format!("{topic}: {e}"),
+                schema_id: None,
             })?;
             batch.produced(topic);
         }

@@ -187,13 +187,24 @@ fn decode_value(bytes: &[u8], content: Content) -> (serde_json::Value, &'static 
         Content::CampaignLead(format) => (format, campaign_lead_schema()),
         Content::RawLead(format) => (format, raw_lead_schema()),
     };
-    if format == Format::Avro
+    // Confluent-framed records are read with leadflow's own schema, which
+    // is what leadflow writes; a record another writer schema wrote shows
+    // as bytes.
+    let (datum, label) = match format {
+        Format::ConfluentAvro => match crate::stages::decode::confluent_frame(bytes) {
+            Ok((_, body)) => (Some(body), "confluent-avro"),
+            Err(_) => (None, ""),
+        },
+        Format::Avro => (Some(bytes), "avro"),
+        Format::Json => (None, ""),
+    };
+    if let Some(mut datum) = datum
         && let Some(schema) = schema
         && let Ok(reader) = GenericDatumReader::builder(schema).build()
-        && let Ok(datum) = reader.read_value(&mut &bytes[..])
-        && let Ok(json) = serde_json::Value::try_from(datum)
+        && let Ok(value) = reader.read_value(&mut datum)
+        && let Ok(json) = serde_json::Value::try_from(value)
     {
-        return (json, "avro");
+        return (json, label);
     }
     match serde_json::from_slice(bytes) {
         Ok(json) => (json, "json"),

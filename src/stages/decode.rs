@@ -8,7 +8,14 @@
 //! what cannot be a lead: bytes that do not parse, a parsed value that is not
 //! a lead, an absent email, an unparsable `received_at`, and records over the
 //! size limit. Never panics on input.
+//!
+//! Confluent-framed Avro (`confluent-avro`): a magic byte 0, the writer
+//! schema's 4-byte big-endian registry id, then the datum. The decoder
+//! reads it with writer schemas it has been given (the runner fetches
+//! them from the registry: no I/O here), resolving each to the raw-lead
+//! schema, and classes every way a record can fail as `schema_*`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::LazyLock;
 
@@ -29,6 +36,56 @@ pub enum Format {
     Json,
     /// A bare Avro datum (no container, no registry framing).
     Avro,
+    /// An Avro datum in the Confluent wire format: magic byte 0 and the
+    /// writer schema's registry id before it.
+    ConfluentAvro,
+}
+
+/// The magic byte that starts a Confluent-framed record.
+pub const CONFLUENT_MAGIC: u8 = 0;
+
+/// The writer schema's registry id of a Confluent-framed record, and the
+/// datum after it.
+pub fn confluent_frame(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    match bytes {
+        [CONFLUENT_MAGIC, a, b, c, d, body @ ..] => {
+            Ok((u32::from_be_bytes([*a, *b, *c, *d]), body))
+        }
+        [CONFLUENT_MAGIC, ..] => Err(DecodeError::SchemaFrame(bytes.len())),
+        [magic, ..] => Err(DecodeError::SchemaMagicByte(*magic)),
+        [] => Err(DecodeError::SchemaFrame(0)),
+    }
+}
+
+/// The Confluent frame's header for schema `id`, before a datum.
+pub fn write_confluent_header(id: u32, out: &mut Vec<u8>) {
+    out.push(CONFLUENT_MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
+/// The schema registry's answer for one writer schema id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterAnswer<'a> {
+    /// An Avro schema, as text.
+    Avro(&'a str),
+    /// A schema of another type (`PROTOBUF`, `JSON`).
+    Other(&'a str),
+    /// No schema has this id.
+    Unknown,
+}
+
+/// What the decoder knows of one writer schema id.
+enum WriterSchema {
+    /// Decodes with this reader; `resolve` when the writer schema differs
+    /// from the raw-lead schema, so values are resolved to it.
+    Avro {
+        reader: GenericDatumReader<'static>,
+        resolve: bool,
+    },
+    /// The registry has no schema under this id.
+    Unknown,
+    /// The registry's schema cannot be read as a raw lead: why.
+    Unusable(String),
 }
 
 /// The raw-lead schema, for Avro input.
@@ -49,12 +106,15 @@ pub struct Decoder {
     max_record_bytes: usize,
     /// `None` for JSON.
     avro: Option<GenericDatumReader<'static>>,
+    /// For `confluent-avro`: the writer schemas by registry id.
+    writers: Option<HashMap<u32, WriterSchema>>,
 }
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Decoder")
             .field("avro", &self.avro.is_some())
+            .field("writer_schemas", &self.writers.as_ref().map(HashMap::len))
             .field("max_record_bytes", &self.max_record_bytes)
             .finish()
     }
@@ -62,21 +122,47 @@ impl std::fmt::Debug for Decoder {
 
 impl Decoder {
     pub fn new(format: Format, max_record_bytes: usize) -> Decoder {
+        if format != Format::Json {
+            // A corrupt length prefix must not make the decoder allocate
+            // more than a record can hold. The setting is process-wide and
+            // takes the first value set.
+            apache_avro::util::max_allocation_bytes(max_record_bytes.max(1024));
+        }
         let avro = match format {
-            Format::Json => None,
-            Format::Avro => {
-                // A corrupt length prefix must not make the decoder allocate
-                // more than a record can hold. The setting is process-wide
-                // and takes the first value set.
-                apache_avro::util::max_allocation_bytes(max_record_bytes.max(1024));
-                raw_lead_schema()
-                    .and_then(|schema| GenericDatumReader::builder(schema).build().ok())
-            }
+            Format::Json | Format::ConfluentAvro => None,
+            Format::Avro => raw_lead_schema()
+                .and_then(|schema| GenericDatumReader::builder(schema).build().ok()),
         };
         Decoder {
             max_record_bytes,
             avro,
+            writers: (format == Format::ConfluentAvro).then(HashMap::new),
         }
+    }
+
+    /// The writer schema id a record needs before it can be decoded: a
+    /// Confluent-framed record whose id the decoder has not been given.
+    pub fn missing_writer_schema(&self, bytes: Option<&[u8]>) -> Option<u32> {
+        let writers = self.writers.as_ref()?;
+        let (id, _) = confluent_frame(bytes?).ok()?;
+        (!writers.contains_key(&id)).then_some(id)
+    }
+
+    /// Gives the decoder the registry's answer for writer schema `id`. A
+    /// schema is parsed once and kept for the life of the process, like
+    /// the registry's ids, which never change meaning.
+    pub fn add_writer_schema(&mut self, id: u32, answer: WriterAnswer<'_>) {
+        let Some(writers) = self.writers.as_mut() else {
+            return;
+        };
+        let known = match answer {
+            WriterAnswer::Avro(text) => writer_schema(text),
+            WriterAnswer::Other(schema_type) => {
+                WriterSchema::Unusable(format!("a {schema_type} schema, not Avro"))
+            }
+            WriterAnswer::Unknown => WriterSchema::Unknown,
+        };
+        writers.insert(id, known);
     }
 
     /// Decodes one record. `record_timestamp_ms` is the event time used
@@ -93,9 +179,10 @@ impl Decoder {
                 limit: self.max_record_bytes,
             });
         }
-        let wire = match &self.avro {
-            None => parse_json(bytes)?,
-            Some(reader) => parse_avro(bytes, reader)?,
+        let wire = match (&self.avro, &self.writers) {
+            (Some(reader), _) => parse_avro(bytes, reader)?,
+            (None, Some(writers)) => parse_confluent(bytes, writers)?,
+            (None, None) => parse_json(bytes)?,
         };
         finish(wire, record_timestamp_ms)
     }
@@ -119,6 +206,18 @@ pub enum DecodeError {
     InvalidTimestamp(String),
     #[error("lead has neither received_at nor a record timestamp")]
     MissingEventTime,
+    #[error("record starts with byte {0}, not the Confluent wire format's magic byte 0")]
+    SchemaMagicByte(u8),
+    #[error("record is {0} bytes, too short for the Confluent wire format's 5-byte header")]
+    SchemaFrame(usize),
+    #[error("the schema registry has no schema with id {0}")]
+    SchemaUnknownId(u32),
+    #[error("schema id {id} cannot be read as a raw lead: {reason}")]
+    SchemaUnusable { id: u32, reason: String },
+    #[error("datum does not decode with its writer schema (id {id}): {reason}")]
+    SchemaBody { id: u32, reason: String },
+    #[error("writer schema id {id} does not resolve to the raw-lead schema: {reason}")]
+    SchemaIncompatible { id: u32, reason: String },
 }
 
 impl ErrorClass for DecodeError {
@@ -132,6 +231,22 @@ impl ErrorClass for DecodeError {
             DecodeError::MissingEmail => "missing_email",
             DecodeError::InvalidTimestamp(_) => "invalid_timestamp",
             DecodeError::MissingEventTime => "missing_event_time",
+            DecodeError::SchemaMagicByte(_) => "schema_magic_byte",
+            DecodeError::SchemaFrame(_) => "schema_frame",
+            DecodeError::SchemaUnknownId(_) => "schema_unknown_id",
+            DecodeError::SchemaUnusable { .. } => "schema_unusable",
+            DecodeError::SchemaBody { .. } => "schema_body",
+            DecodeError::SchemaIncompatible { .. } => "schema_incompatible",
+        }
+    }
+
+    fn schema_id(&self) -> Option<u32> {
+        match self {
+            DecodeError::SchemaUnknownId(id)
+            | DecodeError::SchemaUnusable { id, .. }
+            | DecodeError::SchemaBody { id, .. }
+            | DecodeError::SchemaIncompatible { id, .. } => Some(*id),
+            _ => None,
         }
     }
 }
@@ -156,17 +271,94 @@ fn parse_avro(
     bytes: &[u8],
     datum_reader: &GenericDatumReader<'_>,
 ) -> Result<WireLead, DecodeError> {
-    use apache_avro::types::Value;
-    let mut reader = bytes;
+    let value = read_datum(bytes, datum_reader).map_err(DecodeError::AvroDecode)?;
+    wire_lead(value)
+}
+
+/// One whole datum: bytes left after it are an error too.
+fn read_datum(
+    bytes: &[u8],
+    datum_reader: &GenericDatumReader<'_>,
+) -> Result<apache_avro::types::Value, String> {
+    let mut reader = WholeDatum(bytes);
     let value = datum_reader
         .read_value(&mut reader)
-        .map_err(|e| DecodeError::AvroDecode(e.to_string()))?;
-    if !reader.is_empty() {
-        return Err(DecodeError::AvroDecode(format!(
-            "{} bytes after the datum",
-            reader.len()
-        )));
+        .map_err(|e| e.to_string())?;
+    if !reader.0.is_empty() {
+        return Err(format!("{} bytes after the datum", reader.0.len()));
     }
+    Ok(value)
+}
+
+/// The datum's bytes, read so that running out is an error. apache-avro
+/// reads a union at the end of its input as null (and a string there as
+/// empty) rather than fail, so a truncated record decoded "successfully"
+/// with its last fields missing; a read past the end here fails instead.
+struct WholeDatum<'a>(&'a [u8]);
+
+impl std::io::Read for WholeDatum<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() && !buf.is_empty() {
+            return Err(std::io::Error::other("the datum ends early"));
+        }
+        self.0.read(buf)
+    }
+}
+
+fn parse_confluent(
+    bytes: &[u8],
+    writers: &HashMap<u32, WriterSchema>,
+) -> Result<WireLead, DecodeError> {
+    let (id, body) = confluent_frame(bytes)?;
+    let (reader, resolve) = match writers.get(&id) {
+        Some(WriterSchema::Avro { reader, resolve }) => (reader, *resolve),
+        Some(WriterSchema::Unusable(reason)) => {
+            return Err(DecodeError::SchemaUnusable {
+                id,
+                reason: reason.clone(),
+            });
+        }
+        // The runner asks the registry before decoding; an id it could not
+        // learn is as unknown as one the registry denies.
+        Some(WriterSchema::Unknown) | None => return Err(DecodeError::SchemaUnknownId(id)),
+    };
+    let value =
+        read_datum(body, reader).map_err(|reason| DecodeError::SchemaBody { id, reason })?;
+    let value = match (resolve, raw_lead_schema()) {
+        (true, Some(raw_lead)) => {
+            value
+                .resolve(raw_lead)
+                .map_err(|e| DecodeError::SchemaIncompatible {
+                    id,
+                    reason: e.to_string(),
+                })?
+        }
+        _ => value,
+    };
+    wire_lead(value)
+}
+
+/// A writer schema from the registry, ready to decode with.
+fn writer_schema(text: &str) -> WriterSchema {
+    let schema = match apache_avro::Schema::parse_str(text) {
+        Ok(schema) => schema,
+        Err(e) => return WriterSchema::Unusable(format!("not an Avro schema: {e}")),
+    };
+    let resolve = raw_lead_schema()
+        .is_none_or(|raw_lead| raw_lead.canonical_form() != schema.canonical_form());
+    // Registry ids are few and never change meaning, so each schema lives
+    // as long as the process, which lets the reader borrow it.
+    let schema: &'static apache_avro::Schema = Box::leak(Box::new(schema));
+    match GenericDatumReader::builder(schema).build() {
+        Ok(reader) => WriterSchema::Avro { reader, resolve },
+        Err(e) => WriterSchema::Unusable(e.to_string()),
+    }
+}
+
+/// The raw-lead fields of an Avro record value, by name, so that a
+/// writer's extra fields are ignored.
+fn wire_lead(value: apache_avro::types::Value) -> Result<WireLead, DecodeError> {
+    use apache_avro::types::Value;
     let Value::Record(fields) = value else {
         return Err(DecodeError::AvroDecode("not a record".into()));
     };
@@ -464,6 +656,138 @@ impl<'de> Visitor<'de> for UserDetails<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A raw lead as Confluent's serializer writes it under writer schema
+    /// `id`: the raw-lead schema itself (v1), or v2 with one more optional
+    /// field, whose value is set.
+    fn confluent_lead(id: u32, v2: bool) -> (Vec<u8>, Option<String>) {
+        use apache_avro::types::Value;
+        let json = br#"{"event_id":"e1","received_at":"2025-03-04T10:15:02Z",
+            "UserDetails":{"FirstName":"Ana","Email":"ana@fabrikam.com","Country":"PT"},
+            "LeadSource":"SPZA-PLT|contoso.sales-insights","ActionCode":"PLT"}"#;
+        let datum = crate::generate::to_raw_avro(json).expect("a lead");
+        let v1 = raw_lead_schema().expect("schema");
+        let mut framed = Vec::new();
+        write_confluent_header(id, &mut framed);
+        if !v2 {
+            framed.extend_from_slice(&datum);
+            return (framed, None);
+        }
+        let mut schema: serde_json::Value =
+            serde_json::from_str(RAW_LEAD_SCHEMA).expect("schema json");
+        if let Some(fields) = schema["fields"].as_array_mut() {
+            fields.push(serde_json::json!(
+                {"name": "campaign_hint", "type": ["null", "string"], "default": null}
+            ));
+        }
+        let text = schema.to_string();
+        let v2_schema = apache_avro::Schema::parse_str(&text).expect("v2");
+        let reader = GenericDatumReader::builder(v1).build().expect("reader");
+        let Ok(Value::Record(mut fields)) = reader.read_value(&mut &datum[..]) else {
+            panic!("v1 datum");
+        };
+        fields.push((
+            "campaign_hint".into(),
+            Value::Union(1, Box::new(Value::String("spring".into()))),
+        ));
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&v2_schema)
+            .build()
+            .and_then(|writer| writer.write_value_to_vec(Value::Record(fields)))
+            .expect("v2 datum");
+        framed.extend_from_slice(&body);
+        (framed, Some(text))
+    }
+
+    fn confluent_decoder() -> Decoder {
+        Decoder::new(Format::ConfluentAvro, LIMIT)
+    }
+
+    #[test]
+    fn confluent_records_decode_with_their_writer_schema_v1_and_v2() {
+        let mut decoder = confluent_decoder();
+        let (v1, _) = confluent_lead(7, false);
+        let (v2, v2_schema) = confluent_lead(8, true);
+        assert_eq!(decoder.missing_writer_schema(Some(&v1)), Some(7));
+        decoder.add_writer_schema(7, WriterAnswer::Avro(RAW_LEAD_SCHEMA));
+        decoder.add_writer_schema(8, WriterAnswer::Avro(v2_schema.as_deref().unwrap_or("")));
+        assert_eq!(decoder.missing_writer_schema(Some(&v1)), None);
+        assert_eq!(decoder.missing_writer_schema(Some(&v2)), None);
+        for bytes in [v1, v2] {
+            let lead = decoder.decode(Some(&bytes), None).expect("decodes");
+            assert_eq!(lead.email, "ana@fabrikam.com");
+            assert_eq!(lead.event_id.as_deref(), Some("e1"));
+            assert_eq!(lead.country.as_deref(), Some("PT"));
+            assert_eq!(lead.action_code.as_deref(), Some("PLT"));
+        }
+    }
+
+    #[test]
+    fn confluent_failures_are_schema_classes_with_the_schema_id() {
+        let mut decoder = confluent_decoder();
+        let (v1, _) = confluent_lead(7, false);
+        let class = |d: &Decoder, bytes: &[u8]| {
+            d.decode(Some(bytes), Some(1))
+                .err()
+                .map(|e| (e.class(), e.schema_id()))
+        };
+        // Not framed at all, or too short for the header.
+        assert_eq!(
+            class(&decoder, b"{\"a\":1}"),
+            Some(("schema_magic_byte", None))
+        );
+        assert_eq!(class(&decoder, &[0, 0, 7]), Some(("schema_frame", None)));
+        // An id the registry has not been asked about, or denies.
+        assert_eq!(class(&decoder, &v1), Some(("schema_unknown_id", Some(7))));
+        decoder.add_writer_schema(7, WriterAnswer::Unknown);
+        assert_eq!(class(&decoder, &v1), Some(("schema_unknown_id", Some(7))));
+        // A truncated body, cut anywhere (apache-avro alone reads a union
+        // at the end of its input as null), or one with bytes after it.
+        decoder.add_writer_schema(9, WriterAnswer::Avro(RAW_LEAD_SCHEMA));
+        let mut with_id_9 = v1.clone();
+        with_id_9[4] = 9;
+        assert!(decoder.decode(Some(&with_id_9), None).is_ok());
+        for cut in 6..with_id_9.len() {
+            assert_eq!(
+                class(&decoder, &with_id_9[..cut]),
+                Some(("schema_body", Some(9))),
+                "cut at {cut}"
+            );
+        }
+        with_id_9.push(0);
+        assert_eq!(class(&decoder, &with_id_9), Some(("schema_body", Some(9))));
+        // Bare Avro is read the same way.
+        let bare = Decoder::new(Format::Avro, LIMIT);
+        let datum = &v1[5..];
+        assert!(bare.decode(Some(datum), None).is_ok());
+        for cut in 1..datum.len() {
+            let error = bare.decode(Some(&datum[..cut]), Some(1)).err();
+            assert_eq!(
+                error.as_ref().map(ErrorClass::class),
+                Some("avro_decode"),
+                "cut at {cut}"
+            );
+        }
+        // A schema that is not Avro, or no schema at all.
+        decoder.add_writer_schema(10, WriterAnswer::Other("PROTOBUF"));
+        decoder.add_writer_schema(11, WriterAnswer::Avro("{not a schema"));
+        for id in [10u32, 11] {
+            let mut other = v1.clone();
+            other[1..5].copy_from_slice(&id.to_be_bytes());
+            assert_eq!(class(&decoder, &other), Some(("schema_unusable", Some(id))));
+        }
+        // A writer schema that does not resolve to the raw lead: the
+        // user's details written as a plain string.
+        let writer = r#"{"type":"record","name":"RawLead","namespace":"dev.leadflow",
+            "fields":[{"name":"UserDetails","type":"string"}]}"#;
+        decoder.add_writer_schema(12, WriterAnswer::Avro(writer));
+        let mut record = Vec::new();
+        write_confluent_header(12, &mut record);
+        record.extend_from_slice(&[6, b'a', b'n', b'a']);
+        assert_eq!(
+            class(&decoder, &record),
+            Some(("schema_incompatible", Some(12)))
+        );
+    }
 
     const LIMIT: usize = 64 * 1024;
 

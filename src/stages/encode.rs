@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 use serde::{Serialize, Serializer};
 
 use crate::domain::{ActionCode, HexKey, Lead, Score};
-use crate::stages::decode::Format;
+use crate::stages::decode::{Format, write_confluent_header};
 use crate::stages::route::Destination;
 
 /// The campaign-lead schema, for Avro output.
@@ -25,11 +25,28 @@ pub fn campaign_lead_schema() -> Option<&'static apache_avro::Schema> {
 #[derive(Debug, Clone, Copy)]
 pub struct Encoder {
     format: Format,
+    /// The registry id of `schemas/campaign-lead.avsc` under the topic's
+    /// subject, framed before each `confluent-avro` datum.
+    schema_id: u32,
 }
 
 impl Encoder {
+    /// An encoder for `json` or `avro`; for `confluent-avro` see
+    /// [`Encoder::confluent`].
     pub fn new(format: Format) -> Encoder {
-        Encoder { format }
+        Encoder {
+            format,
+            schema_id: 0,
+        }
+    }
+
+    /// An encoder for `confluent-avro`, framing each datum with the id the
+    /// registry gave the campaign-lead schema under the topic's subject.
+    pub fn confluent(schema_id: u32) -> Encoder {
+        Encoder {
+            format: Format::ConfluentAvro,
+            schema_id,
+        }
     }
 
     /// Encodes a routed lead for one campaign or, with `campaign` `None`,
@@ -51,6 +68,10 @@ impl Encoder {
                 let _ = serde_json::to_writer(&mut *out, &record);
             }
             Format::Avro => record.write_avro(&mut AvroDatum(out)),
+            Format::ConfluentAvro => {
+                write_confluent_header(self.schema_id, out);
+                record.write_avro(&mut AvroDatum(out));
+            }
         }
     }
 }

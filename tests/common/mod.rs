@@ -281,6 +281,22 @@ pub struct TestRecord<'a> {
     pub timestamp_ms: i64,
 }
 
+/// Writes `values` in order to partition 0 of `topic`, without keys or
+/// headers, all with timestamp `timestamp_ms`.
+pub fn produce_values(topic: &str, values: &[Vec<u8>], timestamp_ms: i64) {
+    let records: Vec<TestRecord<'_>> = values
+        .iter()
+        .map(|value| TestRecord {
+            partition: 0,
+            key: None,
+            value: Some(value),
+            headers: &[],
+            timestamp_ms,
+        })
+        .collect();
+    produce(topic, &records);
+}
+
 /// Writes records in order and waits until the broker has them all.
 pub fn produce(topic: &str, records: &[TestRecord<'_>]) {
     let producer: BaseProducer = ClientConfig::new()

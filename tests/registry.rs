@@ -1,0 +1,293 @@
+//! Avro in the Confluent wire format against a real schema registry
+//! (Apicurio Registry, started by `scripts/test.sh` through
+//! `scripts/registry.sh`, at `LEADFLOW_TEST_REGISTRY`) and the real broker:
+//! leadflow registers and checks its schemas, the registry refuses a
+//! breaking change, and records framed with registry ids go in and come
+//! out where they belong, with `schema_*` dead letters for bad frames.
+#![cfg(feature = "kafka-tests")]
+
+mod common;
+
+use common::{Env, header, produce_values, read_all};
+use leadflow::registry::{Compatibility, Registration, RegistryClient, RegistryConfig};
+use leadflow::stages::decode::{RAW_LEAD_SCHEMA, write_confluent_header};
+use leadflow::stages::encode::CAMPAIGN_LEAD_SCHEMA;
+use rdkafka::message::Message;
+
+const T0: i64 = 1_741_083_302_000; // 2025-03-04T10:15:02Z
+
+fn registry_url() -> String {
+    std::env::var("LEADFLOW_TEST_REGISTRY")
+        .unwrap_or_else(|_| "http://127.0.0.1:18081/apis/ccompat/v7".to_owned())
+}
+
+fn client() -> RegistryClient {
+    RegistryClient::new(&RegistryConfig {
+        url: Some(registry_url()),
+        ..RegistryConfig::default()
+    })
+    .expect("registry client")
+}
+
+/// The `[schema_registry]` table and the formats for an [`Env`].
+fn confluent_env(name: &str) -> Env {
+    let topics = "input_format = \"confluent-avro\"\noutput_format = \"confluent-avro\"";
+    let registry = format!("[schema_registry]\nurl = {:?}\n", registry_url());
+    Env::with_topics(name, 1, topics, &registry)
+}
+
+/// A schema with one field of `schema` removed: a breaking change for
+/// readers that need it, under BACKWARD compatibility.
+fn without_field(schema: &str, field: &str) -> String {
+    let mut json: serde_json::Value = serde_json::from_str(schema).expect("schema json");
+    if let Some(fields) = json["fields"].as_array_mut() {
+        fields.retain(|f| f["name"] != field);
+    }
+    json.to_string()
+}
+
+#[test]
+fn schemas_register_check_and_a_breaking_change_is_refused() {
+    let env = confluent_env("schemas");
+    let registered = env.leadflow(&["schemas", "register"]);
+    let stdout = String::from_utf8_lossy(&registered.stdout);
+    assert!(
+        registered.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    // The input and the three output topics, each under TOPIC-value.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("registered, id"))
+            .count(),
+        4,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{}-value", env.nurture)),
+        "{stdout}"
+    );
+
+    let checked = env.leadflow(&["schemas", "check"]);
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.ends_with(": compatible"))
+            .count(),
+        4,
+        "{stdout}"
+    );
+
+    // Registering again keeps the id.
+    let subject = format!("{}-value", env.nurture);
+    let client = client();
+    let first = client
+        .register(&subject, CAMPAIGN_LEAD_SCHEMA)
+        .expect("register");
+    assert_eq!(
+        client
+            .register(&subject, CAMPAIGN_LEAD_SCHEMA)
+            .expect("register again"),
+        first
+    );
+    // A required field added without a default breaks BACKWARD: the new
+    // reader could not read records written before.
+    let mut json: serde_json::Value = serde_json::from_str(CAMPAIGN_LEAD_SCHEMA).expect("json");
+    if let Some(fields) = json["fields"].as_array_mut() {
+        fields.push(serde_json::json!({"name": "region_code", "type": "string"}));
+    }
+    let breaking = json.to_string();
+    assert!(matches!(
+        client.check(&subject, &breaking).expect("check"),
+        Compatibility::Incompatible(_)
+    ));
+    assert!(matches!(
+        client.register(&subject, &breaking).expect("register"),
+        Registration::Incompatible(_)
+    ));
+    // Removing a field is fine for BACKWARD readers, and an optional
+    // addition too.
+    assert_eq!(
+        client
+            .check(
+                &subject,
+                &without_field(CAMPAIGN_LEAD_SCHEMA, "description")
+            )
+            .expect("check"),
+        Compatibility::Compatible
+    );
+    // Unknown ids and subjects are answers, not errors (Apicurio calls
+    // any schema compatible with a subject that has none; Confluent's
+    // registry answers 404).
+    assert_eq!(client.schema_by_id(999_999).expect("by id"), None);
+    assert!(matches!(
+        client
+            .check(&format!("{subject}-none"), CAMPAIGN_LEAD_SCHEMA)
+            .expect("check"),
+        Compatibility::Compatible | Compatibility::NoSubject
+    ));
+}
+
+#[test]
+fn confluent_framed_leads_go_in_and_come_out_with_registry_ids() {
+    let env = confluent_env("confluent");
+    let client = client();
+    // A producer's serializer registers its schema under the input topic's
+    // subject: here the raw-lead schema, and a v2 with an optional field.
+    let input_subject = format!("{}-value", env.input);
+    let Registration::Registered(v1) = client
+        .register(&input_subject, RAW_LEAD_SCHEMA)
+        .expect("register v1")
+    else {
+        panic!("v1 refused");
+    };
+    let mut v2: serde_json::Value = serde_json::from_str(RAW_LEAD_SCHEMA).expect("json");
+    if let Some(fields) = v2["fields"].as_array_mut() {
+        fields.push(serde_json::json!(
+            {"name": "campaign_hint", "type": ["null", "string"], "default": null}
+        ));
+    }
+    let Registration::Registered(v2_id) = client
+        .register(&input_subject, &v2.to_string())
+        .expect("register v2")
+    else {
+        panic!("v2 refused");
+    };
+    assert_ne!(v1, v2_id);
+
+    let lead = |id: &str, email: &str, source: &str| {
+        format!(
+            r#"{{"event_id":"{id}","received_at":"2025-03-04T10:15:02Z","UserDetails":{{"FirstName":"Ana","LastName":"Silva","Email":"{email}","Country":"PT","Company":"Fabrikam","Title":"CTO"}},"LeadSource":"{source}","ActionCode":"PLT"}}"#
+        )
+    };
+    let framed = |schema_id: u32, json: &str| {
+        let mut bytes = Vec::new();
+        write_confluent_header(schema_id, &mut bytes);
+        bytes.extend(leadflow::generate::to_raw_avro(json.as_bytes()).expect("lead"));
+        bytes
+    };
+    // v2's extra field is optional and written as null by to_raw_avro's
+    // v1 datum plus one union branch byte (0 = null).
+    let framed_v2 = |json: &str| {
+        let mut bytes = framed(v2_id, json);
+        bytes.push(0);
+        bytes
+    };
+    let values: Vec<Vec<u8>> = vec![
+        framed(
+            v1,
+            &lead("c1", "ana@fabrikam.com", "SPZA-PLT|contoso.sales-insights"),
+        ),
+        framed_v2(&lead(
+            "c2",
+            "raj@northwind.com",
+            "AzureMarketplace-PLT|contoso.sales-insights",
+        )),
+        b"{\"not\":\"framed\"}".to_vec(),
+        vec![0, 0, 1],
+        framed(
+            999_999,
+            &lead("c3", "x@fabrikam.com", "SPZA-PLT|contoso.sales-insights"),
+        ),
+        {
+            let mut truncated = framed(
+                v1,
+                &lead("c4", "y@fabrikam.com", "SPZA-PLT|contoso.sales-insights"),
+            );
+            truncated.truncate(30);
+            truncated
+        },
+    ];
+    produce_values(&env.input, &values, T0);
+    let out = env.run_until_drained();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Outputs are framed with the id the campaign-lead schema has under
+    // each topic's subject, which a Confluent deserializer looks up.
+    let schema = apache_avro::Schema::parse_str(CAMPAIGN_LEAD_SCHEMA).expect("schema");
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader");
+    let mut campaigns = Vec::new();
+    for (topic, campaign) in [(&env.nurture, "nurture"), (&env.demand_gen, "demand-gen")] {
+        let id = client
+            .lookup(&format!("{topic}-value"), CAMPAIGN_LEAD_SCHEMA)
+            .expect("lookup")
+            .expect("registered by leadflow");
+        let registered = client.schema_by_id(id).expect("by id").expect("schema");
+        assert_eq!(
+            apache_avro::Schema::parse_str(&registered.schema)
+                .expect("registered schema")
+                .canonical_form(),
+            schema.canonical_form()
+        );
+        for m in read_all(topic) {
+            let bytes = m.payload().expect("value");
+            assert_eq!(bytes[0], 0, "magic byte");
+            assert_eq!(
+                u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]),
+                id
+            );
+            let value = reader.read_value(&mut &bytes[5..]).expect("campaign lead");
+            let json = serde_json::Value::try_from(value).expect("json");
+            assert_eq!(json["campaign"], campaign);
+            campaigns.push(json["event_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    campaigns.sort();
+    assert_eq!(campaigns, ["c1", "c2"]);
+
+    let mut dead: Vec<(String, Option<String>)> = read_all(&env.dead_letter)
+        .iter()
+        .map(|m| {
+            (
+                header(m, "leadflow.error.class")
+                    .unwrap_or_default()
+                    .to_owned(),
+                header(m, "leadflow.schema.id").map(str::to_owned),
+            )
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            ("schema_body".to_owned(), Some(v1.to_string())),
+            ("schema_frame".to_owned(), None),
+            ("schema_magic_byte".to_owned(), None),
+            ("schema_unknown_id".to_owned(), Some("999999".to_owned())),
+        ]
+    );
+}
+
+#[test]
+fn an_unreachable_registry_is_a_one_line_error_within_seconds() {
+    let topics = "output_format = \"confluent-avro\"";
+    let env = Env::with_topics(
+        "registry-down",
+        1,
+        topics,
+        "[schema_registry]\nurl = \"http://127.0.0.1:1\"\nretries = 1\nretry_backoff_ms = 10\n",
+    );
+    let started = std::time::Instant::now();
+    let out = env
+        .command(&["run", "--until-drained"])
+        .output()
+        .expect("leadflow runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("schema registry") && last.contains("unreachable"),
+        "{stderr}"
+    );
+}
