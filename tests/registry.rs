@@ -82,6 +82,25 @@ fn schemas_register_check_and_a_breaking_change_is_refused() {
         "{stdout}"
     );
 
+    // By record name: one subject per schema, whatever the topic.
+    let by_record = env
+        .command(&[
+            "--set",
+            "schema_registry.subject_name_strategy=record-name",
+            "schemas",
+            "register",
+        ])
+        .output()
+        .expect("leadflow runs");
+    let stdout = String::from_utf8_lossy(&by_record.stdout);
+    assert!(by_record.status.success(), "{stdout}");
+    let subjects: Vec<&str> = stdout.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(
+        subjects,
+        ["dev.leadflow.RawLead", "dev.leadflow.CampaignLead"],
+        "{stdout}"
+    );
+
     // Registering again keeps the id.
     let subject = format!("{}-value", env.nurture);
     let client = client();
@@ -386,27 +405,54 @@ fn a_standard_confluent_client_writes_what_leadflow_reads_and_reads_what_it_writ
 /// stopped when dropped. In-memory, so each start is empty.
 struct OwnRegistry {
     port: u16,
+    /// https only, with basic authentication (`LEADFLOW_REGISTRY_SECURE`).
+    secure: bool,
 }
 
 impl OwnRegistry {
     fn start(port: u16) -> OwnRegistry {
-        let registry = OwnRegistry { port };
+        OwnRegistry::start_with(port, false)
+    }
+
+    fn start_with(port: u16, secure: bool) -> OwnRegistry {
+        let registry = OwnRegistry { port, secure };
         registry.script("start");
         registry
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/apis/ccompat/v7", self.port)
+        self.output("url")
+    }
+
+    /// The script's one line of output for `command`.
+    fn output(&self, command: &str) -> String {
+        let out = self
+            .command(command)
+            .output()
+            .expect("scripts/registry.sh runs");
+        assert!(out.status.success(), "scripts/registry.sh {command}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn script(&self, command: &str) {
-        let status =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/registry.sh"))
-                .arg(command)
-                .env("LEADFLOW_REGISTRY_PORT", self.port.to_string())
-                .status()
-                .expect("scripts/registry.sh runs");
+        let status = self
+            .command(command)
+            .status()
+            .expect("scripts/registry.sh runs");
         assert!(status.success(), "scripts/registry.sh {command}");
+    }
+
+    fn command(&self, command: &str) -> std::process::Command {
+        let mut script =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/registry.sh"));
+        script
+            .arg(command)
+            .env("LEADFLOW_REGISTRY_PORT", self.port.to_string())
+            .env(
+                "LEADFLOW_REGISTRY_SECURE",
+                if self.secure { "1" } else { "0" },
+            );
+        script
     }
 }
 
@@ -500,4 +546,55 @@ fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() 
     common::signal(&run.0, "TERM");
     let status = run.0.wait().expect("leadflow exits");
     assert!(status.success(), "{}", run.log());
+}
+
+#[test]
+fn tls_and_basic_authentication_reach_a_secured_registry() {
+    let registry = OwnRegistry::start_with(common::ops::free_port(), true);
+    let url = registry.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let settings = format!(
+        "[schema_registry]\nurl = {url:?}\nusername = \"leadflow\"\npassword = \"leadflow-secret\"\nca_file = {:?}\nretries = 0\n",
+        registry.output("ca-file")
+    );
+    let env = Env::with_topics(
+        "secured",
+        1,
+        "output_format = \"confluent-avro\"",
+        &settings,
+    );
+    let registered = env.leadflow(&["schemas", "register"]);
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&registered.stdout)
+            .lines()
+            .filter(|l| l.contains("registered, id"))
+            .count(),
+        3
+    );
+    // A wrong password is refused by the registry, not retried forever.
+    let refused = env
+        .command(&[
+            "--set",
+            "schema_registry.password=wrong",
+            "schemas",
+            "check",
+        ])
+        .output()
+        .expect("leadflow runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    // Without the registry's CA the certificate is not trusted.
+    let untrusted = env
+        .command(&["--set", "schema_registry.ca_file=", "schemas", "check"])
+        .output()
+        .expect("leadflow runs");
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success());
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }

@@ -918,6 +918,7 @@ fn apply_reload(
     let topics: Vec<&str> = new.routes.iter().map(|r| r.topic.as_str()).collect();
     let rules = match check_topics(consumer.client(), kafka, &topics)
         .map_err(|e| e.to_string())
+        .and_then(|_| sink.check_schema_ids(&new.routes))
         .and_then(|_| new.scoring_rules().map_err(|e| e.to_string()))
     {
         Ok(rules) => rules,
@@ -1421,10 +1422,10 @@ fn partition_for(key: u128, partitions: i32) -> i32 {
 /// Where outputs go and how they are encoded: one encoder per route (in
 /// table order) and one for the suppressed topic.
 /// The encoder for one output topic. A `confluent-avro` topic frames
-/// records with the id its schema was registered under at start; a route
-/// added by a reload to a topic that has none yet writes schema id 0,
-/// which no registry assigns, so readers reject those records rather
-/// than misread them.
+/// records with the id its schema was registered under at start. Reloads
+/// that route to a `confluent-avro` topic without one are refused
+/// ([`Sink::check_schema_ids`]), so the fallback 0 (which no registry
+/// assigns) never frames a record.
 fn encoder_for(schema_ids: &HashMap<String, u32>, topic: &str, format: Format) -> Encoder {
     match format {
         Format::ConfluentAvro => Encoder::confluent(schema_ids.get(topic).copied().unwrap_or(0)),
@@ -1516,6 +1517,25 @@ impl<'a> Sink<'a> {
         };
         sink.set_routes(&config.routes);
         sink
+    }
+
+    /// Refuses routes to `confluent-avro` topics whose schema leadflow
+    /// did not register at start: the registry is asked only then.
+    fn check_schema_ids(&self, routes: &[crate::stages::route::Route]) -> Result<(), String> {
+        let output = self.config.topics.output_format;
+        let missing: Vec<&str> = routes
+            .iter()
+            .filter(|r| r.format.unwrap_or(output) == Format::ConfluentAvro)
+            .map(|r| r.topic.as_str())
+            .filter(|topic| !self.schema_ids.contains_key(*topic))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "confluent-avro topics {missing:?} have no schema registered by this process; restart leadflow to register them"
+            ))
+        }
     }
 
     /// One encoder per route, in table order.
