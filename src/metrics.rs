@@ -119,6 +119,7 @@ pub struct Metrics {
     pub pipeline_restarts: Counter,
     pub rules: Family<VersionLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
+    pub schema_lookups: Family<ResultLabels, Counter>,
     pub ready: Gauge,
     resident_memory: Gauge,
     /// Serialises rules-version swaps, which clear and set a family.
@@ -172,6 +173,7 @@ impl Metrics {
             pipeline_restarts: Counter::default(),
             rules: Family::default(),
             reloads: Family::default(),
+            schema_lookups: Family::default(),
             ready: Gauge::default(),
             resident_memory: Gauge::default(),
             rules_lock: Mutex::new(()),
@@ -298,6 +300,11 @@ impl Metrics {
             m.reloads.clone(),
         );
         r.register(
+            "schema_lookups",
+            "Writer schema lookups in the schema registry for confluent-avro input, by result: found, unknown (no schema has the id; its records are dead-lettered) or failed (the registry did not answer; the batch runs again from the last commit)",
+            m.schema_lookups.clone(),
+        );
+        r.register(
             "ready",
             "1 when partitions are assigned and restored and the broker is reachable",
             m.ready.clone(),
@@ -333,6 +340,10 @@ impl Metrics {
         for result in ["applied", "refused"] {
             m.reloads.get_or_create_owned(&ResultLabels { result });
         }
+        for result in ["found", "unknown", "failed"] {
+            m.schema_lookups
+                .get_or_create_owned(&ResultLabels { result });
+        }
         Metrics { registry, ..m }
     }
 
@@ -357,6 +368,13 @@ impl Metrics {
                 version: version.to_owned(),
             })
             .set(1);
+    }
+
+    /// Counts a writer schema lookup: `found`, `unknown` or `failed`.
+    pub fn schema_looked_up(&self, result: &'static str) {
+        self.schema_lookups
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a reload: `applied` or `refused`.

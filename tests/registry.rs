@@ -401,6 +401,23 @@ fn a_standard_confluent_client_writes_what_leadflow_reads_and_reads_what_it_writ
     assert_eq!(dead, ["missing_email"]);
 }
 
+/// `leadflow run` in the background, serving its operations endpoint on a
+/// free port, once `/readyz` says ready.
+fn run_until_ready(env: &Env) -> (common::Running, u16) {
+    use common::ops::{eventually, free_port, get, listen_on};
+    let port = free_port();
+    let listen = listen_on(port);
+    let run = env.spawn(
+        "run",
+        &["run", &listen[0], &listen[1]],
+        std::process::Stdio::null(),
+    );
+    eventually("leadflow to be ready", || {
+        (get(port, "/readyz")?.0 == 200).then_some(())
+    });
+    (run, port)
+}
+
 /// A registry of a test's own, on its own port, for a test that stops it;
 /// stopped when dropped. In-memory, so each start is empty.
 struct OwnRegistry {
@@ -464,7 +481,7 @@ impl Drop for OwnRegistry {
 
 #[test]
 fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() {
-    use common::ops::{eventually, free_port, get, listen_on};
+    use common::ops::{eventually, free_port, get};
     let registry = OwnRegistry::start(free_port());
     let topics = "input_format = \"confluent-avro\"\noutput_format = \"confluent-avro\"";
     // Schemas registered by a deploy pipeline, not by leadflow, so that
@@ -496,16 +513,7 @@ fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() 
     };
     let ids = register_all();
 
-    let port = free_port();
-    let listen = listen_on(port);
-    let mut run = env.spawn(
-        "run",
-        &["run", &listen[0], &listen[1]],
-        std::process::Stdio::null(),
-    );
-    eventually("leadflow to be ready", || {
-        (get(port, "/readyz")?.0 == 200).then_some(())
-    });
+    let (mut run, port) = run_until_ready(&env);
 
     registry.script("stop");
     let framed = |event_id: &str, source: &str| {
@@ -543,6 +551,15 @@ fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() 
         (get(port, "/readyz")?.0 == 200).then_some(())
     });
     assert!(read_all(&env.dead_letter).is_empty(), "{}", run.log());
+    let text = get(port, "/metrics").expect("metrics").1;
+    let lookups = |result: &str| {
+        common::ops::sample(
+            &text,
+            &format!("leadflow_schema_lookups_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert!(lookups("failed").is_some_and(|n| n >= 1.0), "{text}");
+    assert!(lookups("found").is_some_and(|n| n >= 1.0), "{text}");
     common::signal(&run.0, "TERM");
     let status = run.0.wait().expect("leadflow exits");
     assert!(status.success(), "{}", run.log());
@@ -597,4 +614,58 @@ fn tls_and_basic_authentication_reach_a_secured_registry() {
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(!untrusted.status.success());
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}
+
+#[test]
+fn a_reload_routing_to_a_topic_without_a_registered_schema_is_refused() {
+    use common::ops::{eventually, get, sample};
+    let registry = format!("[schema_registry]\nurl = {:?}\n", registry_url());
+    let env = Env::with_topics(
+        "registry-reload",
+        1,
+        "output_format = \"confluent-avro\"",
+        &registry,
+    );
+    let (mut run, port) = run_until_ready(&env);
+
+    // Route nurture to a topic that exists but whose subject leadflow did
+    // not register at start: the topic is created first, with a copy of
+    // the new config, so that nothing but the schema can refuse it.
+    let moved = format!("{}-moved", env.nurture);
+    let config = std::fs::read_to_string(&env.config).expect("config");
+    let edited = config.replace(
+        &format!("topic = {:?}", env.nurture),
+        &format!("topic = {moved:?}"),
+    );
+    assert_ne!(config, edited);
+    let copy = env.config.with_file_name("moved.toml");
+    std::fs::write(&copy, &edited).expect("write copy");
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_leadflow"))
+        .arg("--config")
+        .arg(&copy)
+        .args(["topics", "create"])
+        .output()
+        .expect("topics create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    std::fs::write(&env.config, edited).expect("write config");
+    eventually("the reload refused", || {
+        let text = get(port, "/metrics")?.1;
+        (sample(&text, "leadflow_reloads_total{result=\"refused\"}")? >= 1.0).then_some(())
+    });
+    assert!(
+        run.log()
+            .contains("have no schema registered by this process"),
+        "{}",
+        run.log()
+    );
+    common::signal(&run.0, "TERM");
+    assert!(
+        run.0.wait().expect("leadflow exits").success(),
+        "{}",
+        run.log()
+    );
 }

@@ -1235,16 +1235,28 @@ fn learn_writer_schema(
     pipeline: &mut Pipeline,
     registry: &RegistryClient,
     value: Option<&[u8]>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(), RunError> {
     let Some(id) = pipeline.missing_writer_schema(value) else {
         return Ok(());
     };
-    match registry.schema_by_id(id)? {
+    let answer = registry.schema_by_id(id).inspect_err(|error| {
+        metrics.schema_looked_up("failed");
+        warn!(%error, schema_id = id, "cannot look up a writer schema; the batch waits for the registry");
+    })?;
+    match answer {
         Some(schema) if schema.schema_type.eq_ignore_ascii_case("AVRO") => {
+            metrics.schema_looked_up("found");
             pipeline.add_writer_schema(id, WriterAnswer::Avro(&schema.schema));
         }
-        Some(schema) => pipeline.add_writer_schema(id, WriterAnswer::Other(&schema.schema_type)),
-        None => pipeline.add_writer_schema(id, WriterAnswer::Unknown),
+        Some(schema) => {
+            metrics.schema_looked_up("found");
+            pipeline.add_writer_schema(id, WriterAnswer::Other(&schema.schema_type));
+        }
+        None => {
+            metrics.schema_looked_up("unknown");
+            pipeline.add_writer_schema(id, WriterAnswer::Unknown);
+        }
     }
     Ok(())
 }
@@ -1284,7 +1296,7 @@ fn handle(
     };
     let timestamp_ms = message.timestamp().to_millis();
     if let Some(registry) = topology.registry {
-        learn_writer_schema(pipeline, registry, message.payload())?;
+        learn_writer_schema(pipeline, registry, message.payload(), sink.metrics)?;
     }
     let input = Input {
         value: message.payload(),
