@@ -463,9 +463,25 @@ impl Config {
         Ok(config)
     }
 
-    /// The configuration as TOML, every key with its effective value.
+    /// The configuration as TOML, every key with its effective value,
+    /// except secrets (the registry's password, librdkafka properties named
+    /// like a password or a secret), which print as `********`: this
+    /// output ends up in deploy logs.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        const HIDDEN: &str = "********";
+        let mut shown = self.clone();
+        if shown.schema_registry.password.is_some() {
+            shown.schema_registry.password = Some(HIDDEN.into());
+        }
+        let kafka = &mut shown.kafka;
+        for properties in [&mut kafka.client, &mut kafka.consumer, &mut kafka.producer] {
+            for (key, value) in properties.iter_mut() {
+                if key.contains("password") || key.contains("secret") {
+                    *value = HIDDEN.into();
+                }
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
     /// Loads a config file, or the defaults when `path` is `None`.
@@ -715,6 +731,30 @@ mod tests {
             .map(|o| o.key)
             .collect();
         assert_eq!(keys, ["kafka.client.socket_timeout_ms", "kafka.group_id"]);
+    }
+
+    #[test]
+    fn printed_configuration_hides_secrets() {
+        let mut config = Config::default();
+        config.schema_registry.password = Some("registry-secret".into());
+        config
+            .kafka
+            .client
+            .insert("sasl.password".into(), "kafka-secret".into());
+        config.kafka.producer.insert(
+            "sasl.oauthbearer.client.secret".into(),
+            "oauth-secret".into(),
+        );
+        config
+            .kafka
+            .client
+            .insert("sasl.username".into(), "leadflow".into());
+        let printed = config.to_toml();
+        for secret in ["registry-secret", "kafka-secret", "oauth-secret"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(printed.contains("leadflow"), "{printed}");
+        assert_eq!(printed.matches("********").count(), 3, "{printed}");
     }
 
     #[test]
