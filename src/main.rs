@@ -228,6 +228,7 @@ struct ProduceArgs {
 enum FormatArg {
     Json,
     Avro,
+    ConfluentAvro,
 }
 
 #[derive(Subcommand)]
@@ -523,6 +524,19 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
         }
         Command::Produce(args) => {
             let topic = args.topic.unwrap_or_else(|| config.topics.input.clone());
+            let format = match args.format {
+                Some(FormatArg::Json) => Format::Json,
+                Some(FormatArg::Avro) => Format::Avro,
+                Some(FormatArg::ConfluentAvro) => Format::ConfluentAvro,
+                None => config.topics.input_format,
+            };
+            // As a producer with Confluent's serializer does: the raw-lead
+            // schema registered under the topic's subject frames each record.
+            let schema_id = if format == Format::ConfluentAvro {
+                raw_lead_schema_id(&config, &topic)?
+            } else {
+                0
+            };
             if let Some(partitions) = args.partitions {
                 runtime.block_on(topics::create(&config.kafka, &[&topic], partitions, &[]))?;
             }
@@ -537,11 +551,8 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                     malformed_ratio: args.malformed,
                     dnc_ratio: args.dnc,
                     test_lead_ratio: args.test_leads,
-                    format: match args.format {
-                        Some(FormatArg::Json) => Format::Json,
-                        Some(FormatArg::Avro) => Format::Avro,
-                        None => config.topics.input_format,
-                    },
+                    format,
+                    schema_id,
                     ..GeneratorOptions::default()
                 },
             };
@@ -575,6 +586,24 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                 .collect();
             println!("{}", serde_json::Value::Object(map));
             Ok(())
+        }
+    }
+}
+
+/// The registry id of `schemas/raw-lead.avsc` under `topic`'s subject,
+/// registering it if need be, for `produce --format confluent-avro`.
+fn raw_lead_schema_id(config: &Config, topic: &str) -> anyhow::Result<u32> {
+    use leadflow::registry::{Registration, RegistryClient, record_name};
+    use leadflow::stages::decode::{RAW_LEAD_SCHEMA, raw_lead_schema};
+    let client = RegistryClient::new(&config.schema_registry)?;
+    let subject = config
+        .schema_registry
+        .subject_name_strategy
+        .subject(topic, &record_name(raw_lead_schema()));
+    match client.register(&subject, RAW_LEAD_SCHEMA)? {
+        Registration::Registered(id) => Ok(id),
+        Registration::Incompatible(reason) => {
+            anyhow::bail!("the registry refused schemas/raw-lead.avsc under {subject:?}: {reason}")
         }
     }
 }

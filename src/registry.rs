@@ -441,6 +441,15 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// A record schema's full name, e.g. `dev.leadflow.RawLead`, for
+/// [`SubjectNameStrategy::RecordName`].
+pub fn record_name(schema: Option<&apache_avro::Schema>) -> String {
+    match schema {
+        Some(apache_avro::Schema::Record(record)) => record.name.fullname(None),
+        _ => String::new(),
+    }
+}
+
 /// One of leadflow's schemas under the subject a topic gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSchema {
@@ -459,10 +468,6 @@ pub fn topic_schemas(config: &crate::config::Config) -> Vec<TopicSchema> {
     use crate::stages::decode::{Format, RAW_LEAD_SCHEMA, raw_lead_schema};
     use crate::stages::encode::{CAMPAIGN_LEAD_SCHEMA, campaign_lead_schema};
     let strategy = config.schema_registry.subject_name_strategy;
-    let record_name = |schema: Option<&apache_avro::Schema>| match schema {
-        Some(apache_avro::Schema::Record(record)) => record.name.fullname(None),
-        _ => String::new(),
-    };
     let raw_lead = record_name(raw_lead_schema());
     let campaign_lead = record_name(campaign_lead_schema());
     let mut schemas = Vec::new();
