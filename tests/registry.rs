@@ -431,7 +431,17 @@ impl OwnRegistry {
         OwnRegistry::start_with(port, false)
     }
 
+    /// Starts on `port`, or, when that and the next two ports (the
+    /// management interface, and plain HTTP in secure mode) are not all
+    /// free, on the first port after it where they are. Starts are one at a
+    /// time, so that tests running in parallel cannot pick the same ports.
     fn start_with(port: u16, secure: bool) -> OwnRegistry {
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let port = (port..u16::MAX - 3)
+            .find(|p| (*p..*p + 3).all(free))
+            .expect("three free ports");
         let registry = OwnRegistry { port, secure };
         registry.script("start");
         registry
