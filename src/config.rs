@@ -268,6 +268,9 @@ pub struct DedupeConfig {
     /// Memory the dedupe state may take; past it the least recently seen
     /// keys are forgotten (and counted).
     pub memory_budget_mib: u64,
+    /// A lead whose event time is further than this ahead of the processing
+    /// time is a dead letter (`future_event_time`): a broken clock, not a lead.
+    pub max_future_ms: u64,
 }
 
 impl Default for DedupeConfig {
@@ -275,6 +278,7 @@ impl Default for DedupeConfig {
         DedupeConfig {
             window_days: 180,
             memory_budget_mib: 1_024,
+            max_future_ms: 3_600_000,
         }
     }
 }

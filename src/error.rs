@@ -66,13 +66,51 @@ pub struct Failure {
     pub schema_id: Option<u32>,
 }
 
+/// Longest `leadflow.error.message`, in bytes. Messages quote their input
+/// (a bad action code, a bad field), and a dead letter must stay far below
+/// any record size limit whatever the input was.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
 impl Failure {
     pub fn new<E: ErrorClass>(stage: Stage, error: &E) -> Failure {
         Failure {
             stage,
             class: error.class(),
-            message: error.to_string(),
+            message: capped(error.to_string()),
             schema_id: error.schema_id(),
+        }
+    }
+}
+
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] on a character boundary,
+/// marked with an ellipsis when cut.
+pub fn capped(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_capped_on_a_character_boundary() {
+        assert_eq!(capped("short".into()), "short");
+        let exact = "x".repeat(MAX_MESSAGE_BYTES);
+        assert_eq!(capped(exact.clone()), exact);
+        for filler in ["x", "é", "€", "𝄞"] {
+            let long = filler.repeat(600_000);
+            let cut = capped(long);
+            assert!(cut.len() <= MAX_MESSAGE_BYTES, "{filler}: {}", cut.len());
+            assert!(cut.len() > MAX_MESSAGE_BYTES - 8);
+            assert!(cut.ends_with('…'));
         }
     }
 }

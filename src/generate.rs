@@ -148,12 +148,22 @@ impl Default for GeneratorOptions {
             malformed_ratio: 0.02,
             dnc_ratio: 0.01,
             test_lead_ratio: 0.005,
-            // 2025-03-01T00:00:00Z: fixed, so a seed reproduces the same bytes.
-            start_time_ms: 1_740_787_200_000,
+            start_time_ms: recent_start_ms(),
             format: Format::Json,
             schema_id: 0,
         }
     }
+}
+
+/// Midnight (UTC) 30 days ago: generated leads are a month old, as a
+/// backlog of real leads would be, well inside the dedupe window (which
+/// expires by processing time) and far from any retention limit. A seed
+/// reproduces the same bytes on the same day; tests that need more set
+/// `start_time_ms` themselves.
+pub fn recent_start_ms() -> i64 {
+    const DAY_MS: i64 = 86_400_000;
+    let now = crate::metrics::now_ms();
+    now - now.rem_euclid(DAY_MS) - 30 * DAY_MS
 }
 
 /// Everything needed to write a lead again as a duplicate.

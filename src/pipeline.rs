@@ -77,6 +77,25 @@ impl StageClock for () {
     fn lap(&mut self, _stage: Stage) {}
 }
 
+/// A lead dated further ahead of processing time than `dedupe.max_future_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "event time {event_time_ms} ms is {} s ahead of processing time {now_ms} ms (at most {} s allowed)",
+    (event_time_ms.saturating_sub(*now_ms)) / 1000,
+    max_future_ms / 1000
+)]
+pub struct FutureEventTime {
+    pub event_time_ms: i64,
+    pub now_ms: i64,
+    pub max_future_ms: i64,
+}
+
+impl crate::error::ErrorClass for FutureEventTime {
+    fn class(&self) -> &'static str {
+        "future_event_time"
+    }
+}
+
 /// Settings the stages need, taken from configuration once.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -87,6 +106,8 @@ pub struct PipelineSettings {
     pub dedupe_window_ms: i64,
     /// Most dedupe keys held before the least recently seen are evicted.
     pub dedupe_max_keys: usize,
+    /// How far ahead of processing time an event time may be.
+    pub max_future_ms: i64,
     pub max_record_bytes: usize,
 }
 
@@ -102,6 +123,7 @@ impl PipelineSettings {
             routing: config.routing_table(),
             dedupe_window_ms: config.dedupe_window_ms(),
             dedupe_max_keys: config.dedupe_max_keys(),
+            max_future_ms: i64::try_from(config.dedupe.max_future_ms).unwrap_or(i64::MAX),
             max_record_bytes: config.pipeline.max_record_bytes,
         })
     }
@@ -116,10 +138,10 @@ pub struct Pipeline {
     routing: RoutingTable,
     deduper: Deduper,
     version: String,
-    /// Latest event time of any lead, the clock of dedupe expiry.
-    latest_event_ms: i64,
-    /// `latest_event_ms` at the last commit, for rollback.
-    committed_event_ms: i64,
+    /// Processing time, as the runtime last told it (see
+    /// [`Pipeline::set_now`]): what event times are checked against.
+    now_ms: i64,
+    max_future_ms: i64,
 }
 
 impl Pipeline {
@@ -137,8 +159,8 @@ impl Pipeline {
             routing: settings.routing,
             deduper: Deduper::new(settings.dedupe_window_ms, settings.dedupe_max_keys),
             version,
-            latest_event_ms: i64::MIN,
-            committed_event_ms: i64::MIN,
+            now_ms: crate::metrics::now_ms(),
+            max_future_ms: settings.max_future_ms,
         }
     }
 
@@ -197,7 +219,14 @@ impl Pipeline {
             Ok(lead) => lead,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Enrich, &e)),
         };
-        self.latest_event_ms = self.latest_event_ms.max(lead.event_time_ms);
+        if lead.event_time_ms.saturating_sub(self.now_ms) > self.max_future_ms {
+            let error = FutureEventTime {
+                event_time_ms: lead.event_time_ms,
+                now_ms: self.now_ms,
+                max_future_ms: self.max_future_ms,
+            };
+            return Outcome::Failed(Failure::new(Stage::Dedupe, &error));
+        }
         let duplicate = self.deduper.duplicate_of(input.shard, &lead);
         clock.lap(Stage::Dedupe);
         if let Some(first_seen_ms) = duplicate {
@@ -224,22 +253,32 @@ impl Pipeline {
     /// changes up to here are permanent.
     pub fn commit_batch(&mut self) {
         self.deduper.commit();
-        self.committed_event_ms = self.latest_event_ms;
     }
 
     /// The outputs since the last commit were aborted: forget their state
     /// changes, so that reprocessing the same records gives the same outcomes.
     pub fn rollback_batch(&mut self) {
         self.deduper.rollback();
-        self.latest_event_ms = self.committed_event_ms;
     }
 
-    /// Forgets dedupe keys idle for a whole window, measured from the latest
-    /// event time seen (event time, not wall-clock time, so a replay of old
-    /// leads dedupes as the live run did). Returns how many were forgotten;
-    /// their tombstones come with the next [`Pipeline::take_changes`].
+    /// Sets the processing time that event times are checked against and
+    /// that dedupe expiry counts from. The runtime calls it once a batch.
+    pub fn set_now(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
+    }
+
+    /// Forgets dedupe keys whose latest event time is a whole window before
+    /// the processing time (see [`Pipeline::set_now`]). Returns how many
+    /// were forgotten; their tombstones come with the next
+    /// [`Pipeline::take_changes`].
+    ///
+    /// The clock is processing time, not the largest event time seen: that
+    /// one record with a broken clock (dated 9999, or a year ahead) would
+    /// move it, and expire, durably, every key of every partition. No record
+    /// moves processing time. The price: a backfill of leads older than the
+    /// window is deduplicated only between two expiry passes.
     pub fn expire_dedupe(&mut self) -> usize {
-        self.deduper.expire(self.latest_event_ms)
+        self.deduper.expire(self.now_ms)
     }
 
     /// Dedupe state changes since the last call, for the changelog.
@@ -573,24 +612,76 @@ mod tests {
         assert_eq!(json["dedupe_key"], lead.dedupe_key.to_hex());
     }
 
+    /// A lead at `day` days after 2025-03-03 (at `extra_ms` more).
+    fn lead_at(day: i64, extra_ms: i64, email: &str) -> String {
+        let received = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(1_741_000_000_000 + day * 86_400_000 + extra_ms) * 1_000_000,
+        )
+        .expect("time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("rfc3339");
+        format!(
+            r#"{{"received_at":"{received}","LeadSource":"SPZA-PLT|contoso.si","UserDetails":{{"Email":"{email}"}}}}"#
+        )
+    }
+
+    const DAY_MS: i64 = 86_400_000;
+
     #[test]
-    fn dedupe_state_expires_by_event_time() {
+    fn dedupe_state_expires_by_processing_time() {
         let mut pipeline = pipeline();
-        let at = |day: i64, email: &str| {
-            let received = time::OffsetDateTime::from_unix_timestamp(1_741_000_000 + day * 86_400)
-                .expect("time")
-                .format(&time::format_description::well_known::Rfc3339)
-                .expect("rfc3339");
-            format!(
-                r#"{{"received_at":"{received}","LeadSource":"SPZA-PLT|contoso.si","UserDetails":{{"Email":"{email}"}}}}"#
-            )
-        };
-        pipeline.process(input(&at(0, "old@contoso.com"), 0));
-        pipeline.process(input(&at(100, "new@contoso.com"), 1));
-        assert_eq!(pipeline.expire_dedupe(), 0);
-        pipeline.process(input(&at(200, "newer@contoso.com"), 2));
+        pipeline.set_now(1_741_000_000_000 + 200 * DAY_MS);
+        pipeline.process(input(&lead_at(0, 0, "old@contoso.com"), 0));
+        pipeline.process(input(&lead_at(100, 0, "new@contoso.com"), 1));
+        pipeline.process(input(&lead_at(199, 0, "newer@contoso.com"), 2));
         // 200 days on, the day-0 lead is past the 180-day window; day 100 is not.
         assert_eq!(pipeline.expire_dedupe(), 1);
+        assert_eq!(pipeline.dedupe_keys(), 2);
+        pipeline.set_now(1_741_000_000_000 + 281 * DAY_MS);
+        assert_eq!(pipeline.expire_dedupe(), 1);
+        assert_eq!(pipeline.dedupe_keys(), 1);
+    }
+
+    #[test]
+    fn a_lead_dated_far_ahead_is_a_dead_letter_and_moves_no_clock() {
+        let now = 1_741_000_000_000 + 10 * DAY_MS;
+        let mut pipeline = pipeline();
+        pipeline.set_now(now);
+        let first = lead_at(10, -60_000, "first@contoso.com");
+        assert!(matches!(
+            pipeline.process(input(&first, 0)),
+            Outcome::Routed { .. }
+        ));
+        pipeline.commit_batch();
+        let _ = pipeline.take_changes().count();
+        let far = r#"{"received_at":"9999-12-31T23:59:59Z","LeadSource":"SPZA-PLT|contoso.si","UserDetails":{"Email":"late@contoso.com"}}"#;
+        for (offset, future) in [far.to_owned(), lead_at(10 + 181, 0, "year@contoso.com")]
+            .iter()
+            .enumerate()
+        {
+            match pipeline.process(input(future, 1 + offset as i64)) {
+                Outcome::Failed(failure) => {
+                    assert_eq!(failure.stage, Stage::Dedupe);
+                    assert_eq!(failure.class, "future_event_time");
+                }
+                other => panic!("a lead dated ahead was {other:?}"),
+            }
+        }
+        // Within the allowed hour ahead is a lead like any other.
+        let soon = lead_at(10, 59 * 60_000, "soon@contoso.com");
+        assert!(matches!(
+            pipeline.process(input(&soon, 3)),
+            Outcome::Routed { .. }
+        ));
+        assert_eq!(pipeline.expire_dedupe(), 0);
+        assert!(
+            pipeline.take_changes().all(|c| c.value.is_some()),
+            "no tombstone for a live key"
+        );
+        assert!(matches!(
+            pipeline.process(input(&first, 4)),
+            Outcome::Duplicate { .. }
+        ));
         assert_eq!(pipeline.dedupe_keys(), 2);
     }
 

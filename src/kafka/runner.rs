@@ -765,6 +765,7 @@ fn run_once(
             }
         }
         meter.batch.clear();
+        pipeline.set_now(crate::metrics::now_ms());
         let deadline = Instant::now() + commit_interval;
         let mut batch = 0;
         // First offset of each partition in this batch, to rewind to on abort.

@@ -218,6 +218,14 @@ pub enum DecodeError {
     SchemaBody { id: u32, reason: String },
     #[error("writer schema id {id} does not resolve to the raw-lead schema: {reason}")]
     SchemaIncompatible { id: u32, reason: String },
+    #[error("ActionCode is not a short word of letters and digits ({len} bytes)")]
+    InvalidAction { len: usize },
+    #[error("{field} is {len} bytes, over its {limit}-byte limit")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
 }
 
 impl ErrorClass for DecodeError {
@@ -237,6 +245,8 @@ impl ErrorClass for DecodeError {
             DecodeError::SchemaUnusable { .. } => "schema_unusable",
             DecodeError::SchemaBody { .. } => "schema_body",
             DecodeError::SchemaIncompatible { .. } => "schema_incompatible",
+            DecodeError::InvalidAction { .. } => "invalid_action",
+            DecodeError::FieldTooLong { .. } => "field_too_long",
         }
     }
 
@@ -407,21 +417,94 @@ fn finish(wire: WireLead, record_timestamp_ms: Option<i64>) -> Result<RawLead, D
         None => record_timestamp_ms.ok_or(DecodeError::MissingEventTime)?,
     };
     let email = wire.email.ok_or(DecodeError::MissingEmail)?;
+    // Fields that identify a lead are refused when too long: cutting them
+    // would make a different lead (and dedupe key) of it.
+    let identity = [
+        ("email", Some(&email), limits::EMAIL),
+        ("event_id", wire.event_id.as_ref(), limits::EVENT_ID),
+        ("LeadSource", wire.lead_source.as_ref(), limits::LEAD_SOURCE),
+    ];
+    for (field, value, limit) in identity {
+        if let Some(len) = value.map(String::len).filter(|len| *len > limit) {
+            return Err(DecodeError::FieldTooLong { field, len, limit });
+        }
+    }
+    if let Some(action) = &wire.action_code
+        && !is_action_word(action)
+    {
+        return Err(DecodeError::InvalidAction { len: action.len() });
+    }
     Ok(RawLead {
         event_id: wire.event_id,
         event_time_ms,
-        first_name: wire.first_name,
-        last_name: wire.last_name,
+        first_name: clean(wire.first_name, limits::NAME),
+        last_name: clean(wire.last_name, limits::NAME),
         email,
-        phone: wire.phone,
-        country: wire.country,
-        company: wire.company,
-        title: wire.title,
+        phone: clean(wire.phone, limits::PHONE),
+        country: clean(wire.country, limits::COUNTRY),
+        company: clean(wire.company, limits::NAME),
+        title: clean(wire.title, limits::NAME),
         lead_source: wire.lead_source,
         action_code: wire.action_code,
-        offer_title: wire.offer_title,
-        description: wire.description,
+        offer_title: clean(wire.offer_title, limits::NAME),
+        description: clean(wire.description, limits::DESCRIPTION),
     })
+}
+
+/// The longest text leadflow takes in each field, in bytes of UTF-8.
+/// Identity fields over their limit make a dead letter (`field_too_long`);
+/// descriptive fields are cut to it, on a character boundary.
+pub mod limits {
+    /// RFC 5321 allows 64 + 1 + 255.
+    pub const EMAIL: usize = 320;
+    pub const EVENT_ID: usize = 128;
+    pub const LEAD_SOURCE: usize = 256;
+    /// An action code: a short word (`INS`, `StartTestDrive`).
+    pub const ACTION_CODE: usize = 32;
+    /// First and last name, company, title and offer title.
+    pub const NAME: usize = 256;
+    pub const PHONE: usize = 64;
+    pub const COUNTRY: usize = 64;
+    pub const DESCRIPTION: usize = 4_096;
+}
+
+/// Action codes are an open enumeration of short words; anything else is
+/// not an action, and would otherwise become part of the dedupe key.
+fn is_action_word(action: &str) -> bool {
+    action.len() <= limits::ACTION_CODE
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A descriptive field made safe for campaign tools: control characters
+/// and bidirectional formatting (which can make `U+202E` render a name
+/// backwards) removed, cut to `limit` bytes. Empty after that means absent.
+fn clean(value: Option<String>, limit: usize) -> Option<String> {
+    let mut value = value?;
+    if value.chars().any(unsafe_char) {
+        value = value
+            .chars()
+            .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
+            .filter(|c| !unsafe_char(*c))
+            .collect::<String>()
+            .trim()
+            .to_owned();
+    }
+    if value.len() > limit {
+        let mut end = limit;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    (!value.is_empty()).then_some(value)
+}
+
+/// Control characters and Unicode's bidirectional formatting characters.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Parses an RFC 3339 timestamp to milliseconds since the Unix epoch.
@@ -922,5 +1005,65 @@ mod tests {
             .map(|e| e.class())
             .collect();
         assert_eq!(failures, vec!["missing_email"]);
+    }
+
+    fn with_fields(details: &str, top: &str) -> String {
+        format!(
+            r#"{{"UserDetails":{{"Email":"ana@fabrikam.com"{details}}},"LeadSource":"SPZA-PLT|contoso.si"{top}}}"#
+        )
+    }
+
+    #[test]
+    fn an_action_code_that_is_not_a_short_word_is_invalid_action() {
+        let class = |action: &str| {
+            let json = with_fields("", &format!(r#","ActionCode":{}"#, serde_json::json!(action)));
+            decode(&json).map(|l| l.action_code).map_err(|e| e.class())
+        };
+        for ok in ["INS", "StartTestDrive", "Create", "Contact_Me-2", &"A".repeat(32)] {
+            assert_eq!(class(ok), Ok(Some(ok.to_owned())), "{ok}");
+        }
+        for bad in ["get it now", "INS;DROP", "é", &"A".repeat(33), &"x".repeat(2_000)] {
+            assert_eq!(class(bad), Err("invalid_action"), "{bad:.40}");
+        }
+    }
+
+    #[test]
+    fn identity_fields_over_their_limit_are_dead_letters() {
+        let at_limit = "s".repeat(limits::LEAD_SOURCE - "SPZA-PLT|".len());
+        let json = |source: &str| {
+            format!(r#"{{"UserDetails":{{"Email":"ana@fabrikam.com"}},"LeadSource":"SPZA-PLT|{source}"}}"#)
+        };
+        assert!(decode(&json(&at_limit)).is_ok());
+        let over = decode(&json(&format!("{at_limit}s"))).expect_err("one byte over");
+        assert_eq!(over.class(), "field_too_long");
+        let huge = decode(&json(&"s".repeat(60_000))).expect_err("60 KB");
+        assert_eq!(huge.class(), "field_too_long");
+        assert!(huge.to_string().len() < 100, "the message does not echo it: {huge}");
+        let local = "a".repeat(limits::EMAIL - "@fabrikam.com".len() + 1);
+        let long_email =
+            format!(r#"{{"UserDetails":{{"Email":"{local}@fabrikam.com"}},"LeadSource":"SPZA-PLT|x"}}"#);
+        assert_eq!(decode(&long_email).map_err(|e| e.class()).err(), Some("field_too_long"));
+        let id = format!(r#"{{"event_id":"{}","UserDetails":{{"Email":"a@b.com"}}}}"#, "e".repeat(129));
+        assert_eq!(decode(&id).map_err(|e| e.class()).err(), Some("field_too_long"));
+    }
+
+    #[test]
+    fn descriptive_fields_lose_control_and_bidi_characters_and_are_cut() {
+        let details = r#","FirstName":"An\u0000a\u202E","LastName":"\u2066Sil\u0007va\u2069","Company":"Fab\u200Frikam","Title":"\u202E\u202C""#;
+        let top = format!(
+            r#","Description":"line one\nline\ttwo\u001b[31m","OfferTitle":"{}""#,
+            "€".repeat(200)
+        );
+        let lead = decode(&with_fields(details, &top)).expect("a lead");
+        assert_eq!(lead.first_name.as_deref(), Some("Ana"));
+        assert_eq!(lead.last_name.as_deref(), Some("Silva"));
+        assert_eq!(lead.company.as_deref(), Some("Fabrikam"));
+        assert_eq!(lead.title, None, "nothing left is absent");
+        assert_eq!(lead.description.as_deref(), Some("line one line two[31m"));
+        let title = lead.offer_title.expect("offer title");
+        assert_eq!(title.len(), 255, "cut on a character boundary below 256");
+        let long = with_fields("", &format!(r#","Description":"{}""#, "d".repeat(10_000)));
+        let lead = decode(&long).expect("a lead");
+        assert_eq!(lead.description.map(|d| d.len()), Some(limits::DESCRIPTION));
     }
 }
