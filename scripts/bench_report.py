@@ -123,7 +123,7 @@ def latency(work, leadflow, config, topic, count, rate, label):
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
     )
     produce = subprocess.Popen(
-        [leadflow, "-c", config, "produce", "--count", str(count), "--rate", str(rate), "--stamp-now"],
+        [leadflow, "-c", config, "produce", "--count", str(count), "--rate", str(rate)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     # A thread blocks on the pipe and stamps each line as it arrives:

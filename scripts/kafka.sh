@@ -55,12 +55,12 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$data/kraft
+# Everything else is Kafka's stock default (7 days of time-based retention,
+# message.timestamp.after.max.ms of 1 hour, ...), as on a user's cluster:
+# what leadflow needs of a topic, leadflow topics create sets on it.
 # Topics are created on purpose, so that a missing topic is an error leadflow reports.
 auto.create.topics.enable=false
 num.partitions=1
-# Generated leads carry event times from the past as record timestamps;
-# time-based retention would delete them minutes after they are written.
-log.retention.ms=-1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
 transaction.state.log.replication.factor=1

@@ -77,8 +77,9 @@ enum Command {
         /// One JSON object per record.
         #[arg(long)]
         json: bool,
-        /// Only each record's timestamp (ms since the epoch), one per line,
-        /// without reading headers or values: for timing arrivals.
+        /// Only when each record's lead entered leadflow (ms since the epoch:
+        /// its `leadflow.source.timestamp` header, else its own timestamp),
+        /// one per line, without reading values: for timing arrivals.
         #[arg(long, conflicts_with = "json")]
         timestamps: bool,
     },
@@ -217,11 +218,11 @@ struct ProduceArgs {
     /// Record encoding [default: `topics.input_format`].
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
-    /// Stamp records with the time of producing instead of each lead's
-    /// event time (for latency measurements; leads without an event time
-    /// of their own then dedupe by that time, unlike the printed tally).
+    /// Stamp each record with its lead's event time instead of the time of
+    /// producing (for experiments: on a broker with time-based retention,
+    /// records older than it are deleted at its next retention check).
     #[arg(long)]
-    stamp_now: bool,
+    event_time_timestamps: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -538,11 +539,15 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                 0
             };
             if let Some(partitions) = args.partitions {
-                runtime.block_on(topics::create(&config.kafka, &[&topic], partitions, &[]))?;
+                runtime.block_on(topics::create(
+                    &config.kafka,
+                    &[(&topic, topics::TopicRole::Data)],
+                    partitions,
+                ))?;
             }
             let options = ProduceOptions {
                 topic,
-                stamp_now: args.stamp_now,
+                event_time_timestamps: args.event_time_timestamps,
                 count: args.count,
                 rate: (args.rate > 0.0).then_some(args.rate),
                 generator: GeneratorOptions {
@@ -561,15 +566,12 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Topics(TopicsCommand::Create { partitions }) => {
-            let names = config.all_topics();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let changelog = config.changelog_topic();
-            let created = runtime.block_on(topics::create(
-                &config.kafka,
-                &names,
-                partitions,
-                &[&changelog],
-            ))?;
+            let roles = topics::roles(&config);
+            let named: Vec<(&str, topics::TopicRole)> = roles
+                .iter()
+                .map(|(name, role)| (name.as_str(), *role))
+                .collect();
+            let created = runtime.block_on(topics::create(&config.kafka, &named, partitions))?;
             for name in created {
                 eprintln!("created {name}");
             }

@@ -12,8 +12,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    Env, PATIENCE, TestRecord, committed, ends, event_id, header, produce, produce_values,
-    read_all, source_of,
+    Env, PATIENCE, TestRecord, committed, create_topic, ends, event_id, header, produce,
+    produce_values, read_all, source_of, t0_rfc3339,
 };
 use leadflow::config::Config;
 use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
@@ -21,17 +21,34 @@ use leadflow::stages::route::Destination;
 use rdkafka::Timestamp;
 use rdkafka::message::{Headers, Message};
 
-const T0: i64 = 1_741_083_302_000; // 2025-03-04T10:15:02Z
-
 fn lead(id: &str, email: &str, source: &str) -> String {
     serde_json::json!({
         "event_id": id,
-        "received_at": "2025-03-04T10:15:02Z",
+        "received_at": t0_rfc3339(),
         "UserDetails": {"FirstName": "Ana", "LastName": "Silva", "Email": email, "Title": "CIO", "Country": "PT"},
         "LeadSource": source,
         "OfferTitle": "Contoso Sales Insights",
     })
     .to_string()
+}
+
+/// An output stamped when leadflow wrote it (not with its 30-day-old input
+/// timestamp, which a stock broker's retention would delete at its next
+/// check), naming the input's timestamp in `leadflow.source.timestamp`.
+fn assert_written_now(m: &rdkafka::message::OwnedMessage, stamp: i64, started: i64) {
+    match m.timestamp() {
+        Timestamp::CreateTime(ts) => assert!(
+            ts >= started - 1_000 && ts <= common::now_ms(),
+            "output {}/{} stamped {ts}, not when written (after {started})",
+            m.partition(),
+            m.offset()
+        ),
+        other => panic!("output timestamp {other:?}"),
+    }
+    assert_eq!(
+        header(m, "leadflow.source.timestamp"),
+        Some(stamp.to_string().as_str())
+    );
 }
 
 #[test]
@@ -63,6 +80,8 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
         r#"{"UserDetails":{"Email":"noah@litware.co.uk"},"LeadSource":"AppSource","ActionCode":"INS","OfferTitle":"Contoso Sales Insights"}"#.to_owned(),
         lead("o1", "big@contoso.com", &format!("{appsource}{}", " ".repeat(5000))), // oversized
     ];
+    // Written now; their leads' event time (`received_at`) is 30 days old.
+    let stamp = common::now_ms();
     let mut records = Vec::new();
     for (partition, values) in [(0, &p0), (1, &p1)] {
         for value in values {
@@ -71,12 +90,13 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
                 key: Some("input-key"),
                 value: Some(value.as_bytes()),
                 headers: &[("traceparent", "00-abc-01")],
-                timestamp_ms: T0,
+                timestamp_ms: stamp,
             });
         }
     }
     produce(&env.input, &records);
 
+    let started = common::now_ms();
     let out = env.run_until_drained();
     let tally: Tally = serde_json::from_slice(&out.stdout).expect("tally on stdout");
     let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
@@ -141,7 +161,9 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
         Some("default-2025.1")
     );
     assert_eq!(source_of(ana), (0, 0));
-    assert_eq!(ana.timestamp(), Timestamp::CreateTime(T0));
+    // Stamped when written, so the broker's 7-day retention counts from
+    // then; the 30-day-old source timestamp rides in a header.
+    assert_written_now(ana, stamp, started);
 
     // Dead letters: original key, value, headers and timestamp, plus why and whence.
     let dlq = read_all(&env.dead_letter);
@@ -158,7 +180,7 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
         let original = if partition == 0 { &p0 } else { &p1 };
         assert_eq!(m.payload(), Some(original[offset as usize].as_bytes()));
         assert_eq!(m.key(), Some(&b"input-key"[..]));
-        assert_eq!(m.timestamp(), Timestamp::CreateTime(T0));
+        assert_written_now(m, stamp, started);
         assert_eq!(header(m, "traceparent"), Some("00-abc-01"));
         assert_eq!(header(m, "leadflow.error.stage"), Some(stage));
         assert_eq!(header(m, "leadflow.error.class"), Some(class));
@@ -168,7 +190,7 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
             header(m, "leadflow.pipeline.version"),
             Some(format!("{} rules/default-2025.1", leadflow::LEADFLOW_VERSION).as_str())
         );
-        assert_eq!(m.headers().map(Headers::count), Some(8));
+        assert_eq!(m.headers().map(Headers::count), Some(9));
     }
 
     // Offsets are committed to the end of each partition.
@@ -445,7 +467,7 @@ fn examples_land_where_the_domain_says(format: &str) {
             _ => line.as_bytes().to_vec(),
         })
         .collect();
-    produce_values(&env.input, &lines, T0);
+    produce_values(&env.input, &lines, common::now_ms());
     let out = env.run_until_drained();
 
     let schema = apache_avro::Schema::parse_str(leadflow::stages::encode::CAMPAIGN_LEAD_SCHEMA)
@@ -503,4 +525,40 @@ fn the_shared_examples_land_where_the_domain_says_in_json() {
 #[test]
 fn the_shared_examples_land_where_the_domain_says_in_avro() {
     examples_land_where_the_domain_says("avro");
+}
+
+/// Internal topics that a stock broker (or an operator) configured so that
+/// they lose data: `run` refuses them at start, in one line naming the
+/// topic and the setting, within seconds.
+#[test]
+fn run_refuses_internal_topics_whose_configuration_can_lose_data() {
+    let id = format!("unsafe-{}-{}", std::process::id(), common::now_ms());
+    let cases = [
+        (
+            format!("repartition = \"{id}.repartition\""),
+            format!("{id}.repartition"),
+            vec![],
+            "retention.ms=604800000",
+        ),
+        (
+            format!("changelog = \"{id}.changelog\""),
+            format!("{id}.changelog"),
+            vec![("cleanup.policy", "compact,delete")],
+            "cleanup.policy=compact,delete",
+        ),
+    ];
+    for (topics, topic, configs, setting) in cases {
+        create_topic(&topic, 2, &configs);
+        let env = Env::with_topics("unsafe", 2, &topics, "");
+        let started = Instant::now();
+        let out = env.leadflow(&["run", "--until-drained"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(setting))
+            .unwrap_or_else(|| panic!("no line names {setting}: {stderr}"));
+        assert!(line.contains(&topic), "{line}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 }

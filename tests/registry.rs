@@ -8,13 +8,11 @@
 
 mod common;
 
-use common::{Env, header, produce_values, read_all};
+use common::{Env, header, produce_values, read_all, t0_rfc3339};
 use leadflow::registry::{Compatibility, Registration, RegistryClient, RegistryConfig};
 use leadflow::stages::decode::{RAW_LEAD_SCHEMA, write_confluent_header};
 use leadflow::stages::encode::CAMPAIGN_LEAD_SCHEMA;
 use rdkafka::message::Message;
-
-const T0: i64 = 1_741_083_302_000; // 2025-03-04T10:15:02Z
 
 fn registry_url() -> String {
     std::env::var("LEADFLOW_TEST_REGISTRY")
@@ -178,9 +176,10 @@ fn confluent_framed_leads_go_in_and_come_out_with_registry_ids() {
     };
     assert_ne!(v1, v2_id);
 
+    let received = t0_rfc3339();
     let lead = |id: &str, email: &str, source: &str| {
         format!(
-            r#"{{"event_id":"{id}","received_at":"2025-03-04T10:15:02Z","UserDetails":{{"FirstName":"Ana","LastName":"Silva","Email":"{email}","Country":"PT","Company":"Fabrikam","Title":"CTO"}},"LeadSource":"{source}","ActionCode":"PLT"}}"#
+            r#"{{"event_id":"{id}","received_at":"{received}","UserDetails":{{"FirstName":"Ana","LastName":"Silva","Email":"{email}","Country":"PT","Company":"Fabrikam","Title":"CTO"}},"LeadSource":"{source}","ActionCode":"PLT"}}"#
         )
     };
     let framed = |schema_id: u32, json: &str| {
@@ -221,7 +220,7 @@ fn confluent_framed_leads_go_in_and_come_out_with_registry_ids() {
             truncated
         },
     ];
-    produce_values(&env.input, &values, T0);
+    produce_values(&env.input, &values, common::now_ms());
     let out = env.run_until_drained();
     assert!(
         out.status.success(),
@@ -339,7 +338,7 @@ fn a_standard_confluent_client_writes_what_leadflow_reads_and_reads_what_it_writ
     let lead = |id: &str, email: Option<&str>, source: &str| {
         serde_json::json!({
             "event_id": id,
-            "received_at": "2025-03-04T10:15:02Z",
+            "received_at": t0_rfc3339(),
             "UserDetails": {
                 "FirstName": "Ana", "LastName": "Silva", "Email": email, "Phone": null,
                 "Country": "PT", "Company": "Fabrikam", "Title": "CTO"
@@ -526,9 +525,10 @@ fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() 
     let (mut run, port) = run_until_ready(&env);
 
     registry.script("stop");
+    let received = t0_rfc3339();
     let framed = |event_id: &str, source: &str| {
         let json = format!(
-            r#"{{"event_id":"{event_id}","received_at":"2025-03-04T10:15:02Z","UserDetails":{{"Email":"{event_id}@fabrikam.com","Country":"PT"}},"LeadSource":"{source}","ActionCode":"PLT"}}"#
+            r#"{{"event_id":"{event_id}","received_at":"{received}","UserDetails":{{"Email":"{event_id}@fabrikam.com","Country":"PT"}},"LeadSource":"{source}","ActionCode":"PLT"}}"#
         );
         let mut bytes = Vec::new();
         write_confluent_header(ids[0], &mut bytes);
@@ -541,7 +541,7 @@ fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() 
             framed("w1", "SPZA-PLT|contoso.sales-insights"),
             framed("w2", "AzureMarketplace-PLT|contoso.sales-insights"),
         ],
-        T0,
+        common::now_ms(),
     );
     // leadflow cannot learn the writer schema: it says so on /readyz and
     // keeps the records, rather than dead-lettering them.

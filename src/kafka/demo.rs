@@ -169,7 +169,7 @@ impl Demo {
             topic: self.config.topics.input.clone(),
             count: self.options.leads,
             rate: None,
-            stamp_now: false,
+            event_time_timestamps: false,
             generator: GeneratorOptions {
                 seed: self.options.seed,
                 format: self.config.topics.input_format,

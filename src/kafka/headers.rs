@@ -18,6 +18,10 @@ pub const SCHEMA_ID: &str = "leadflow.schema.id";
 pub const SOURCE_TOPIC: &str = "leadflow.source.topic";
 pub const SOURCE_PARTITION: &str = "leadflow.source.partition";
 pub const SOURCE_OFFSET: &str = "leadflow.source.offset";
+/// On every output: the input record's timestamp, in milliseconds since the
+/// Unix epoch. The output itself is stamped when written (see
+/// `kafka::copy_of`), so this is what tells when the lead entered.
+pub const SOURCE_TIMESTAMP: &str = "leadflow.source.timestamp";
 /// The input record's key, on records in the repartition topic only.
 pub const SOURCE_KEY: &str = "leadflow.source.key";
 const SOURCE_PREFIX: &str = "leadflow.source.";
@@ -46,11 +50,11 @@ pub struct LeadHeaders<'a> {
 
 /// Headers of a campaign or suppressed record.
 pub fn output(
-    source: SourcePosition<'_>,
+    source: (SourcePosition<'_>, Option<i64>),
     pipeline_version: &str,
     lead: LeadHeaders<'_>,
 ) -> OwnedHeaders {
-    let headers = provenance(OwnedHeaders::new_with_capacity(8), source, pipeline_version);
+    let headers = provenance(OwnedHeaders::new_with_capacity(9), source, pipeline_version);
     let headers = add(headers, STOREFRONT, lead.storefront);
     let headers = add(headers, GRADE, lead.grade);
     let headers = add(headers, RULES_VERSION, lead.rules_version);
@@ -63,11 +67,11 @@ pub fn output(
 /// Headers of a dead letter: the original ones, then why and whence.
 pub fn dead_letter<H: Headers>(
     original: Option<&H>,
-    source: SourcePosition<'_>,
+    source: (SourcePosition<'_>, Option<i64>),
     pipeline_version: &str,
     failure: &Failure,
 ) -> OwnedHeaders {
-    let headers = without_source(original, 7);
+    let headers = without_source(original, 8);
     let headers = add(headers, ERROR_STAGE, failure.stage.as_str());
     let headers = add(headers, ERROR_CLASS, failure.class);
     let headers = add(headers, ERROR_MESSAGE, &failure.message);
@@ -129,9 +133,13 @@ fn without_source<H: Headers>(original: Option<&H>, extra: usize) -> OwnedHeader
 
 fn provenance(
     headers: OwnedHeaders,
-    source: SourcePosition<'_>,
+    (source, timestamp_ms): (SourcePosition<'_>, Option<i64>),
     pipeline_version: &str,
 ) -> OwnedHeaders {
+    let headers = match timestamp_ms {
+        Some(ts) => add(headers, SOURCE_TIMESTAMP, &ts.to_string()),
+        None => headers,
+    };
     let headers = add(headers, SOURCE_TOPIC, source.topic);
     let headers = add(headers, SOURCE_PARTITION, &source.partition.to_string());
     let headers = add(headers, SOURCE_OFFSET, &source.offset.to_string());
@@ -170,7 +178,12 @@ mod tests {
             partition: 3,
             offset: 42,
         };
-        let headers = dead_letter(Some(&original), source, "leadflow/test rules/r1", &failure);
+        let headers = dead_letter(
+            Some(&original),
+            (source, Some(1_741_000_000_000)),
+            "leadflow/test rules/r1",
+            &failure,
+        );
         assert_eq!(get(&headers, SCHEMA_ID), None);
         assert_eq!(get(&headers, "traceparent"), Some("00-abc-01"));
         assert_eq!(get(&headers, ERROR_STAGE), Some("decode"));
@@ -179,11 +192,12 @@ mod tests {
         assert_eq!(get(&headers, SOURCE_TOPIC), Some("leads.raw"));
         assert_eq!(get(&headers, SOURCE_PARTITION), Some("3"));
         assert_eq!(get(&headers, SOURCE_OFFSET), Some("42"));
+        assert_eq!(get(&headers, SOURCE_TIMESTAMP), Some("1741000000000"));
         assert_eq!(
             get(&headers, PIPELINE_VERSION),
             Some("leadflow/test rules/r1")
         );
-        assert_eq!(headers.count(), 8);
+        assert_eq!(headers.count(), 9);
     }
 
     #[test]
@@ -199,7 +213,7 @@ mod tests {
             rules_version: "r1",
             suppressed_reason: Some("do_not_contact"),
         };
-        let headers = output(source, "v", lead);
+        let headers = output((source, None), "v", lead);
         assert_eq!(get(&headers, SUPPRESSED_REASON), Some("do_not_contact"));
         assert_eq!(get(&headers, STOREFRONT), Some("appsource"));
         assert_eq!(get(&headers, GRADE), Some("B"));
@@ -208,7 +222,10 @@ mod tests {
             suppressed_reason: None,
             ..lead
         };
-        assert_eq!(get(&output(source, "v", campaign), SUPPRESSED_REASON), None);
+        assert_eq!(
+            get(&output((source, None), "v", campaign), SUPPRESSED_REASON),
+            None
+        );
     }
 
     #[test]
@@ -241,7 +258,7 @@ mod tests {
             message: "too large".into(),
             schema_id: Some(7),
         };
-        let dead = dead_letter(Some(&headers), source, "v", &failure);
+        let dead = dead_letter(Some(&headers), (source, None), "v", &failure);
         assert_eq!(get(&dead, "traceparent"), Some("00-abc-01"));
         assert_eq!(get(&dead, SOURCE_OFFSET), Some("7"));
         assert_eq!(dead.iter().filter(|h| h.key == SOURCE_OFFSET).count(), 1);

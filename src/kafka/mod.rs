@@ -252,9 +252,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A record to `topic` with `message`'s value and timestamp and the given
-/// key: how leadflow passes a record's bytes on unchanged (re-keyed,
-/// dead-lettered, replayed or copied).
+/// A record to `topic` with `message`'s value and the given key: how
+/// leadflow passes a record's bytes on unchanged (re-keyed, dead-lettered,
+/// replayed or copied). It is stamped when written, not with the source
+/// record's timestamp: an input stamped with an old event time or by a
+/// skewed clock would otherwise make a record that time-based retention
+/// deletes minutes after it is written, or that the broker refuses
+/// (`message.timestamp.after.max.ms`). The re-keying hop sets the source
+/// timestamp itself, on a topic leadflow creates to keep it.
 pub(crate) fn copy_of<'a>(
     topic: &'a str,
     message: &'a rdkafka::message::BorrowedMessage<'_>,
@@ -266,9 +271,6 @@ pub(crate) fn copy_of<'a>(
     }
     if let Some(payload) = message.payload() {
         record = record.payload(payload);
-    }
-    if let Some(ts) = message.timestamp().to_millis() {
-        record = record.timestamp(ts);
     }
     record
 }

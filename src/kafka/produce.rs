@@ -30,11 +30,11 @@ pub struct ProduceOptions {
     /// Leads per second; `None` for as fast as the broker takes them.
     pub rate: Option<f64>,
     pub generator: GeneratorOptions,
-    /// Stamp records with the time of producing rather than the lead's
-    /// event time, for measuring end-to-end latency. Leads without an
-    /// event time of their own then take that time, so dedupe may differ
-    /// from the printed expectation.
-    pub stamp_now: bool,
+    /// Stamp records with each lead's event time rather than the time of
+    /// producing (the default, as Microsoft's own delivery would: the event
+    /// time stays in `received_at`). Leads without `received_at` take the
+    /// record timestamp as their event time either way.
+    pub event_time_timestamps: bool,
 }
 
 /// Produces `options.count` generated leads and returns the expected tally.
@@ -64,7 +64,7 @@ pub fn produce(kafka: &KafkaConfig, options: &ProduceOptions) -> Result<Tally, P
         let mut record = BaseRecord::to(&options.topic)
             .key(lead.key.as_bytes())
             .payload(lead.value.as_slice());
-        if !options.stamp_now {
+        if options.event_time_timestamps {
             record = record.timestamp(lead.timestamp_ms);
         }
         send(&producer, record).map_err(|source| ProduceError::Send {

@@ -666,6 +666,16 @@ fn run_once(
             .find(|(n, _)| **n == name)
             .map_or(0, |(_, count)| *count)
     };
+    let internal: Vec<(&str, super::topics::TopicRole)> = repartition_topic
+        .as_deref()
+        .map(|name| (name, super::topics::TopicRole::Repartition))
+        .into_iter()
+        .chain([(
+            changelog_topic.as_str(),
+            super::topics::TopicRole::Changelog,
+        )])
+        .collect();
+    super::topics::check_internal_blocking(kafka, &internal)?;
     let processed = repartition_topic.as_deref().unwrap_or(&topics.input);
     if partitions_of(&changelog_topic) != partitions_of(processed) {
         return Err(SetupError::BadTopic {
@@ -1348,9 +1358,14 @@ fn handle(
                 };
                 let partition = partition_for(key.0, partitions);
                 let key = key.hex();
-                let record = copy_of(topic, message, Some(key.as_str().as_bytes()))
+                let mut record = copy_of(topic, message, Some(key.as_str().as_bytes()))
                     .partition(partition)
                     .headers(headers::forwarded(message.headers(), source, original_key));
+                // The record timestamp is the event time of a lead without
+                // `received_at`, so the hop keeps it (see `topics::create`).
+                if let Some(ts) = timestamp_ms {
+                    record = record.timestamp(ts);
+                }
                 send(sink.producer, record).map_err(|source| RunError::Produce {
                     topic: topic.to_owned(),
                     source,
@@ -1459,8 +1474,8 @@ struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    /// Produces a dead letter: the input record's key, value, headers and
-    /// timestamp, with headers saying why and whence.
+    /// Produces a dead letter: the input record's key, value and headers,
+    /// with headers saying why and whence (its timestamp among them).
     fn send_dead_letter(
         &self,
         (message, source, key): (&BorrowedMessage<'_>, SourcePosition<'_>, Option<&[u8]>),
@@ -1471,7 +1486,7 @@ impl<'a> Sink<'a> {
         let dlq = self.config.topics.dead_letter.as_str();
         let record = copy_of(dlq, message, key).headers(headers::dead_letter(
             message.headers(),
-            source,
+            (source, message.timestamp().to_millis()),
             pipeline.version(),
             failure,
         ));
@@ -1603,13 +1618,15 @@ impl<'a> Sink<'a> {
         let mut payload = self.payload.borrow_mut();
         for (topic, campaign, encoder) in targets {
             encoder.encode(lead, score, destination, campaign, &mut payload);
-            let mut record = BaseRecord::to(topic)
+            // Stamped when written (see `copy_of`); the event time is in the value.
+            let record = BaseRecord::to(topic)
                 .key(key.as_str().as_bytes())
                 .payload(payload.as_slice())
-                .headers(headers::output(source, pipeline.version(), lead_headers));
-            if let Some(ts) = timestamp_ms {
-                record = record.timestamp(ts);
-            }
+                .headers(headers::output(
+                    (source, timestamp_ms),
+                    pipeline.version(),
+                    lead_headers,
+                ));
             send(self.producer, record).map_err(|e| Failure {
                 stage: Stage::Produce,
                 class: "produce_rejected",

@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::{ReadToEnd, Role, SetupError, check_topics, client_config};
+use super::{ReadToEnd, Role, SetupError, check_topics, client_config, headers};
 use crate::config::Config;
 use crate::stages::decode::{Format, raw_lead_schema};
 use crate::stages::encode::campaign_lead_schema;
@@ -28,9 +28,10 @@ pub struct TailOptions {
     pub max: Option<u64>,
     /// Stop once every partition is read to its end.
     pub exit_at_end: bool,
-    /// Read only positions and timestamps: no headers, no value. For
-    /// timing arrivals without the reader's decoding taking CPU from
-    /// what is timed.
+    /// Read only positions and when each record's lead entered leadflow
+    /// (its `leadflow.source.timestamp` header, else its own timestamp):
+    /// no other header, no value. For timing arrivals without the reader's
+    /// decoding taking CPU from what is timed.
     pub positions_only: bool,
 }
 
@@ -146,7 +147,10 @@ fn position(message: &BorrowedMessage<'_>) -> TailRecord {
         topic: message.topic().to_owned(),
         partition: message.partition(),
         offset: message.offset(),
-        timestamp_ms: message.timestamp().to_millis(),
+        timestamp_ms: message
+            .headers()
+            .and_then(|h| headers::get(h, headers::SOURCE_TIMESTAMP)?.parse().ok())
+            .or(message.timestamp().to_millis()),
         key: None,
         headers: BTreeMap::new(),
         value: serde_json::Value::Null,

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,16 +15,105 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{ReadToEnd, Role, SetupError, check_topics, client_config, cluster_metadata};
-use crate::config::KafkaConfig;
+use crate::config::{Config, KafkaConfig};
 
-/// Creates each topic that does not exist yet, with `partitions` partitions;
-/// those in `compacted` keep only the latest record per key. Returns the
-/// names of the topics it created.
+/// What leadflow uses a topic for, which decides the configuration it
+/// creates it with and checks at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRole {
+    /// Raw leads in, or campaign, suppressed and dead-letter records out:
+    /// the cluster's defaults, which are the operator's to choose. Records
+    /// leadflow writes there are stamped when written, so time-based
+    /// retention counts from then.
+    Data,
+    /// The re-keying hop. It keeps each record's source timestamp (the
+    /// event time of a lead without `received_at`), so time-based deletion
+    /// is off and any timestamp is taken; leadflow deletes what it has
+    /// committed itself, as Kafka Streams does.
+    Repartition,
+    /// The dedupe changelog: compacted, never deleted by time.
+    Changelog,
+}
+
+/// Every topic of `config` with its role, in [`Config::all_topics`] order.
+pub fn roles(config: &Config) -> Vec<(String, TopicRole)> {
+    let repartition = config.repartition_topic();
+    let changelog = config.changelog_topic();
+    config
+        .all_topics()
+        .into_iter()
+        .map(|name| {
+            let role = if Some(&name) == repartition.as_ref() {
+                TopicRole::Repartition
+            } else if name == changelog {
+                TopicRole::Changelog
+            } else {
+                TopicRole::Data
+            };
+            (name, role)
+        })
+        .collect()
+}
+
+/// Topic-level configuration leadflow sets on a topic of `role`.
+pub fn topic_configs(role: TopicRole) -> &'static [(&'static str, &'static str)] {
+    match role {
+        TopicRole::Data => &[],
+        TopicRole::Repartition => &[
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+            ("message.timestamp.type", "CreateTime"),
+            ("message.timestamp.after.max.ms", "9223372036854775807"),
+            ("message.timestamp.before.max.ms", "9223372036854775807"),
+            // Smaller segments, so that purged records free disk sooner
+            // (Kafka Streams' choice for its repartition topics).
+            ("segment.bytes", "52428800"),
+        ],
+        TopicRole::Changelog => &[("cleanup.policy", "compact")],
+    }
+}
+
+/// Why a topic's current configuration can lose what leadflow keeps in it;
+/// `None` when it cannot. `config` looks a configuration value up by name.
+pub fn unsafe_config(role: TopicRole, config: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let policy = config("cleanup.policy").unwrap_or_else(|| "delete".into());
+    let policies: Vec<&str> = policy.split(',').map(str::trim).collect();
+    let value = |name: &str| config(name).unwrap_or_default();
+    match role {
+        TopicRole::Data => None,
+        TopicRole::Repartition => {
+            if policies.contains(&"compact") {
+                Some(format!(
+                    "cleanup.policy={policy} would compact away leads that share a dedupe key; it must be delete"
+                ))
+            } else if value("retention.ms") != "-1" {
+                Some(format!(
+                    "retention.ms={} deletes records by their (source) timestamp before they are read; it must be -1 (leadflow purges what it committed)",
+                    value("retention.ms")
+                ))
+            } else if value("retention.bytes") != "-1" {
+                Some(format!(
+                    "retention.bytes={} deletes records before they are read; it must be -1",
+                    value("retention.bytes")
+                ))
+            } else {
+                None
+            }
+        }
+        TopicRole::Changelog => (policies != ["compact"]).then(|| {
+            format!("cleanup.policy={policy} can delete live dedupe state; it must be compact")
+        }),
+    }
+}
+
+/// Creates each topic that does not exist yet, with `partitions` partitions
+/// and the configuration of its role ([`topic_configs`]). Returns the names
+/// of the topics it created.
 pub async fn create(
     kafka: &KafkaConfig,
-    names: &[&str],
+    topics: &[(&str, TopicRole)],
     partitions: i32,
-    compacted: &[&str],
 ) -> Result<Vec<String>, SetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
         .create()
@@ -32,15 +121,13 @@ pub async fn create(
     // Fail fast on an unreachable broker rather than waiting on the admin call.
     cluster_metadata(admin.inner(), kafka)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    let new: Vec<NewTopic<'_>> = names
+    let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|name| {
-            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-            if compacted.contains(name) {
-                topic.set("cleanup.policy", "compact")
-            } else {
-                topic
-            }
+        .map(|(name, role)| {
+            topic_configs(*role).iter().fold(
+                NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+                |topic, (key, value)| topic.set(key, value),
+            )
         })
         .collect();
     let options = AdminOptions::new()
@@ -63,8 +150,81 @@ pub async fn create(
             }
         }
     }
-    wait_until_visible(admin.inner(), kafka, names)?;
+    let names: Vec<&str> = topics.iter().map(|(name, _)| *name).collect();
+    wait_until_visible(admin.inner(), kafka, &names)?;
     Ok(created)
+}
+
+/// The topic-level configuration of each topic, by name (the broker's
+/// effective values, defaults included).
+pub async fn configs(
+    kafka: &KafkaConfig,
+    names: &[&str],
+) -> Result<Vec<HashMap<String, String>>, SetupError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
+        .create()
+        .map_err(SetupError::Client)?;
+    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let specifiers: Vec<ResourceSpecifier<'_>> = names
+        .iter()
+        .map(|name| ResourceSpecifier::Topic(name))
+        .collect();
+    let results = admin
+        .describe_configs(&specifiers, &options)
+        .await
+        .map_err(SetupError::Client)?;
+    names
+        .iter()
+        .zip(results)
+        .map(|(name, result)| {
+            let resource = result.map_err(|code| SetupError::BadTopic {
+                topic: (*name).to_owned(),
+                reason: format!("cannot describe its configuration: {code}"),
+            })?;
+            Ok(resource
+                .entries
+                .into_iter()
+                .filter_map(|entry| Some((entry.name, entry.value?)))
+                .collect())
+        })
+        .collect()
+}
+
+/// [`check_internal`], for the run loop's own thread.
+pub fn check_internal_blocking(
+    kafka: &KafkaConfig,
+    topics: &[(&str, TopicRole)],
+) -> Result<(), SetupError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| SetupError::BadTopic {
+            topic: topics
+                .first()
+                .map_or_else(String::new, |(t, _)| (*t).to_owned()),
+            reason: format!("cannot check its configuration: {e}"),
+        })?;
+    runtime.block_on(check_internal(kafka, topics))
+}
+
+/// Refuses, naming the topic and the setting, an internal topic whose
+/// configuration can lose what leadflow keeps in it.
+pub async fn check_internal(
+    kafka: &KafkaConfig,
+    topics: &[(&str, TopicRole)],
+) -> Result<(), SetupError> {
+    let names: Vec<&str> = topics.iter().map(|(name, _)| *name).collect();
+    let found = configs(kafka, &names).await?;
+    for ((name, role), config) in topics.iter().zip(found) {
+        if let Some(reason) = unsafe_config(*role, |key| config.get(key).cloned()) {
+            return Err(SetupError::BadTopic {
+                topic: (*name).to_owned(),
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every topic has a leader for each partition in the broker's
@@ -163,4 +323,61 @@ pub fn counts(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<u64>, SetupErro
         counts.push(records);
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(role: TopicRole, pairs: &[(&str, &str)]) -> Option<String> {
+        unsafe_config(role, |key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn what_leadflow_creates_passes_its_own_check() {
+        for role in [
+            TopicRole::Data,
+            TopicRole::Repartition,
+            TopicRole::Changelog,
+        ] {
+            assert_eq!(check(role, topic_configs(role)), None, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn internal_topics_that_can_lose_data_are_refused() {
+        // Kafka's stock defaults: 7 days of time-based retention, delete.
+        let stock = [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "604800000"),
+            ("retention.bytes", "-1"),
+        ];
+        assert!(
+            check(TopicRole::Repartition, &stock)
+                .is_some_and(|r| r.contains("retention.ms=604800000"))
+        );
+        assert!(check(TopicRole::Changelog, &stock).is_some_and(|r| r.contains("compact")));
+        assert_eq!(check(TopicRole::Data, &stock), None);
+        let compacted = [
+            ("cleanup.policy", "compact"),
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+        ];
+        assert!(check(TopicRole::Repartition, &compacted).is_some());
+        let both = [("cleanup.policy", "compact,delete")];
+        assert!(check(TopicRole::Changelog, &both).is_some());
+        let bytes = [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "-1"),
+            ("retention.bytes", "1073741824"),
+        ];
+        assert!(
+            check(TopicRole::Repartition, &bytes).is_some_and(|r| r.contains("retention.bytes"))
+        );
+    }
 }

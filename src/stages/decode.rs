@@ -1016,13 +1016,28 @@ mod tests {
     #[test]
     fn an_action_code_that_is_not_a_short_word_is_invalid_action() {
         let class = |action: &str| {
-            let json = with_fields("", &format!(r#","ActionCode":{}"#, serde_json::json!(action)));
+            let json = with_fields(
+                "",
+                &format!(r#","ActionCode":{}"#, serde_json::json!(action)),
+            );
             decode(&json).map(|l| l.action_code).map_err(|e| e.class())
         };
-        for ok in ["INS", "StartTestDrive", "Create", "Contact_Me-2", &"A".repeat(32)] {
+        for ok in [
+            "INS",
+            "StartTestDrive",
+            "Create",
+            "Contact_Me-2",
+            &"A".repeat(32),
+        ] {
             assert_eq!(class(ok), Ok(Some(ok.to_owned())), "{ok}");
         }
-        for bad in ["get it now", "INS;DROP", "é", &"A".repeat(33), &"x".repeat(2_000)] {
+        for bad in [
+            "get it now",
+            "INS;DROP",
+            "é",
+            &"A".repeat(33),
+            &"x".repeat(2_000),
+        ] {
             assert_eq!(class(bad), Err("invalid_action"), "{bad:.40}");
         }
     }
@@ -1031,20 +1046,35 @@ mod tests {
     fn identity_fields_over_their_limit_are_dead_letters() {
         let at_limit = "s".repeat(limits::LEAD_SOURCE - "SPZA-PLT|".len());
         let json = |source: &str| {
-            format!(r#"{{"UserDetails":{{"Email":"ana@fabrikam.com"}},"LeadSource":"SPZA-PLT|{source}"}}"#)
+            format!(
+                r#"{{"UserDetails":{{"Email":"ana@fabrikam.com"}},"LeadSource":"SPZA-PLT|{source}"}}"#
+            )
         };
         assert!(decode(&json(&at_limit)).is_ok());
         let over = decode(&json(&format!("{at_limit}s"))).expect_err("one byte over");
         assert_eq!(over.class(), "field_too_long");
         let huge = decode(&json(&"s".repeat(60_000))).expect_err("60 KB");
         assert_eq!(huge.class(), "field_too_long");
-        assert!(huge.to_string().len() < 100, "the message does not echo it: {huge}");
+        assert!(
+            huge.to_string().len() < 100,
+            "the message does not echo it: {huge}"
+        );
         let local = "a".repeat(limits::EMAIL - "@fabrikam.com".len() + 1);
-        let long_email =
-            format!(r#"{{"UserDetails":{{"Email":"{local}@fabrikam.com"}},"LeadSource":"SPZA-PLT|x"}}"#);
-        assert_eq!(decode(&long_email).map_err(|e| e.class()).err(), Some("field_too_long"));
-        let id = format!(r#"{{"event_id":"{}","UserDetails":{{"Email":"a@b.com"}}}}"#, "e".repeat(129));
-        assert_eq!(decode(&id).map_err(|e| e.class()).err(), Some("field_too_long"));
+        let long_email = format!(
+            r#"{{"UserDetails":{{"Email":"{local}@fabrikam.com"}},"LeadSource":"SPZA-PLT|x"}}"#
+        );
+        assert_eq!(
+            decode(&long_email).map_err(|e| e.class()).err(),
+            Some("field_too_long")
+        );
+        let id = format!(
+            r#"{{"event_id":"{}","UserDetails":{{"Email":"a@b.com"}}}}"#,
+            "e".repeat(129)
+        );
+        assert_eq!(
+            decode(&id).map_err(|e| e.class()).err(),
+            Some("field_too_long")
+        );
     }
 
     #[test]

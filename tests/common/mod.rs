@@ -24,6 +24,32 @@ use rdkafka::{Offset, TopicPartitionList};
 
 static BOOTSTRAP: OnceLock<String> = OnceLock::new();
 
+/// Event time of the tests' hand-written leads: 30 days ago, to the
+/// second. Old enough that a record stamped with it would be deleted by
+/// the broker's stock 7-day retention, young enough for the dedupe window.
+pub fn t0() -> i64 {
+    static T0: OnceLock<i64> = OnceLock::new();
+    *T0.get_or_init(|| (now_ms() - 30 * 86_400_000) / 1000 * 1000)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// [`t0`] as RFC 3339, for `received_at`.
+pub fn t0_rfc3339() -> String {
+    time::OffsetDateTime::from_unix_timestamp(t0() / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .expect("a formattable time")
+}
+
 /// Bootstrap servers of the test broker: the one a test binary chose with
 /// [`use_broker`], else `LEADFLOW_TEST_BOOTSTRAP`.
 pub fn bootstrap() -> String {
@@ -470,4 +496,30 @@ pub fn event_id(message: &OwnedMessage) -> String {
     let value: serde_json::Value =
         serde_json::from_slice(message.payload().expect("value")).expect("JSON value");
     value["event_id"].as_str().expect("event_id").to_owned()
+}
+
+/// Creates `name` with `partitions` partitions and these topic-level
+/// `configs` (none: the broker's stock defaults), as an operator or another
+/// tool would, outside leadflow.
+pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let topic = configs.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |topic, (key, value)| topic.set(key, value),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = runtime
+        .block_on(admin.create_topics([&topic], &options))
+        .expect("create topics");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot create {topic}: {code}"));
+    }
 }
