@@ -8,7 +8,7 @@
 //! has nothing to restore and takes partitions over the moment a rebalance
 //! gives it some.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// Where the processing loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,10 @@ pub struct Health {
     broker_reachable: AtomicBool,
     /// Partitions currently assigned, for the `/readyz` body.
     assigned: AtomicUsize,
+    /// Offset resets since the process started, and the records they
+    /// skipped, for the `/readyz` body.
+    offset_resets: AtomicU64,
+    skipped_records: AtomicU64,
 }
 
 impl Default for Health {
@@ -63,6 +67,8 @@ impl Default for Health {
             phase: AtomicU8::new(Phase::Starting as u8),
             broker_reachable: AtomicBool::new(true),
             assigned: AtomicUsize::new(0),
+            offset_resets: AtomicU64::new(0),
+            skipped_records: AtomicU64::new(0),
         }
     }
 }
@@ -84,17 +90,33 @@ impl Health {
         self.assigned.store(partitions, Ordering::Relaxed);
     }
 
-    /// `Ok` with a description when ready, else why not.
+    /// An offset reset skipped `skipped` records (0 when unknown).
+    pub fn record_offset_reset(&self, skipped: u64) {
+        self.offset_resets.fetch_add(1, Ordering::Relaxed);
+        self.skipped_records.fetch_add(skipped, Ordering::Relaxed);
+    }
+
+    /// `Ok` with a description when ready, else why not. Offset resets do
+    /// not make the process unready (it processes what is there, and a
+    /// restart brings nothing back), but every answer names them.
     pub fn readiness(&self) -> Result<String, String> {
         let phase = self.phase();
         let assigned = self.assigned.load(Ordering::Relaxed);
+        let resets = self.offset_resets.load(Ordering::Relaxed);
+        let note = match resets {
+            0 => String::new(),
+            _ => format!(
+                "; {resets} offset resets skipped {} records deleted before they were read",
+                self.skipped_records.load(Ordering::Relaxed)
+            ),
+        };
         if phase != Phase::Running {
-            return Err(format!("not ready: {}", phase.as_str()));
+            return Err(format!("not ready: {}{note}", phase.as_str()));
         }
         if !self.broker_reachable.load(Ordering::Relaxed) {
-            return Err("not ready: the broker is unreachable".to_owned());
+            return Err(format!("not ready: the broker is unreachable{note}"));
         }
-        Ok(format!("ready: {assigned} partitions assigned"))
+        Ok(format!("ready: {assigned} partitions assigned{note}"))
     }
 }
 
@@ -125,5 +147,13 @@ mod tests {
         assert!(health.readiness().is_err_and(|r| r.contains("unreachable")));
         health.set_broker_reachable(true);
         assert!(health.readiness().is_ok());
+        health.record_offset_reset(40);
+        health.record_offset_reset(2);
+        assert_eq!(
+            health.readiness().as_deref(),
+            Ok(
+                "ready: 3 partitions assigned; 2 offset resets skipped 42 records deleted before they were read"
+            )
+        );
     }
 }

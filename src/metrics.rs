@@ -117,6 +117,8 @@ pub struct Metrics {
     pub restore_duration: Histogram,
     pub restored_records: Counter,
     pub pipeline_restarts: Counter,
+    pub offset_resets: Family<TopicLabels, Counter>,
+    pub repartition_purges: Family<ResultLabels, Counter>,
     pub rules: Family<VersionLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
     pub schema_lookups: Family<ResultLabels, Counter>,
@@ -171,6 +173,8 @@ impl Metrics {
             restore_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             restored_records: Counter::default(),
             pipeline_restarts: Counter::default(),
+            offset_resets: Family::default(),
+            repartition_purges: Family::default(),
             rules: Family::default(),
             reloads: Family::default(),
             schema_lookups: Family::default(),
@@ -288,6 +292,16 @@ impl Metrics {
             "pipeline_restarts",
             "Restarts of the pipeline from the last commit after a runtime failure",
             m.pipeline_restarts.clone(),
+        );
+        r.register(
+            "offset_resets",
+            "Offset resets on a topic leadflow consumes: records deleted (retention, DeleteRecords) before leadflow read them",
+            m.offset_resets.clone(),
+        );
+        r.register(
+            "repartition_purges",
+            "Deletions of committed records from the repartition topic, by result: purged or failed",
+            m.repartition_purges.clone(),
         );
         r.register(
             "rules",

@@ -349,6 +349,17 @@ pub struct Tally {
     /// when they are read back.
     #[serde(default)]
     pub repartitioned: u64,
+    /// Offset resets on consumed topics: records were deleted before they
+    /// were read, and are in no other count.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset_resets: u64,
+    /// Records those resets skipped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_records: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Tally {
@@ -411,6 +422,8 @@ impl Tally {
         self.duplicates += other.duplicates;
         self.test_leads += other.test_leads;
         self.repartitioned += other.repartitioned;
+        self.offset_resets += other.offset_resets;
+        self.skipped_records += other.skipped_records;
         for (mine, theirs) in [
             (&mut self.campaigns, other.campaigns),
             (&mut self.suppressed, other.suppressed),

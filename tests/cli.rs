@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::OutputWithin as _;
+
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -21,8 +23,7 @@ fn leadflow_with(args: &[&str], vars: &[(&str, &str)]) -> (Output, Duration) {
         .env_remove("LEADFLOW_CONFIG")
         .env_remove("LEADFLOW_BOOTSTRAP_SERVERS")
         .envs(vars.iter().copied())
-        .output()
-        .expect("run leadflow");
+        .output_within_patience("run leadflow");
     (out, started.elapsed())
 }
 

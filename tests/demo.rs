@@ -2,6 +2,10 @@
 //! cluster must end with a summary that adds up, checked here from its
 //! printed numbers, not from its own verdict alone.
 
+mod common;
+
+use common::OutputWithin as _;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -13,8 +17,7 @@ fn a_small_demo_accounts_for_every_lead() {
         .env("LEADFLOW_HTTP__LISTEN", "127.0.0.1:0")
         .env_remove("LEADFLOW_CONFIG")
         .env_remove("RUST_LOG")
-        .output()
-        .expect("run the demo");
+        .output_within_patience("run the demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -117,6 +117,7 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
         ]),
         // Everything that got past identification was re-keyed.
         repartitioned: 9,
+        ..Tally::default()
     };
     assert_eq!(tally, expected);
 
@@ -561,4 +562,111 @@ fn run_refuses_internal_topics_whose_configuration_can_lose_data() {
         assert!(line.contains(&topic), "{line}");
         assert!(started.elapsed() < Duration::from_secs(20));
     }
+}
+
+/// `count` distinct AppSource leads numbered from `from`, 30 days old.
+fn numbered_leads(from: usize, count: usize) -> Vec<Vec<u8>> {
+    let received = t0_rfc3339();
+    (from..from + count)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"n{i}","received_at":"{received}","UserDetails":{{"Email":"person{i}@fabrikam.com"}},"LeadSource":"SPZA-PLT|contoso.sales-insights"}}"#
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// The first line of `log` that contains every one of `parts`.
+fn log_line<'a>(log: &'a str, parts: &[&str]) -> Option<&'a str> {
+    log.lines().find(|l| parts.iter().all(|p| l.contains(p)))
+}
+
+/// Records deleted (by retention, or here by DeleteRecords) between two
+/// runs, before leadflow read them: the next run says so (a warning with
+/// both offsets, the tally) and still ends when drained. On the old main
+/// the reset was only librdkafka's own warning, and `--until-drained`
+/// waited forever on a position the deleted records could never reach.
+/// The run also purges the repartition topic up to what it committed.
+#[test]
+fn records_deleted_before_they_were_read_are_reported_and_the_drain_ends() {
+    let env = Env::new("reset", 1, "");
+    let repartition = format!("{}-repartition", env.group);
+    produce_values(&env.input, &numbered_leads(0, 10), common::now_ms());
+    let first: Tally =
+        serde_json::from_slice(&env.run_until_drained().stdout).expect("tally on stdout");
+    assert_eq!(
+        (first.inputs, first.routed, first.offset_resets),
+        (10, 10, 0)
+    );
+    // What the run committed of its re-keying hop is gone from the broker.
+    let committed_hop = committed(&env.group, &repartition);
+    assert_eq!(committed_hop.values().sum::<i64>(), 10);
+    assert_eq!(common::starts(&repartition), committed_hop);
+
+    produce_values(&env.input, &numbered_leads(10, 20), common::now_ms());
+    common::delete_records(&env.input, 0, 30);
+    let out = env.run_until_drained();
+    let tally: Tally = serde_json::from_slice(&out.stdout).expect("tally on stdout");
+    assert_eq!(
+        (tally.inputs, tally.offset_resets, tally.skipped_records),
+        (0, 1, 20),
+        "{tally:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = log_line(
+        &stderr,
+        &["offset reset", "\"from_offset\":10", "\"to_offset\":30"],
+    )
+    .unwrap_or_else(|| panic!("no offset reset warning: {stderr}"));
+    assert!(line.contains(&env.input) && line.contains("WARN"), "{line}");
+    assert_eq!(read_all(&env.nurture).len(), 10);
+}
+
+/// Records deleted under a running leadflow: the metric counts the reset,
+/// `/readyz` names it, the log has both offsets, and what is left flows.
+#[test]
+fn an_offset_reset_under_a_running_leadflow_is_never_silent() {
+    use common::ops::{eventually, free_port, get, listen_on, sample, scrape};
+    let port = free_port();
+    let env = Env::new("reset-live", 1, "");
+    produce_values(&env.input, &numbered_leads(0, 10), common::now_ms());
+    let listen = listen_on(port);
+    let run = env.spawn(
+        "run",
+        &["run", listen[0].as_str(), listen[1].as_str()],
+        Stdio::null(),
+    );
+    eventually("the first leads committed", || {
+        (committed(&env.group, &env.input).get(&0) == Some(&10)).then_some(())
+    });
+    // Stopped, leadflow fetches nothing; waiting out the broker's long poll
+    // (fetch.wait.max.ms, 500 ms) lets its last fetch come back empty
+    // before the records are written and deleted.
+    common::signal(&run.0, "STOP");
+    std::thread::sleep(Duration::from_millis(1_500));
+    produce_values(&env.input, &numbered_leads(10, 20), common::now_ms());
+    common::delete_records(&env.input, 0, 20);
+    common::signal(&run.0, "CONT");
+    let series = format!("leadflow_offset_resets_total{{topic=\"{}\"}}", env.input);
+    eventually("the reset counted", || {
+        (sample(&scrape(port), &series) == Some(1.0)).then_some(())
+    });
+    let (_, body) = get(port, "/readyz").expect("readyz answers");
+    assert!(
+        body.contains("1 offset resets skipped 10 records"),
+        "{body}"
+    );
+    eventually("the leads after the deleted ones", || {
+        (read_all(&env.nurture).len() == 20).then_some(())
+    });
+    let log = run.log();
+    assert!(
+        log_line(
+            &log,
+            &["offset reset", "\"from_offset\":10", "\"to_offset\":20"]
+        )
+        .is_some(),
+        "{log}"
+    );
 }

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::OutputWithin as _;
+
 use common::{Env, header, produce_values, read_all, t0_rfc3339};
 use leadflow::registry::{Compatibility, Registration, RegistryClient, RegistryConfig};
 use leadflow::stages::decode::{RAW_LEAD_SCHEMA, write_confluent_header};
@@ -88,8 +90,7 @@ fn schemas_register_check_and_a_breaking_change_is_refused() {
             "schemas",
             "register",
         ])
-        .output()
-        .expect("leadflow runs");
+        .output_within_patience("leadflow runs");
     let stdout = String::from_utf8_lossy(&by_record.stdout);
     assert!(by_record.status.success(), "{stdout}");
     let subjects: Vec<&str> = stdout.lines().filter_map(|l| l.split(' ').next()).collect();
@@ -298,8 +299,7 @@ fn an_unreachable_registry_is_a_one_line_error_within_seconds() {
     let started = std::time::Instant::now();
     let out = env
         .command(&["run", "--until-drained"])
-        .output()
-        .expect("leadflow runs");
+        .output_within_patience("leadflow runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
@@ -454,8 +454,7 @@ impl OwnRegistry {
     fn output(&self, command: &str) -> String {
         let out = self
             .command(command)
-            .output()
-            .expect("scripts/registry.sh runs");
+            .output_within_patience("scripts/registry.sh runs");
         assert!(out.status.success(), "scripts/registry.sh {command}");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -611,16 +610,14 @@ fn tls_and_basic_authentication_reach_a_secured_registry() {
             "schemas",
             "check",
         ])
-        .output()
-        .expect("leadflow runs");
+        .output_within_patience("leadflow runs");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(stderr.contains("HTTP 401"), "{stderr}");
     // Without the registry's CA the certificate is not trusted.
     let untrusted = env
         .command(&["--set", "schema_registry.ca_file=", "schemas", "check"])
-        .output()
-        .expect("leadflow runs");
+        .output_within_patience("leadflow runs");
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(!untrusted.status.success());
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
@@ -654,8 +651,7 @@ fn a_reload_routing_to_a_topic_without_a_registered_schema_is_refused() {
         .arg("--config")
         .arg(&copy)
         .args(["topics", "create"])
-        .output()
-        .expect("topics create");
+        .output_within_patience("topics create");
     assert!(
         created.status.success(),
         "{}",

@@ -83,6 +83,24 @@ pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
     }
 }
 
+/// Logs a librdkafka log line as rdkafka's default context does, through
+/// `tracing`, for contexts that look at some lines themselves first.
+pub(crate) fn log_client_message(
+    level: rdkafka::config::RDKafkaLogLevel,
+    fac: &str,
+    message: &str,
+) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", "{fac} {message}");
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", "{fac} {message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", "{fac} {message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
+    }
+}
+
 /// The context of a consumer that reads partitions to their end.
 pub(crate) struct ReadToEnd;
 

@@ -155,9 +155,54 @@ struct RunContext {
     observed: Observed,
     /// Partitions with a `consumer_lag` series, to remove when revoked.
     lag_series: Mutex<Vec<PartitionLabels>>,
+    /// Offset resets librdkafka reported, for the loop to report.
+    resets: Mutex<Vec<OffsetReset>>,
+    /// Committed offsets of repartition partitions not yet purged.
+    purgeable: Mutex<BTreeMap<i32, i64>>,
+}
+
+/// An offset reset on a consumed partition: the records from `from` on
+/// were deleted (by retention, or `DeleteRecords`) before this consumer
+/// read them, and librdkafka moved on to the log's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OffsetReset {
+    topic: String,
+    partition: i32,
+    from: i64,
+}
+
+/// The reset in a librdkafka `OFFSET` warning, which is the only report
+/// of one when `auto.offset.reset` resets by itself: `TOPIC [P]: offset
+/// reset (at offset N (leader epoch E), broker B) to offset BEGINNING ...`.
+/// (`auto.offset.reset=error` would report it as a consumer error, but one
+/// naming no partition, after which the partition stops until reassigned.)
+fn parse_offset_reset(message: &str) -> Option<OffsetReset> {
+    const MARKER: &str = "]: offset reset (at offset ";
+    let at = message.find(MARKER)?;
+    let (head, partition) = message[..at].rsplit_once(" [")?;
+    // Topic names are [a-zA-Z0-9._-]: the last ": " ends the thread prefix.
+    let topic = head.rsplit(": ").next()?;
+    let rest = &message[at + MARKER.len()..];
+    let digits = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(rest.len());
+    Some(OffsetReset {
+        topic: topic.to_owned(),
+        partition: partition.parse().ok()?,
+        from: rest[..digits].parse().ok()?,
+    })
 }
 
 impl ClientContext for RunContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "OFFSET"
+            && let Some(reset) = parse_offset_reset(message)
+        {
+            lock(&self.resets).push(reset);
+        }
+        super::log_client_message(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
             self.observed.health.set_broker_reachable(false);
@@ -363,6 +408,7 @@ impl RunContext {
         }
         if self.exactly_once {
             self.commit_transaction(consumer, &offsets)?;
+            self.committed_repartition(&pending);
             pending.clear();
             return Ok(true);
         }
@@ -377,6 +423,7 @@ impl RunContext {
         match consumer.commit(&offsets, CommitMode::Sync) {
             Ok(()) => {
                 debug!(partitions = pending.len(), "offsets committed");
+                self.committed_repartition(&pending);
                 pending.clear();
             }
             // Outputs are safe; the offsets are retried with the next batch.
@@ -384,6 +431,17 @@ impl RunContext {
             Err(e) => warn!(error = %e, "offset commit failed; will retry"),
         }
         Ok(true)
+    }
+
+    /// Notes the committed offsets of repartition partitions: the records
+    /// before them are never read again, so they may be purged.
+    fn committed_repartition(&self, committed: &BTreeMap<Part, i64>) {
+        let mut purgeable = lock(&self.purgeable);
+        for ((hop, partition), offset) in committed {
+            if *hop == Hop::Repartition {
+                purgeable.insert(*partition, *offset);
+            }
+        }
     }
 
     /// Opens a transaction unless one is open.
@@ -634,6 +692,9 @@ fn run_once(
     consumer_config.set("group.id", &kafka.group_id);
     consumer_config.set("enable.auto.commit", "false");
     consumer_config.set("enable.auto.offset.store", "false");
+    // Offset resets are reported only as warnings (see `parse_offset_reset`),
+    // whatever the log filter.
+    consumer_config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
     let repartition_topic = config.repartition_topic();
     let changelog_topic = config.changelog_topic();
     let context = RunContext {
@@ -651,6 +712,8 @@ fn run_once(
         failure: Mutex::default(),
         observed: observed.clone(),
         lag_series: Mutex::default(),
+        resets: Mutex::default(),
+        purgeable: Mutex::default(),
     };
     let consumer: BaseConsumer<RunContext> = consumer_config
         .create_with_context(context)
@@ -745,6 +808,8 @@ fn run_once(
     let mut last_report = Instant::now();
     let mut eviction_logged = false;
     let metrics = &observed.metrics;
+    let purger = Purger::new(kafka, repartition_topic.as_deref(), metrics)?;
+    let mut last_purge = Instant::now();
     let mut batch_seq: u64 = 0;
     let mut meter = Meter {
         batch: Batch::default(),
@@ -835,6 +900,7 @@ fn run_once(
             if let Some(error) = lock(&context.failure).take() {
                 return Err(error);
             }
+            report_offset_resets(&consumer, &restorer, tally);
             match polled {
                 None => break,
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
@@ -883,6 +949,10 @@ fn run_once(
                 pipeline.commit_batch();
                 meter.committed(metrics, &mut pipeline);
                 tally.merge(batch_tally);
+                if last_purge.elapsed() >= PURGE_INTERVAL {
+                    purger.purge(consumer.context());
+                    last_purge = Instant::now();
+                }
             }
             Err(RunError::Aborted(_)) => {
                 // Nothing of the batch is visible: forget its state changes
@@ -911,6 +981,7 @@ fn run_once(
     consumer.context().commit(&consumer)?;
     pipeline.commit_batch();
     meter.committed(metrics, &mut pipeline);
+    purger.purge(consumer.context());
     consumer.unsubscribe();
     info!(?tally, "stopped");
     Ok(())
@@ -988,6 +1059,142 @@ impl Meter {
             .dedupe_evictions
             .inc_by(evicted.saturating_sub(self.evicted));
         self.evicted = evicted;
+    }
+}
+
+/// How often committed records are deleted from the repartition topic
+/// (Kafka Streams' `repartition.purge.interval.ms`).
+const PURGE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Deletes committed records from the repartition topic, whose time-based
+/// retention is off (see `topics::TopicRole::Repartition`), as Kafka
+/// Streams does after its commits.
+struct Purger<'a> {
+    target: Option<(
+        rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+        &'a str,
+    )>,
+    runtime: tokio::runtime::Runtime,
+    metrics: &'a crate::metrics::Metrics,
+    timeout: Duration,
+}
+
+impl<'a> Purger<'a> {
+    fn new(
+        kafka: &crate::config::KafkaConfig,
+        repartition: Option<&'a str>,
+        metrics: &'a crate::metrics::Metrics,
+    ) -> Result<Purger<'a>, RunError> {
+        let target = match repartition {
+            Some(topic) => Some((
+                client_config(kafka, Role::Admin, &[])
+                    .create()
+                    .map_err(SetupError::Client)?,
+                topic,
+            )),
+            None => None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| RunError::Delivery(format!("cannot start the purge runtime: {e}")))?;
+        Ok(Purger {
+            target,
+            runtime,
+            metrics,
+            timeout: Duration::from_millis(kafka.connect_timeout_ms.min(5_000)),
+        })
+    }
+
+    /// Deletes what was committed since the last purge. A failure is
+    /// logged and counted; the next purge covers it.
+    fn purge(&self, context: &RunContext) {
+        let Some((admin, topic)) = &self.target else {
+            return;
+        };
+        let committed = std::mem::take(&mut *lock(&context.purgeable));
+        if committed.is_empty() {
+            return;
+        }
+        let mut offsets = TopicPartitionList::with_capacity(committed.len());
+        for (partition, offset) in &committed {
+            // Cannot fail for a non-negative offset.
+            let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        let options = rdkafka::admin::AdminOptions::new()
+            .request_timeout(Some(self.timeout))
+            .operation_timeout(Some(self.timeout));
+        let result = self
+            .runtime
+            .block_on(admin.delete_records(&offsets, &options));
+        let failed = match result {
+            Ok(list) => list.elements().iter().find_map(|tp| {
+                tp.error()
+                    .err()
+                    .map(|e| format!("partition {}: {e}", tp.partition()))
+            }),
+            Err(e) => Some(e.to_string()),
+        };
+        let result = match failed {
+            None => {
+                debug!(
+                    topic,
+                    partitions = committed.len(),
+                    "repartition topic purged"
+                );
+                "purged"
+            }
+            Some(error) => {
+                warn!(topic, %error, "cannot purge the repartition topic; will retry");
+                "failed"
+            }
+        };
+        self.metrics
+            .repartition_purges
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+}
+
+/// Reports the offset resets librdkafka logged since the last call: a
+/// warning naming the partition and both offsets, the metric, `/readyz`
+/// and the run's tally. The records in between are gone from the broker.
+fn report_offset_resets(
+    consumer: &BaseConsumer<RunContext>,
+    lister: &BaseConsumer<ReadToEnd>,
+    tally: &mut Tally,
+) {
+    let context = consumer.context();
+    let resets = std::mem::take(&mut *lock(&context.resets));
+    for OffsetReset {
+        topic,
+        partition,
+        from,
+    } in resets
+    {
+        // librdkafka resets to the log's start, which is where it now reads.
+        let to = lister
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .map(|(low, _)| low)
+            .ok();
+        let skipped = to.map_or(0, |to| u64::try_from(to - from).unwrap_or(0));
+        warn!(
+            topic,
+            partition,
+            from_offset = from,
+            to_offset = to,
+            skipped,
+            "offset reset: records were deleted before leadflow read them (retention or DeleteRecords); they are not processed"
+        );
+        context
+            .observed
+            .metrics
+            .offset_resets
+            .get_or_create(&crate::metrics::TopicLabels { topic })
+            .inc();
+        context.observed.health.record_offset_reset(skipped);
+        tally.offset_resets += 1;
+        tally.skipped_records += skipped;
     }
 }
 
@@ -1135,7 +1342,8 @@ fn rewind(
 /// Every assigned partition read to its end and restored, and nothing left
 /// to commit. Asked only after a batch interval without records. A
 /// partition is at its end when the consumer's position (which steps over
-/// transaction markers) reaches the end a read_committed reader sees now
+/// transaction markers), or the log's start if later, reaches the end a
+/// read_committed reader sees now
 /// (the last stable offset, asked through `lister`, an idle client, since
 /// the consumer's own connection is busy with long-polling fetches). A
 /// partition with no position delivered nothing since it was assigned: it
@@ -1156,7 +1364,10 @@ fn drained(consumer: &BaseConsumer<RunContext>, lister: &BaseConsumer<ReadToEnd>
             return false;
         };
         match tp.offset() {
-            Offset::Offset(position) if position >= end => {}
+            // A position before the log's start names deleted records: the
+            // consumer reads on from the start (an offset reset, reported),
+            // and its position moves only once it reads a record there.
+            Offset::Offset(position) if position.max(low) >= end => {}
             Offset::Offset(_) => return false,
             _ => {
                 unpositioned.add_partition(tp.topic(), tp.partition());
@@ -1178,7 +1389,7 @@ fn drained(consumer: &BaseConsumer<RunContext>, lister: &BaseConsumer<ReadToEnd>
             return false;
         };
         match tp.offset() {
-            Offset::Offset(committed) => committed >= *end,
+            Offset::Offset(committed) => committed.max(*low) >= *end,
             // Never committed: read from the start, so at the end if empty.
             _ => low >= end,
         }

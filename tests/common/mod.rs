@@ -125,7 +125,7 @@ impl Drop for OwnBroker {
 }
 
 /// Runs `command` with `input` on its stdin; its output. `what` names it
-/// when it cannot start.
+/// when it cannot start, and when it does not finish within [`PATIENCE`].
 pub fn piped(command: &mut Command, input: &str, what: &str) -> Output {
     use std::io::Write as _;
     let mut child = command
@@ -140,9 +140,57 @@ pub fn piped(command: &mut Command, input: &str, what: &str) -> Output {
         .expect("stdin")
         .write_all(input.as_bytes())
         .unwrap_or_else(|e| panic!("cannot write to {what}: {e}"));
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
+    finish_within(child, PATIENCE, what)
+}
+
+/// Runs `command` to completion, with its output captured; a command that
+/// is still running after `patience` is killed and fails the test with
+/// what it wrote. No test waits on a child without a deadline.
+pub fn output_within(command: &mut Command, patience: Duration, what: &str) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    finish_within(child, patience, what)
+}
+
+/// [`output_within`] [`PATIENCE`], as a method of the command.
+pub trait OutputWithin {
+    fn output_within_patience(&mut self, what: &str) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within_patience(&mut self, what: &str) -> Output {
+        output_within(self, PATIENCE, what)
+    }
+}
+
+fn finish_within(child: Child, patience: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    // The pipes are drained while waiting, so a chatty child cannot block.
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(patience) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let output = finished.recv().ok().and_then(Result::ok);
+            let (stdout, stderr) = output.map_or_else(Default::default, |o| {
+                (
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )
+            });
+            panic!(
+                "{what} did not finish within {} s and was killed; stdout:\n{stdout}\nstderr:\n{stderr}",
+                patience.as_secs()
+            );
+        }
+    }
 }
 
 /// Sends a signal (`TERM`, `STOP`, `CONT`) to a child process.
@@ -273,9 +321,13 @@ impl Env {
         out
     }
 
-    /// Runs `leadflow` to completion.
+    /// Runs `leadflow` to completion, within [`PATIENCE`].
     pub fn leadflow(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run leadflow")
+        output_within(
+            &mut self.command(args),
+            PATIENCE,
+            &format!("leadflow {}", args.join(" ")),
+        )
     }
 }
 
@@ -502,24 +554,67 @@ pub fn event_id(message: &OwnedMessage) -> String {
 /// `configs` (none: the broker's stock defaults), as an operator or another
 /// tool would, outside leadflow.
 pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
+    use rdkafka::admin::{NewTopic, TopicReplication};
     let topic = configs.iter().fold(
         NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
         |topic, (key, value)| topic.set(key, value),
     );
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (admin, options, runtime) = admin();
     let results = runtime
         .block_on(admin.create_topics([&topic], &options))
         .expect("create topics");
     for result in results {
         result.unwrap_or_else(|(topic, code)| panic!("cannot create {topic}: {code}"));
     }
+}
+
+/// An admin client of the test broker, its request options, and a
+/// runtime to wait for its requests on.
+fn admin() -> (
+    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    rdkafka::admin::AdminOptions,
+    tokio::runtime::Runtime,
+) {
+    let client = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let options =
+        rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (client, options, runtime)
+}
+
+/// Deletes the records of `topic`'s `partition` before offset `before`
+/// (Kafka's DeleteRecords, as retention or an operator would).
+pub fn delete_records(topic: &str, partition: i32, before: i64) {
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, partition, Offset::Offset(before))
+        .expect("offset");
+    let (admin, options, runtime) = admin();
+    let result = runtime
+        .block_on(admin.delete_records(&offsets, &options))
+        .expect("delete records");
+    for tp in result.elements() {
+        tp.error()
+            .unwrap_or_else(|e| panic!("cannot delete records of {topic}/{partition}: {e}"));
+    }
+}
+
+/// The first offset still in each partition of `topic` (its log start).
+pub fn starts(topic: &str) -> BTreeMap<i32, i64> {
+    let consumer = consumer(None, false);
+    partitions(&consumer, topic)
+        .into_iter()
+        .map(|p| {
+            let (low, _) = consumer
+                .fetch_watermarks(topic, p, PATIENCE)
+                .expect("watermarks");
+            (p, low)
+        })
+        .collect()
 }
