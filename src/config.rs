@@ -229,7 +229,12 @@ pub struct PipelineConfig {
     pub commit_interval_ms: u64,
     /// Largest number of input records in one batch.
     pub max_batch_records: usize,
-    /// Records larger than this are dead-lettered as `oversized`.
+    /// Records larger than this are dead-lettered as `oversized`. Every
+    /// record leadflow writes from an input (dead letter, re-keyed copy)
+    /// fits in this plus [`crate::kafka::RECORD_HEADROOM`]: the producer's
+    /// `message.max.bytes` and those topics' `max.message.bytes` must
+    /// allow that, which `run` checks at start. The default fits Kafka's
+    /// stock 1,048,588-byte topic limit.
     pub max_record_bytes: usize,
     /// How long a batch may wait for its outputs to be acknowledged before
     /// leadflow stops with an error (and restarts from the last commit).
@@ -251,7 +256,7 @@ impl Default for PipelineConfig {
             processing_guarantee: ProcessingGuarantee::ExactlyOnce,
             commit_interval_ms: 100,
             max_batch_records: 10_000,
-            max_record_bytes: 1_048_576,
+            max_record_bytes: 983_040,
             delivery_timeout_ms: 10_000,
             repartition: true,
             shutdown_timeout_ms: 30_000,

@@ -430,6 +430,7 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                 until_drained: args.until_drained,
                 http_address,
                 passthrough: args.passthrough,
+                mock_cluster: false,
             };
             let controls = Controls {
                 shutdown: &shutdown,
@@ -541,8 +542,9 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             if let Some(partitions) = args.partitions {
                 runtime.block_on(topics::create(
                     &config.kafka,
-                    &[(&topic, topics::TopicRole::Data)],
+                    &[(&topic, topics::TopicRole::Input)],
                     partitions,
+                    config.pipeline.max_record_bytes,
                 ))?;
             }
             let options = ProduceOptions {
@@ -571,7 +573,12 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                 .iter()
                 .map(|(name, role)| (name.as_str(), *role))
                 .collect();
-            let created = runtime.block_on(topics::create(&config.kafka, &named, partitions))?;
+            let created = runtime.block_on(topics::create(
+                &config.kafka,
+                &named,
+                partitions,
+                config.pipeline.max_record_bytes,
+            ))?;
             for name in created {
                 eprintln!("created {name}");
             }

@@ -43,6 +43,12 @@ pub struct TopicLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub topic: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeadLetterLabels {
     pub stage: &'static str,
     pub class: &'static str,
@@ -119,6 +125,7 @@ pub struct Metrics {
     pub pipeline_restarts: Counter,
     pub offset_resets: Family<TopicLabels, Counter>,
     pub repartition_purges: Family<ResultLabels, Counter>,
+    pub produce_rejections: Family<RejectionLabels, Counter>,
     pub rules: Family<VersionLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
     pub schema_lookups: Family<ResultLabels, Counter>,
@@ -175,6 +182,7 @@ impl Metrics {
             pipeline_restarts: Counter::default(),
             offset_resets: Family::default(),
             repartition_purges: Family::default(),
+            produce_rejections: Family::default(),
             rules: Family::default(),
             reloads: Family::default(),
             schema_lookups: Family::default(),
@@ -302,6 +310,11 @@ impl Metrics {
             "repartition_purges",
             "Deletions of committed records from the repartition topic, by result: purged or failed",
             m.repartition_purges.clone(),
+        );
+        r.register(
+            "produce_rejections",
+            "Records the broker refused for good (too large, timestamp out of range, not authorized), by topic and error; each aborts its batch, which is retried with the record isolated",
+            m.produce_rejections.clone(),
         );
         r.register(
             "rules",

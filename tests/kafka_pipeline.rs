@@ -670,3 +670,81 @@ fn an_offset_reset_under_a_running_leadflow_is_never_silent() {
         "{log}"
     );
 }
+
+/// A campaign record the broker refuses for good (its topic's limit was
+/// lowered under a running leadflow) aborts its transaction. leadflow
+/// finds the one record, one per transaction, dead-letters it with the
+/// broker's error, and everything else goes through: no restart, no
+/// tight loop. On the old main the same batch aborted and was processed
+/// again at once, forever. The refused lead is not remembered by dedupe:
+/// its repeat is refused again, not dropped as a duplicate.
+#[test]
+fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
+    use common::ops::{eventually, free_port, listen_on, sample, scrape, series};
+    let port = free_port();
+    let env = Env::new("refused", 1, "");
+    let listen = listen_on(port);
+    let run = env.spawn(
+        "run",
+        &["run", listen[0].as_str(), listen[1].as_str()],
+        Stdio::null(),
+    );
+    produce_values(&env.input, &numbered_leads(0, 3), common::now_ms());
+    eventually("the first leads in their campaign", || {
+        (read_all(&env.nurture).len() == 3).then_some(())
+    });
+    common::alter_topic(&env.nurture, &[("max.message.bytes", "3000")]);
+    // About 6 KB of text lz4 cannot shrink: over the limit however batched.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let noise: String = (0..6_000).map(|_| rng.alphanumeric()).collect();
+    let big = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","received_at":"{}","UserDetails":{{"Email":"big@fabrikam.com"}},"LeadSource":"SPZA-PLT|contoso.sales-insights","Description":"{noise}"}}"#,
+            t0_rfc3339()
+        )
+        .into_bytes()
+    };
+    let mut values = numbered_leads(3, 5);
+    values.push(big("big1"));
+    values.extend(numbered_leads(8, 5));
+    produce_values(&env.input, &values, common::now_ms());
+    common::ops::wait_for_or(
+        "every small lead in its campaign",
+        || run.log(),
+        || (read_all(&env.nurture).len() == 13).then_some(()),
+    );
+    let dead = eventually("the refused lead dead-lettered", || {
+        let dead = read_all(&env.dead_letter);
+        (dead.len() == 1).then_some(dead)
+    });
+    let m = &dead[0];
+    assert_eq!(event_id(m), "big1");
+    assert_eq!(header(m, "leadflow.error.stage"), Some("produce"));
+    assert_eq!(header(m, "leadflow.error.class"), Some("produce_rejected"));
+    let message = header(m, "leadflow.error.message").unwrap_or_default();
+    assert!(
+        message.contains(&env.nurture) && message.contains("MessageSizeTooLarge"),
+        "{message}"
+    );
+    let metrics = scrape(port);
+    let refused: f64 = series(&metrics, "leadflow_produce_rejections_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert!(refused >= 1.0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "leadflow_pipeline_restarts_total"),
+        Some(0.0)
+    );
+
+    // Not remembered as sent: the repeat is refused again, not a duplicate.
+    produce_values(&env.input, &[big("big2")], common::now_ms());
+    eventually("the repeat dead-lettered too", || {
+        (read_all(&env.dead_letter).len() == 2).then_some(())
+    });
+    assert_eq!(
+        sample(&scrape(port), "leadflow_leads_total{outcome=\"duplicate\"}").unwrap_or(0.0),
+        0.0
+    );
+    assert!(!run.log().contains("pipeline failed"), "{}", run.log());
+}

@@ -196,6 +196,7 @@ impl Demo {
             until_drained: true,
             http_address,
             passthrough: false,
+            mock_cluster: true,
         };
         Ok(run(&self.config, options, controls)?)
     }

@@ -12,6 +12,10 @@ use crate::pipeline::SourcePosition;
 pub const ERROR_STAGE: &str = "leadflow.error.stage";
 pub const ERROR_CLASS: &str = "leadflow.error.class";
 pub const ERROR_MESSAGE: &str = "leadflow.error.message";
+/// On a dead letter that does not carry the whole input: what was cut,
+/// `value:BYTES` (the value, cut to `pipeline.max_record_bytes`) and/or
+/// `key+headers:BYTES` (the input's key and headers, dropped), comma-separated.
+pub const ERROR_TRUNCATED: &str = "leadflow.error.truncated";
 /// On a dead letter about a Confluent-framed record's schema: the writer
 /// schema's registry id.
 pub const SCHEMA_ID: &str = "leadflow.schema.id";
@@ -69,9 +73,13 @@ pub fn dead_letter<H: Headers>(
     original: Option<&H>,
     source: (SourcePosition<'_>, Option<i64>),
     pipeline_version: &str,
-    failure: &Failure,
+    (failure, truncated): (&Failure, Option<&str>),
 ) -> OwnedHeaders {
-    let headers = without_source(original, 8);
+    let headers = without_source(original, 9);
+    let headers = match truncated {
+        Some(what) => add(headers, ERROR_TRUNCATED, what),
+        None => headers,
+    };
     let headers = add(headers, ERROR_STAGE, failure.stage.as_str());
     let headers = add(headers, ERROR_CLASS, failure.class);
     let headers = add(headers, ERROR_MESSAGE, &failure.message);
@@ -182,7 +190,7 @@ mod tests {
             Some(&original),
             (source, Some(1_741_000_000_000)),
             "leadflow/test rules/r1",
-            &failure,
+            (&failure, None),
         );
         assert_eq!(get(&headers, SCHEMA_ID), None);
         assert_eq!(get(&headers, "traceparent"), Some("00-abc-01"));
@@ -258,11 +266,17 @@ mod tests {
             message: "too large".into(),
             schema_id: Some(7),
         };
-        let dead = dead_letter(Some(&headers), (source, None), "v", &failure);
+        let dead = dead_letter(
+            Some(&headers),
+            (source, None),
+            "v",
+            (&failure, Some("value:2000000")),
+        );
         assert_eq!(get(&dead, "traceparent"), Some("00-abc-01"));
         assert_eq!(get(&dead, SOURCE_OFFSET), Some("7"));
         assert_eq!(dead.iter().filter(|h| h.key == SOURCE_OFFSET).count(), 1);
         assert_eq!(dead.iter().filter(|h| h.key == SOURCE_KEY).count(), 0);
         assert_eq!(get(&dead, SCHEMA_ID), Some("7"));
+        assert_eq!(get(&dead, ERROR_TRUNCATED), Some("value:2000000"));
     }
 }

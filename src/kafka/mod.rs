@@ -39,7 +39,25 @@ pub enum SetupError {
     MissingTopic(String),
     #[error("topic {topic:?} is unusable: {reason}")]
     BadTopic { topic: String, reason: String },
+    /// A client setting that cannot carry what leadflow writes.
+    #[error("{0}")]
+    Limit(String),
 }
+
+/// Room for what leadflow adds to an input record's bytes when it writes
+/// them on: a dead letter's headers (its message capped at 1 KiB), and the
+/// input's own key and headers up to [`KEPT_KEY_AND_HEADERS`]. A record
+/// leadflow writes from an input is at most `pipeline.max_record_bytes`
+/// plus this.
+pub const RECORD_HEADROOM: usize = 64 * 1024;
+
+/// The most of an input's key and headers a dead letter keeps; past it
+/// both are dropped (and the dead letter says so), so it always fits.
+pub const KEPT_KEY_AND_HEADERS: usize = 48 * 1024;
+
+/// The most a campaign or suppressed record can take: its fields are
+/// capped (`stages::decode::limits`), so this bound holds for any input.
+pub const LEAD_RECORD_MAX: usize = 64 * 1024;
 
 /// Which kind of client a configuration is for; each reads the shared
 /// pass-through properties and then its own.
@@ -167,6 +185,9 @@ pub fn check_topics<C: ClientContext>(
 #[derive(Default)]
 pub(crate) struct DeliveryTracker {
     failure: Mutex<Option<String>>,
+    /// The first record the broker refused for good since the last
+    /// [`DeliveryTracker::take_rejection`]: its topic and the refusal.
+    rejection: Mutex<Option<(String, RDKafkaErrorCode)>>,
     pub(crate) health: Option<std::sync::Arc<crate::health::Health>>,
     /// Delivery reports served so far, for [`flush`] to wait on.
     delivered: Mutex<u64>,
@@ -206,6 +227,9 @@ impl ProducerContext for DeliveryTracker {
         *lock(&self.delivered) += 1;
         self.delivery.notify_all();
         if let Err((error, message)) = result {
+            if let Some(code) = refusal(error) {
+                lock(&self.rejection).get_or_insert((message.topic().to_owned(), code));
+            }
             let mut failure = lock(&self.failure);
             if failure.is_none() {
                 *failure = Some(format!(
@@ -221,6 +245,16 @@ impl ProducerContext for DeliveryTracker {
 impl DeliveryTracker {
     pub(crate) fn take(&self) -> Option<String> {
         lock(&self.failure).take()
+    }
+
+    /// Whether a record was refused for good, without taking it.
+    pub(crate) fn has_rejection(&self) -> bool {
+        lock(&self.rejection).is_some()
+    }
+
+    /// The record refused for good since the last call, if one was.
+    pub(crate) fn take_rejection(&self) -> Option<(String, RDKafkaErrorCode)> {
+        lock(&self.rejection).take()
     }
 }
 
@@ -291,6 +325,29 @@ pub(crate) fn copy_of<'a>(
         record = record.payload(payload);
     }
     record
+}
+
+/// The broker's (or the client's) name for why it refused one record for
+/// good: too large, a timestamp out of range, not allowed. Writing the same
+/// record again fails the same way, so it must be dead-lettered, not
+/// retried. `None` for everything else (timeouts, a broker down, a
+/// transaction that must abort), which is no fault of the record.
+pub(crate) fn refusal(error: &KafkaError) -> Option<RDKafkaErrorCode> {
+    let KafkaError::MessageProduction(code) = error else {
+        return None;
+    };
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidTimestamp
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::PolicyViolation
+    )
+    .then_some(*code)
 }
 
 /// Enqueues a record, waiting for room when the producer's queue is full.

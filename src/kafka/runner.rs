@@ -41,7 +41,7 @@ use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, info, warn};
@@ -90,6 +90,10 @@ pub enum RunError {
     /// The transaction was aborted; the batch must be processed again.
     #[error("transaction aborted: {0}")]
     Aborted(KafkaError),
+    /// At-least-once: the broker refused a record of the batch for good;
+    /// the batch must be processed again with that record isolated.
+    #[error("a record was refused: {0}")]
+    Rejected(String),
     #[error("cannot restore dedupe state from {topic:?}: {reason}")]
     Restore { topic: String, reason: String },
     /// The registry could not be asked, so records that need a writer
@@ -116,6 +120,10 @@ pub struct RunOptions {
     /// processing them: the benchmarks' baseline, the same loop, clients
     /// and transactions with no stage in between.
     pub passthrough: bool,
+    /// Running on librdkafka's mock cluster, which cannot describe topic
+    /// configurations or delete records: the start-up check of topic
+    /// configurations and the repartition purge are skipped.
+    pub mock_cluster: bool,
 }
 
 /// Which of the loop's two input topics a partition belongs to.
@@ -415,6 +423,12 @@ impl RunContext {
         super::flush(&self.producer, self.delivery_timeout)
             .map_err(|e| RunError::Delivery(e.to_string()))?;
         if let Some(failure) = self.producer.context().take() {
+            // A refused record is the loop's to isolate; anything else
+            // (timeouts, say) restarts the pipeline from the last commit.
+            if self.producer.context().has_rejection() {
+                pending.clear();
+                return Err(RunError::Rejected(failure));
+            }
             return Err(RunError::Delivery(failure));
         }
         if offsets.count() == 0 {
@@ -442,6 +456,26 @@ impl RunContext {
                 purgeable.insert(*partition, *offset);
             }
         }
+    }
+
+    /// Aborts the open transaction (a record of it was refused), so that
+    /// the loop processes the batch again: always `Err(Aborted)`.
+    fn abort(&self) -> Result<(), RunError> {
+        let error = KafkaError::MessageProduction(RDKafkaErrorCode::State);
+        if self.in_transaction.load(Ordering::Relaxed) {
+            let timeout = Duration::from_secs(10).min(self.delivery_timeout);
+            self.producer
+                .abort_transaction(timeout)
+                .map_err(RunError::Transaction)?;
+            self.in_transaction.store(false, Ordering::Relaxed);
+        }
+        lock(&self.pending).clear();
+        self.observed
+            .metrics
+            .transactions
+            .get_or_create(&ResultLabels { result: "aborted" })
+            .inc();
+        Err(RunError::Aborted(error))
     }
 
     /// Opens a transaction unless one is open.
@@ -646,7 +680,14 @@ fn run_once(
 
     let exactly_once = config.pipeline.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
     let delivery_timeout_ms = config.pipeline.delivery_timeout_ms.to_string();
+    // Room for the largest record leadflow writes from an input.
+    let largest = config
+        .pipeline
+        .max_record_bytes
+        .saturating_add(super::RECORD_HEADROOM);
+    let message_max_bytes = largest.to_string();
     let producer_defaults = [
+        ("message.max.bytes", message_max_bytes.as_str()),
         ("enable.idempotence", "true"),
         ("linger.ms", "5"),
         // Fewer bytes for the broker to write: with the changelog, a lead
@@ -665,6 +706,18 @@ fn run_once(
         ("statistics.interval.ms", "5000"),
     ];
     let mut producer_config = client_config(kafka, Role::Producer, &producer_defaults);
+    let allowed = producer_config
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if allowed < largest {
+        return Err(SetupError::Limit(format!(
+            "kafka.producer message.max.bytes={allowed} is below the {largest} bytes leadflow may write (pipeline.max_record_bytes={} plus {} for a dead letter's headers); raise it or lower pipeline.max_record_bytes",
+            config.pipeline.max_record_bytes,
+            super::RECORD_HEADROOM
+        ))
+        .into());
+    }
     let transactional_id = config.transactional_id();
     if exactly_once {
         producer_config.set("transactional.id", &transactional_id);
@@ -729,16 +782,14 @@ fn run_once(
             .find(|(n, _)| **n == name)
             .map_or(0, |(_, count)| *count)
     };
-    let internal: Vec<(&str, super::topics::TopicRole)> = repartition_topic
-        .as_deref()
-        .map(|name| (name, super::topics::TopicRole::Repartition))
-        .into_iter()
-        .chain([(
-            changelog_topic.as_str(),
-            super::topics::TopicRole::Changelog,
-        )])
+    let roles = super::topics::roles(config);
+    let roles: Vec<(&str, super::topics::TopicRole)> = roles
+        .iter()
+        .map(|(name, role)| (name.as_str(), *role))
         .collect();
-    super::topics::check_internal_blocking(kafka, &internal)?;
+    if !options.mock_cluster {
+        super::topics::check_configs_blocking(kafka, &roles, config.pipeline.max_record_bytes)?;
+    }
     let processed = repartition_topic.as_deref().unwrap_or(&topics.input);
     if partitions_of(&changelog_topic) != partitions_of(processed) {
         return Err(SetupError::BadTopic {
@@ -808,7 +859,10 @@ fn run_once(
     let mut last_report = Instant::now();
     let mut eviction_logged = false;
     let metrics = &observed.metrics;
-    let purger = Purger::new(kafka, repartition_topic.as_deref(), metrics)?;
+    let purged = repartition_topic
+        .as_deref()
+        .filter(|_| !options.mock_cluster);
+    let purger = Purger::new(kafka, purged, metrics)?;
     let mut last_purge = Instant::now();
     let mut batch_seq: u64 = 0;
     let mut meter = Meter {
@@ -816,6 +870,12 @@ fn run_once(
         records: 0,
         evicted: 0,
     };
+    // Finding a record the broker refused for good: the next offsets the
+    // failed batch reached, per partition; empty when not isolating.
+    let mut isolating: BTreeMap<Part, i64> = BTreeMap::new();
+    // Records found refused, each with its dead letter's reason.
+    let mut poisoned: BTreeMap<Part, (i64, Failure)> = BTreeMap::new();
+    let mut reject_backoff = Duration::ZERO;
 
     while !shutdown.load(Ordering::Relaxed) {
         restore_assigned(
@@ -874,7 +934,13 @@ fn run_once(
                 "progress"
             );
         }
-        while batch < config.pipeline.max_batch_records && !shutdown.load(Ordering::Relaxed) {
+        // While a refused record is being found, one record per transaction.
+        let batch_limit = match isolating.is_empty() {
+            true => config.pipeline.max_batch_records,
+            false => 1,
+        };
+        let mut refused_mid_batch = false;
+        while batch < batch_limit && !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -889,6 +955,9 @@ fn run_once(
                 batch_start.clear();
             }
             if context.aborted_in_callback.swap(false, Ordering::Relaxed) {
+                // A refused record aborted it: it fails again in a batch of
+                // the loop's own, which isolates it.
+                let _ = producer.context().take_rejection();
                 pipeline.rollback_batch();
                 meter.batch.clear();
                 batch_tally = Tally::default();
@@ -912,19 +981,38 @@ fn run_once(
                     let part = (hop, message.partition());
                     batch_start.entry(part).or_insert(message.offset());
                     context.begin()?;
+                    let poison = match poisoned.get(&part) {
+                        Some((offset, _)) if *offset == message.offset() => {
+                            poisoned.remove(&part).map(|(_, failure)| failure)
+                        }
+                        _ => None,
+                    };
                     let step = Step {
                         message: &message,
                         hop,
                         processed: context.is_processed(hop),
+                        poison,
                     };
-                    handle(
+                    match handle(
                         step,
                         &topology,
                         &mut pipeline,
                         &sink,
                         &mut batch_tally,
                         &mut meter,
-                    )?;
+                    ) {
+                        Ok(()) => {}
+                        // The broker refused a record of this transaction, which
+                        // now only aborts: end the batch and find the record.
+                        Err(RunError::Produce {
+                            source: KafkaError::MessageProduction(RDKafkaErrorCode::State),
+                            ..
+                        }) if exactly_once => {
+                            refused_mid_batch = true;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
                     lock(&context.pending).insert(part, message.offset() + 1);
                 }
             }
@@ -941,7 +1029,12 @@ fn run_once(
                 offset_ranges(consumer.context(), &batch_start).as_str(),
             );
         }
-        match consumer.context().commit(&consumer) {
+        let reached = lock(&consumer.context().pending).clone();
+        let committed = match refused_mid_batch {
+            true => consumer.context().abort(),
+            false => consumer.context().commit(&consumer),
+        };
+        match committed {
             Ok(()) => {
                 if batch > 0 {
                     debug!("batch committed");
@@ -953,12 +1046,56 @@ fn run_once(
                     purger.purge(consumer.context());
                     last_purge = Instant::now();
                 }
+                reject_backoff = Duration::ZERO;
+                // Isolation ends once the loop is past the failed batch on
+                // every partition it still owns.
+                if !isolating.is_empty() {
+                    let assigned = consumer.assignment().unwrap_or_default();
+                    let context = consumer.context();
+                    isolating.retain(|part, end| {
+                        assigned
+                            .find_partition(context.topic(part.0), part.1)
+                            .is_some()
+                            && reached.get(part).is_none_or(|r| r < end)
+                    });
+                }
             }
-            Err(RunError::Aborted(_)) => {
-                // Nothing of the batch is visible: forget its state changes
-                // and read its records again.
+            Err(RunError::Aborted(_) | RunError::Rejected(_)) => {
+                // Nothing of the batch is visible (under at-least-once, some
+                // of it may be): forget its state changes and read its
+                // records again.
                 pipeline.rollback_batch();
                 meter.batch.clear();
+                if let Some((topic, code)) = producer.context().take_rejection() {
+                    metrics
+                        .produce_rejections
+                        .get_or_create(&crate::metrics::RejectionLabels {
+                            topic: topic.clone(),
+                            error: format!("{code:?}"),
+                        })
+                        .inc();
+                    match (batch, batch_start.iter().next()) {
+                        // The batch was this one record: it is the one.
+                        (1, Some((part, offset))) => {
+                            warn!(topic, error = %code, partition = part.1, offset, "record refused for good; it goes to the dead-letter topic");
+                            poisoned.insert(*part, (*offset, rejected(&topic, code)));
+                        }
+                        _ => {
+                            warn!(topic, error = %code, records = batch, "a record of the batch was refused for good; finding it, one record per transaction");
+                            isolating = batch_start
+                                .keys()
+                                .map(|part| (*part, reached.get(part).copied().unwrap_or(i64::MAX)))
+                                .collect();
+                        }
+                    }
+                    // Never a tight loop, whatever keeps being refused.
+                    let wake = Instant::now() + reject_backoff;
+                    while Instant::now() < wake && !shutdown.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    reject_backoff = (reject_backoff * 2)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+                }
                 rewind(&consumer, batch_start)?;
             }
             Err(e) => return Err(e),
@@ -1402,6 +1539,9 @@ struct Step<'a, 'm> {
     hop: Hop,
     /// Whether the whole pipeline runs on it (else it is re-keyed).
     processed: bool,
+    /// The broker refused what this record produced, for good: it goes to
+    /// the dead-letter topic as it is, and nothing else of it is written.
+    poison: Option<Failure>,
 }
 
 /// Connects to the schema registry when a topic is `confluent-avro`, and
@@ -1526,7 +1666,10 @@ fn handle(
         source,
         shard: message.partition(),
     };
-    let outcome = if step.processed {
+    let outcome = if let Some(failure) = step.poison {
+        Outcome::Failed(failure)
+    } else if step.processed {
+        let savepoint = pipeline.dedupe().savepoint();
         let outcome = match &mut stopwatch {
             Some(clock) => pipeline.process_clocked(input, clock),
             None => pipeline.process(input),
@@ -1542,14 +1685,19 @@ fn handle(
                     (source, timestamp_ms),
                     (destination, lead, score),
                     batch,
-                );
+                )?;
                 if let Some(clock) = &mut stopwatch {
                     clock.lap(Stage::Produce);
                 }
                 match sent {
                     Ok(()) => outcome,
-                    // Rather than stop the pipeline, the record becomes a dead letter.
-                    Err(failure) => Outcome::Failed(failure),
+                    // Rather than stop the pipeline, the record becomes a
+                    // dead letter, and dedupe forgets it was let through:
+                    // a replay of it must not count as a duplicate.
+                    Err(failure) => {
+                        pipeline.dedupe().rollback_to(savepoint);
+                        Outcome::Failed(failure)
+                    }
                 }
             }
             other => other,
@@ -1577,13 +1725,24 @@ fn handle(
                 if let Some(ts) = timestamp_ms {
                     record = record.timestamp(ts);
                 }
-                send(sink.producer, record).map_err(|source| RunError::Produce {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
-                batch.produced(topic);
-                tally.record_forwarded();
-                return Ok(());
+                match send(sink.producer, record) {
+                    Ok(()) => {
+                        batch.produced(topic);
+                        tally.record_forwarded();
+                        return Ok(());
+                    }
+                    // Too large with its headers, say: a dead letter, which
+                    // always fits, rather than a pipeline stopped for good.
+                    Err(error) => match super::refusal(&error) {
+                        Some(code) => Outcome::Failed(rejected(topic, code)),
+                        None => {
+                            return Err(RunError::Produce {
+                                topic: topic.to_owned(),
+                                source: error,
+                            });
+                        }
+                    },
+                }
             }
             // A test lead or a failure: dealt with here, never forwarded.
             Rekeyed::Done(outcome) => outcome,
@@ -1610,6 +1769,16 @@ fn handle(
         tally.record(&outcome, pipeline.routing());
     }
     Ok(())
+}
+
+/// The dead letter's reason when `topic` refused a record for good.
+fn rejected(topic: &str, code: RDKafkaErrorCode) -> Failure {
+    Failure {
+        stage: Stage::Produce,
+        class: "produce_rejected",
+        message: format!("{topic} refused the record: {code:?} ({code})"),
+        schema_id: None,
+    }
 }
 
 /// `topic/partition:first-last` for each partition a batch read, for its
@@ -1695,12 +1864,36 @@ impl<'a> Sink<'a> {
         batch: &mut Batch,
     ) -> Result<(), RunError> {
         let dlq = self.config.topics.dead_letter.as_str();
-        let record = copy_of(dlq, message, key).headers(headers::dead_letter(
-            message.headers(),
-            (source, message.timestamp().to_millis()),
-            pipeline.version(),
-            failure,
-        ));
+        // A dead letter always fits (see `kafka::RECORD_HEADROOM`): the
+        // value is cut to the input limit, and a key and headers larger
+        // than leadflow keeps are dropped; the dead letter says which.
+        let limit = self.config.pipeline.max_record_bytes;
+        let value = message.payload().unwrap_or_default();
+        let extra = key.map_or(0, <[u8]>::len)
+            + message.headers().map_or(0, |h| {
+                h.iter()
+                    .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                    .sum()
+            });
+        let keep_extra = extra <= super::KEPT_KEY_AND_HEADERS;
+        let mut cut = Vec::new();
+        if value.len() > limit {
+            cut.push(format!("value:{}", value.len()));
+        }
+        if !keep_extra {
+            cut.push(format!("key+headers:{extra}"));
+        }
+        let truncated = (!cut.is_empty()).then(|| cut.join(","));
+        let mut record =
+            copy_of(dlq, message, key.filter(|_| keep_extra)).headers(headers::dead_letter(
+                message.headers().filter(|_| keep_extra),
+                (source, message.timestamp().to_millis()),
+                pipeline.version(),
+                (failure, truncated.as_deref()),
+            ));
+        if let Some(kept) = value.get(..limit).filter(|_| value.len() > limit) {
+            record = record.payload(kept);
+        }
         send(self.producer, record).map_err(|source| RunError::Produce {
             topic: dlq.to_owned(),
             source,
@@ -1793,15 +1986,15 @@ impl<'a> Sink<'a> {
     }
 
     /// Produces a routed lead to each of its campaign topics, or to the
-    /// suppressed topic. A lead whose record the broker will never take
-    /// (too large, say) fails at the produce stage.
+    /// suppressed topic. A lead whose record the client refuses for good
+    /// (too large, say) fails at the produce stage (`Ok(Err(..))`).
     fn send_lead(
         &self,
         pipeline: &Pipeline,
         (source, timestamp_ms): (SourcePosition<'_>, Option<i64>),
         (destination, lead, score): (Destination, &Lead, &Score),
         batch: &mut Batch,
-    ) -> Result<(), Failure> {
+    ) -> Result<Result<(), Failure>, RunError> {
         let key = lead.dedupe_key.hex();
         let mut lead_headers = headers::LeadHeaders {
             storefront: lead.storefront.as_str(),
@@ -1838,15 +2031,22 @@ impl<'a> Sink<'a> {
                     pipeline.version(),
                     lead_headers,
                 ));
-            send(self.producer, record).map_err(|e| Failure {
-                stage: Stage::Produce,
-                class: "produce_rejected",
-                message: format!("{topic}: {e}"),
-                schema_id: None,
-            })?;
+            if let Err(error) = send(self.producer, record) {
+                // Campaign records are bounded (`kafka::LEAD_RECORD_MAX`) and
+                // the limits are checked at start, so a lead is refused here
+                // before any of its records is written, or not at all; a
+                // broker's refusal aborts the whole transaction.
+                return match super::refusal(&error) {
+                    Some(code) => Ok(Err(rejected(topic, code))),
+                    None => Err(RunError::Produce {
+                        topic: topic.to_owned(),
+                        source: error,
+                    }),
+                };
+            }
             batch.produced(topic);
         }
         batch.output_of(timestamp_ms);
-        Ok(())
+        Ok(Ok(()))
     }
 }

@@ -21,11 +21,14 @@ use crate::config::{Config, KafkaConfig};
 /// creates it with and checks at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicRole {
-    /// Raw leads in, or campaign, suppressed and dead-letter records out:
-    /// the cluster's defaults, which are the operator's to choose. Records
-    /// leadflow writes there are stamped when written, so time-based
-    /// retention counts from then.
-    Data,
+    /// Raw leads in: the cluster's defaults, the operator's to choose.
+    Input,
+    /// Campaign and suppressed records: the cluster's defaults. Records
+    /// leadflow writes are stamped when written, so time-based retention
+    /// counts from then.
+    Output,
+    /// Dead letters: like outputs, but as large as an input may be.
+    DeadLetter,
     /// The re-keying hop. It keeps each record's source timestamp (the
     /// event time of a lead without `received_at`), so time-based deletion
     /// is off and any timestamp is taken; leadflow deletes what it has
@@ -33,6 +36,21 @@ pub enum TopicRole {
     Repartition,
     /// The dedupe changelog: compacted, never deleted by time.
     Changelog,
+}
+
+/// Kafka's stock `max.message.bytes` of a topic.
+const STOCK_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// The largest record leadflow may write to a topic of `role`, when it
+/// takes inputs of up to `max_record_bytes`.
+pub fn largest_record(role: TopicRole, max_record_bytes: usize) -> usize {
+    match role {
+        TopicRole::Input | TopicRole::Changelog => 0,
+        TopicRole::Output => super::LEAD_RECORD_MAX,
+        TopicRole::DeadLetter | TopicRole::Repartition => {
+            max_record_bytes.saturating_add(super::RECORD_HEADROOM)
+        }
+    }
 }
 
 /// Every topic of `config` with its role, in [`Config::all_topics`] order.
@@ -47,8 +65,12 @@ pub fn roles(config: &Config) -> Vec<(String, TopicRole)> {
                 TopicRole::Repartition
             } else if name == changelog {
                 TopicRole::Changelog
+            } else if name == config.topics.input {
+                TopicRole::Input
+            } else if name == config.topics.dead_letter {
+                TopicRole::DeadLetter
             } else {
-                TopicRole::Data
+                TopicRole::Output
             };
             (name, role)
         })
@@ -56,32 +78,60 @@ pub fn roles(config: &Config) -> Vec<(String, TopicRole)> {
 }
 
 /// Topic-level configuration leadflow sets on a topic of `role`.
-pub fn topic_configs(role: TopicRole) -> &'static [(&'static str, &'static str)] {
+pub fn topic_configs(role: TopicRole, max_record_bytes: usize) -> Vec<(&'static str, String)> {
+    let room = || {
+        (
+            "max.message.bytes",
+            largest_record(role, max_record_bytes)
+                .max(STOCK_MAX_MESSAGE_BYTES)
+                .to_string(),
+        )
+    };
+    let fixed = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    };
     match role {
-        TopicRole::Data => &[],
-        TopicRole::Repartition => &[
-            ("cleanup.policy", "delete"),
-            ("retention.ms", "-1"),
-            ("retention.bytes", "-1"),
-            ("message.timestamp.type", "CreateTime"),
-            ("message.timestamp.after.max.ms", "9223372036854775807"),
-            ("message.timestamp.before.max.ms", "9223372036854775807"),
-            // Smaller segments, so that purged records free disk sooner
-            // (Kafka Streams' choice for its repartition topics).
-            ("segment.bytes", "52428800"),
-        ],
-        TopicRole::Changelog => &[("cleanup.policy", "compact")],
+        TopicRole::Input | TopicRole::Output => Vec::new(),
+        TopicRole::DeadLetter => vec![room()],
+        TopicRole::Repartition => {
+            let mut configs = fixed(&[
+                ("cleanup.policy", "delete"),
+                ("retention.ms", "-1"),
+                ("retention.bytes", "-1"),
+                ("message.timestamp.type", "CreateTime"),
+                ("message.timestamp.after.max.ms", "9223372036854775807"),
+                ("message.timestamp.before.max.ms", "9223372036854775807"),
+                // Smaller segments, so that purged records free disk sooner
+                // (Kafka Streams' choice for its repartition topics).
+                ("segment.bytes", "52428800"),
+            ]);
+            configs.push(room());
+            configs
+        }
+        TopicRole::Changelog => fixed(&[("cleanup.policy", "compact")]),
     }
 }
 
-/// Why a topic's current configuration can lose what leadflow keeps in it;
-/// `None` when it cannot. `config` looks a configuration value up by name.
-pub fn unsafe_config(role: TopicRole, config: impl Fn(&str) -> Option<String>) -> Option<String> {
+/// Why a topic's current configuration can lose or refuse what leadflow
+/// writes to it; `None` when it cannot. `config` looks a configuration
+/// value up by name.
+pub fn config_problem(
+    role: TopicRole,
+    max_record_bytes: usize,
+    config: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
     let policy = config("cleanup.policy").unwrap_or_else(|| "delete".into());
     let policies: Vec<&str> = policy.split(',').map(str::trim).collect();
     let value = |name: &str| config(name).unwrap_or_default();
+    let largest = largest_record(role, max_record_bytes);
+    let allowed = value("max.message.bytes").parse::<usize>().ok();
+    if let Some(allowed) = allowed.filter(|allowed| *allowed < largest) {
+        return Some(format!(
+            "max.message.bytes={allowed} is below the {largest} bytes leadflow may write to it (pipeline.max_record_bytes={max_record_bytes}); raise it on the topic or lower pipeline.max_record_bytes"
+        ));
+    }
     match role {
-        TopicRole::Data => None,
+        TopicRole::Input | TopicRole::Output | TopicRole::DeadLetter => None,
         TopicRole::Repartition => {
             if policies.contains(&"compact") {
                 Some(format!(
@@ -114,6 +164,7 @@ pub async fn create(
     kafka: &KafkaConfig,
     topics: &[(&str, TopicRole)],
     partitions: i32,
+    max_record_bytes: usize,
 ) -> Result<Vec<String>, SetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
         .create()
@@ -121,10 +172,15 @@ pub async fn create(
     // Fail fast on an unreachable broker rather than waiting on the admin call.
     cluster_metadata(admin.inner(), kafka)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
+    let configs: Vec<Vec<(&str, String)>> = topics
+        .iter()
+        .map(|(_, role)| topic_configs(*role, max_record_bytes))
+        .collect();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, role)| {
-            topic_configs(*role).iter().fold(
+        .zip(&configs)
+        .map(|((name, _), configs)| {
+            configs.iter().fold(
                 NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
                 |topic, (key, value)| topic.set(key, value),
             )
@@ -191,10 +247,11 @@ pub async fn configs(
         .collect()
 }
 
-/// [`check_internal`], for the run loop's own thread.
-pub fn check_internal_blocking(
+/// [`check_configs`], for the run loop's own thread.
+pub fn check_configs_blocking(
     kafka: &KafkaConfig,
     topics: &[(&str, TopicRole)],
+    max_record_bytes: usize,
 ) -> Result<(), SetupError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -205,19 +262,28 @@ pub fn check_internal_blocking(
                 .map_or_else(String::new, |(t, _)| (*t).to_owned()),
             reason: format!("cannot check its configuration: {e}"),
         })?;
-    runtime.block_on(check_internal(kafka, topics))
+    runtime.block_on(check_configs(kafka, topics, max_record_bytes))
 }
 
-/// Refuses, naming the topic and the setting, an internal topic whose
-/// configuration can lose what leadflow keeps in it.
-pub async fn check_internal(
+/// Refuses, naming the topic and the setting, a topic whose configuration
+/// can lose what leadflow keeps in it or refuse what it writes there.
+pub async fn check_configs(
     kafka: &KafkaConfig,
     topics: &[(&str, TopicRole)],
+    max_record_bytes: usize,
 ) -> Result<(), SetupError> {
     let names: Vec<&str> = topics.iter().map(|(name, _)| *name).collect();
     let found = configs(kafka, &names).await?;
     for ((name, role), config) in topics.iter().zip(found) {
-        if let Some(reason) = unsafe_config(*role, |key| config.get(key).cloned()) {
+        if config.is_empty() {
+            return Err(SetupError::BadTopic {
+                topic: (*name).to_owned(),
+                reason: "the broker described no configuration for it".into(),
+            });
+        }
+        if let Some(reason) =
+            config_problem(*role, max_record_bytes, |key| config.get(key).cloned())
+        {
             return Err(SetupError::BadTopic {
                 topic: (*name).to_owned(),
                 reason,
@@ -329,8 +395,10 @@ pub fn counts(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<u64>, SetupErro
 mod tests {
     use super::*;
 
+    const LIMIT: usize = 983_040;
+
     fn check(role: TopicRole, pairs: &[(&str, &str)]) -> Option<String> {
-        unsafe_config(role, |key| {
+        config_problem(role, LIMIT, |key| {
             pairs
                 .iter()
                 .find(|(k, _)| *k == key)
@@ -340,13 +408,46 @@ mod tests {
 
     #[test]
     fn what_leadflow_creates_passes_its_own_check() {
-        for role in [
-            TopicRole::Data,
+        let roles = [
+            TopicRole::Input,
+            TopicRole::Output,
+            TopicRole::DeadLetter,
             TopicRole::Repartition,
             TopicRole::Changelog,
-        ] {
-            assert_eq!(check(role, topic_configs(role)), None, "{role:?}");
+        ];
+        for max_record_bytes in [LIMIT, 4 << 20] {
+            for role in roles {
+                let configs = topic_configs(role, max_record_bytes);
+                // What the broker has where leadflow sets nothing: stock.
+                let found = |key: &str| {
+                    configs
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| (key == "max.message.bytes").then(|| "1048588".into()))
+                        .or_else(|| (key == "retention.ms").then(|| "604800000".into()))
+                };
+                assert_eq!(
+                    config_problem(role, max_record_bytes, found),
+                    None,
+                    "{role:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_topic_limit_below_what_leadflow_writes_is_refused() {
+        let stock = [("max.message.bytes", "1048588")];
+        for role in [TopicRole::Output, TopicRole::DeadLetter, TopicRole::Input] {
+            assert_eq!(check(role, &stock), None, "{role:?}");
+        }
+        let small = [("max.message.bytes", "500000")];
+        assert!(check(TopicRole::DeadLetter, &small).is_some_and(|r| r.contains("1048576 bytes")));
+        assert_eq!(check(TopicRole::Output, &small), None);
+        let tiny = [("max.message.bytes", "10000")];
+        assert!(check(TopicRole::Output, &tiny).is_some());
+        assert_eq!(check(TopicRole::Input, &tiny), None);
     }
 
     #[test]
@@ -362,7 +463,7 @@ mod tests {
                 .is_some_and(|r| r.contains("retention.ms=604800000"))
         );
         assert!(check(TopicRole::Changelog, &stock).is_some_and(|r| r.contains("compact")));
-        assert_eq!(check(TopicRole::Data, &stock), None);
+        assert_eq!(check(TopicRole::Input, &stock), None);
         let compacted = [
             ("cleanup.policy", "compact"),
             ("retention.ms", "-1"),

@@ -160,6 +160,10 @@ impl ErrorClass for ChangelogError {
     }
 }
 
+/// A point in the journal to roll back to ([`Deduper::savepoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Savepoint(usize);
+
 #[derive(Debug, Default)]
 struct Shard {
     seen: HashMap<MapKey, Seen>,
@@ -202,8 +206,24 @@ impl Deduper {
 
     /// Undoes every change since the last commit.
     pub fn rollback(&mut self) {
+        self.rollback_to(Savepoint(0));
         self.taken = 0;
-        while let Some((partition, undo)) = self.journal.pop() {
+    }
+
+    /// Where the journal stands now, for [`Deduper::rollback_to`].
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint(self.journal.len())
+    }
+
+    /// Undoes every change since `savepoint` (a lead recorded as let
+    /// through whose outputs were then refused, say), as if it had never
+    /// been seen. Changes not yet taken for the changelog are never written.
+    pub fn rollback_to(&mut self, savepoint: Savepoint) {
+        self.taken = self.taken.min(savepoint.0);
+        while self.journal.len() > savepoint.0 {
+            let Some((partition, undo)) = self.journal.pop() else {
+                break;
+            };
             // A shard dropped since (its partition was revoked) stays dropped.
             let Some(shard) = self.shards.get_mut(&partition) else {
                 continue;
@@ -764,5 +784,22 @@ mod tests {
         key[0] = b's';
         assert!(dedupe.restore(0, &key, Some(&[0; 15])).is_err());
         assert!(dedupe.restore(0, &key, Some(&[0; 16])).is_ok());
+    }
+
+    #[test]
+    fn rolling_back_to_a_savepoint_forgets_only_what_came_after() {
+        let mut deduper = Deduper::new(180 * DAY, usize::MAX);
+        let kept = lead_at(ActionCode::Install, 1_000);
+        let refused = lead_at(ActionCode::Create, 1_000);
+        deduper.record(0, &kept);
+        let _ = deduper.take_changes().count();
+        let savepoint = deduper.savepoint();
+        deduper.record(0, &refused);
+        deduper.rollback_to(savepoint);
+        assert_eq!(deduper.take_changes().count(), 0, "nothing to write for it");
+        assert_eq!(deduper.duplicate_of(0, &refused), None);
+        assert!(deduper.duplicate_of(0, &kept).is_some());
+        deduper.commit();
+        assert!(deduper.duplicate_of(0, &kept).is_some());
     }
 }

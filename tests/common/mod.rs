@@ -618,3 +618,20 @@ pub fn starts(topic: &str) -> BTreeMap<i32, i64> {
         })
         .collect()
 }
+
+/// Sets topic-level configuration of `topic` (replacing what was set
+/// before), as an operator would under a running leadflow.
+pub fn alter_topic(topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let alter = configs.iter().fold(
+        AlterConfig::new(ResourceSpecifier::Topic(topic)),
+        |alter, (key, value)| alter.set(key, value),
+    );
+    let (admin, options, runtime) = admin();
+    let results = runtime
+        .block_on(admin.alter_configs([&alter], &options))
+        .expect("alter configs");
+    for result in results {
+        result.unwrap_or_else(|(_, code)| panic!("cannot alter {topic}: {code}"));
+    }
+}

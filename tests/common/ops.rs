@@ -90,6 +90,24 @@ pub fn wait_for<T>(what: &str, patience: Duration, mut probe: impl FnMut() -> Op
     }
 }
 
+/// [`eventually`], failing with what `context` says then (a log, say).
+pub fn wait_for_or<T>(
+    what: &str,
+    context: impl FnOnce() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}:\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait
+    }
+}
+
 /// [`wait_for`] with the tests' usual patience.
 pub fn eventually<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
     wait_for(what, PATIENCE, probe)
