@@ -23,6 +23,11 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --features kafka-tests -- -D warnings
 cargo test --features kafka-tests --no-run
+# The fuzz target is built by cargo-fuzz only; checking it here keeps it
+# compiling as the library changes (with the library's locked versions,
+# so that it shares their build).
+cp Cargo.lock fuzz/Cargo.lock
+cargo check --quiet --manifest-path fuzz/Cargo.toml --target-dir target
 
 # docker/ is checked without a Docker engine (tests/docker.rs checks the
 # dashboard and the alert rules against the exported metrics).

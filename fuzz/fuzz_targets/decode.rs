@@ -1,4 +1,5 @@
 //! Fuzzes the decoder and the stages behind it with arbitrary record values.
+//! `scripts/test.sh` checks that it compiles, so it cannot rot unseen.
 //! The first byte picks the input format (even: JSON, odd: Avro); the rest is
 //! the record value. Any panic is a bug: bad input must become an error.
 
@@ -30,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let pipeline = if selector % 2 == 0 { &JSON } else { &AVRO };
     let mut pipeline = pipeline.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = pipeline.process(Input {
+    let input = Input {
         value: Some(value),
         timestamp_ms: Some(1_741_083_302_000),
         source: SourcePosition {
@@ -38,5 +39,9 @@ fuzz_target!(|data: &[u8]| {
             partition: 0,
             offset: 0,
         },
-    });
+        shard: 0,
+    };
+    // Both hops: re-keying on the raw topic, the whole pipeline after it.
+    let _ = pipeline.rekey(input);
+    let _ = pipeline.process(input);
 });

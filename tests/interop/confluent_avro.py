@@ -19,8 +19,18 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 
+def registry_client(url):
+    """Confluent's registry client, bounded in time. Its HTTP client waits
+    forever by default ("timeout" unset), and once sat blocked on a kept-alive
+    connection to the registry that never answered: every request now has a
+    timeout, and no connection is reused."""
+    client = SchemaRegistryClient({"url": url, "timeout": 10})
+    client._rest_client.session.headers["Connection"] = "close"
+    return client
+
+
 def produce(bootstrap, registry, topic, schema_file):
-    client = SchemaRegistryClient({"url": registry})
+    client = registry_client(registry)
     with open(schema_file, encoding="utf-8") as f:
         schema = f.read()
     producer = SerializingProducer(
@@ -28,6 +38,7 @@ def produce(bootstrap, registry, topic, schema_file):
             "bootstrap.servers": bootstrap,
             "value.serializer": AvroSerializer(client, schema),
             "enable.idempotence": True,
+            "message.timeout.ms": 30000,
         }
     )
     count = 0
@@ -42,7 +53,7 @@ def produce(bootstrap, registry, topic, schema_file):
 
 
 def consume(bootstrap, registry, topic, count):
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+    deserializer = AvroDeserializer(registry_client(registry))
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
