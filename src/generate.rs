@@ -131,6 +131,14 @@ pub struct GeneratorOptions {
     pub dnc_ratio: f64,
     /// Share of records that are Microsoft test leads.
     pub test_lead_ratio: f64,
+    /// Share of records that are hostile (JSON only): just over and just
+    /// under `max_record_bytes`, dated in 9999 or half a year ahead, with a
+    /// huge `LeadSource`, a garbage action code, an overlong email, or
+    /// control and bidirectional characters in names.
+    pub hostile_ratio: f64,
+    /// The input size limit the hostile records are sized against (the
+    /// `pipeline.max_record_bytes` of the run they are for).
+    pub max_record_bytes: usize,
     /// Event time of the first lead; later ones are about a second apart.
     pub start_time_ms: i64,
     /// Encoding of the records: JSON, or raw-lead Avro datums, bare or
@@ -148,11 +156,49 @@ impl Default for GeneratorOptions {
             malformed_ratio: 0.02,
             dnc_ratio: 0.01,
             test_lead_ratio: 0.005,
+            hostile_ratio: 0.0,
+            max_record_bytes: 983_040,
             start_time_ms: recent_start_ms(),
             format: Format::Json,
             schema_id: 0,
         }
     }
+}
+
+/// The dead-letter classes of hostile records ([`GeneratorOptions::hostile_ratio`]).
+pub const HOSTILE_CLASSES: [&str; 4] = [
+    "oversized",
+    "future_event_time",
+    "field_too_long",
+    "invalid_action",
+];
+
+/// `lead` serialized with a `Padding` field (which leadflow ignores) that
+/// brings it to `size` bytes.
+fn padded(lead: &Map<String, Value>, size: usize) -> Vec<u8> {
+    let mut lead = lead.clone();
+    lead.insert("Padding".into(), Value::String(String::new()));
+    let base = serde_json::to_vec(&Value::Object(lead.clone())).unwrap_or_default();
+    lead.insert(
+        "Padding".into(),
+        Value::String("p".repeat(size.saturating_sub(base.len()))),
+    );
+    serde_json::to_vec(&Value::Object(lead)).unwrap_or_default()
+}
+
+/// Sets a field of the lead's `UserDetails`, whatever the case of its name.
+fn set_user_field(lead: &mut Map<String, Value>, field: &str, value: &str) {
+    let name = lead
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("UserDetails"))
+        .cloned()
+        .unwrap_or_else(|| "UserDetails".into());
+    let mut details = match lead.remove(&name) {
+        Some(Value::Object(details)) => details,
+        _ => Map::new(),
+    };
+    details.insert(field.into(), Value::String(value.into()));
+    lead.insert(name, Value::Object(details));
 }
 
 /// Midnight (UTC) 30 days ago: generated leads are a month old, as a
@@ -430,6 +476,106 @@ impl Generator {
         }
     }
 
+    /// A new person's lead, kept for later repeats: where it must end.
+    fn remembered(&mut self, person: Person, value: Vec<u8>, time_ms: i64) -> GeneratedLead {
+        let expected = if person.action == ActionCode::DoNotContact {
+            Expected::Suppressed("do_not_contact")
+        } else if person.email.ends_with("@mailinator.com") {
+            Expected::Suppressed("disposable_email")
+        } else {
+            Expected::Campaign(OFFERS[person.offer].2)
+        };
+        let key = Self::key_of(&person);
+        if self.history.len() < HISTORY {
+            self.history.push(person);
+        } else {
+            let slot = self.rng.usize(..HISTORY);
+            self.history[slot] = person;
+        }
+        GeneratedLead {
+            key,
+            value,
+            timestamp_ms: time_ms,
+            expected,
+        }
+    }
+
+    /// A new person's lead as a JSON object, for hostile edits.
+    fn editable(&mut self, n: u64, time_ms: i64) -> (Person, Map<String, Value>) {
+        let person = self.new_person(n, false);
+        let value = self.render(&person, &person.email.clone(), time_ms, None);
+        let lead = match serde_json::from_slice(&value) {
+            Ok(Value::Object(lead)) => lead,
+            _ => Map::new(),
+        };
+        (person, lead)
+    }
+
+    /// A hostile record leadflow must dead-letter, and its class.
+    fn hostile(&mut self, n: u64, time_ms: i64) -> GeneratedLead {
+        let limit = self.options.max_record_bytes;
+        let (_, mut lead) = self.editable(n, time_ms);
+        let text = |s: String| Value::String(s);
+        let class = match self.rng.u8(..6) {
+            0 => {
+                let size = limit + 1 + self.rng.usize(..1_000);
+                return GeneratedLead {
+                    key: self.event_id(),
+                    value: padded(&lead, size),
+                    timestamp_ms: time_ms,
+                    expected: Expected::DeadLetter("oversized"),
+                };
+            }
+            1 => {
+                lead.insert("received_at".into(), text("9999-12-31T23:59:59Z".into()));
+                "future_event_time"
+            }
+            2 => {
+                let ahead = crate::metrics::now_ms() + 181 * 86_400_000;
+                lead.insert("received_at".into(), text(rfc3339(ahead)));
+                "future_event_time"
+            }
+            3 => {
+                let huge = "x".repeat((limit / 2).min(520_000));
+                lead.insert("LeadSource".into(), text(format!("SPZA-PLT|{huge}")));
+                "field_too_long"
+            }
+            4 => {
+                let garbage: String = (0..(limit / 4).min(100_000))
+                    .map(|_| self.rng.alphanumeric())
+                    .collect();
+                lead.insert("ActionCode".into(), text(format!("{garbage} !")));
+                "invalid_action"
+            }
+            _ => {
+                let email = format!("{}@fabrikam.com", "a".repeat(400));
+                set_user_field(&mut lead, "Email", &email);
+                "field_too_long"
+            }
+        };
+        GeneratedLead {
+            key: self.event_id(),
+            value: serde_json::to_vec(&Value::Object(lead)).unwrap_or_default(),
+            timestamp_ms: time_ms,
+            expected: Expected::DeadLetter(class),
+        }
+    }
+
+    /// A hostile-looking record that is a lead all the same: just under the
+    /// size limit, or with control and bidirectional characters in names.
+    fn hostile_but_valid(&mut self, n: u64, time_ms: i64) -> GeneratedLead {
+        let limit = self.options.max_record_bytes;
+        let (person, mut lead) = self.editable(n, time_ms);
+        let value = if self.rng.bool() {
+            padded(&lead, limit - self.rng.usize(..100))
+        } else {
+            set_user_field(&mut lead, "FirstName", "\u{202E}An\u{0007}a");
+            set_user_field(&mut lead, "Company", "Fab\u{0000}rikam\u{2066}");
+            serde_json::to_vec(&Value::Object(lead)).unwrap_or_default()
+        };
+        self.remembered(person, value, time_ms)
+    }
+
     fn malformed(&mut self, n: u64, time_ms: i64) -> (Vec<u8>, &'static str) {
         let mut person = self.new_person(n, false);
         match self.rng.u8(..5) {
@@ -474,6 +620,12 @@ impl Iterator for Generator {
             o.dnc_ratio,
             o.test_lead_ratio,
         );
+        // Hostile records are JSON: an Avro datum has no room for most.
+        let hostile = match o.format {
+            Format::Json => o.hostile_ratio,
+            _ => 0.0,
+        };
+        let bad = bad + hostile;
         let roll = self.rng.f64();
         let lead = if roll < dup && !self.history.is_empty() {
             let person = self.history[self.rng.usize(..self.history.len())].clone();
@@ -485,6 +637,10 @@ impl Iterator for Generator {
                 timestamp_ms: time_ms,
                 expected: Expected::Duplicate,
             }
+        } else if roll < dup + hostile * 0.5 {
+            self.hostile(n, time_ms)
+        } else if roll < dup + hostile {
+            self.hostile_but_valid(n, time_ms)
         } else if roll < dup + bad {
             let (value, class) = self.malformed(n, time_ms);
             let key = self.event_id();
@@ -508,28 +664,9 @@ impl Iterator for Generator {
         } else {
             let is_dnc = roll < dup + bad + test + dnc;
             let person = self.new_person(n, is_dnc);
-            let expected = if is_dnc {
-                Expected::Suppressed("do_not_contact")
-            } else if person.email.ends_with("@mailinator.com") {
-                Expected::Suppressed("disposable_email")
-            } else {
-                Expected::Campaign(OFFERS[person.offer].2)
-            };
             let email = person.email.clone();
             let value = self.render(&person, &email, time_ms, None);
-            let key = Self::key_of(&person);
-            if self.history.len() < HISTORY {
-                self.history.push(person);
-            } else {
-                let slot = self.rng.usize(..HISTORY);
-                self.history[slot] = person;
-            }
-            GeneratedLead {
-                key,
-                value,
-                timestamp_ms: time_ms,
-                expected,
-            }
+            self.remembered(person, value, time_ms)
         };
         let lead = match self.options.format {
             Format::Json => lead,
@@ -732,6 +869,22 @@ mod tests {
             "unknown_source",
         ] {
             assert!(t.dead_letter.contains_key(class), "{class} never generated");
+        }
+    }
+
+    #[test]
+    fn hostile_records_land_where_the_generator_says() {
+        let mut generator = Generator::new(GeneratorOptions {
+            hostile_ratio: 0.3,
+            ..GeneratorOptions::default()
+        });
+        let tally = run_generated(&mut generator, 400);
+        assert_eq!(&tally, generator.expected());
+        for class in HOSTILE_CLASSES {
+            assert!(
+                tally.dead_letter.contains_key(class),
+                "{class} never generated"
+            );
         }
     }
 

@@ -212,6 +212,11 @@ struct ProduceArgs {
     /// Share of leads that are Microsoft test leads.
     #[arg(long, default_value_t = 0.005)]
     test_leads: f64,
+    /// Share of hostile records (JSON only): just over and under
+    /// `pipeline.max_record_bytes`, dated far ahead, huge or garbage fields,
+    /// control characters.
+    #[arg(long, default_value_t = 0.0)]
+    hostile: f64,
     /// Create the topic with this many partitions if it does not exist.
     #[arg(long)]
     partitions: Option<i32>,
@@ -558,6 +563,8 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                     malformed_ratio: args.malformed,
                     dnc_ratio: args.dnc,
                     test_lead_ratio: args.test_leads,
+                    hostile_ratio: args.hostile,
+                    max_record_bytes: config.pipeline.max_record_bytes,
                     format,
                     schema_id,
                     ..GeneratorOptions::default()

@@ -12,7 +12,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::checker::write_generated;
+use common::checker::{write_generated, write_generated_with};
 use common::faults::{FAILOVER, finish_and_check, leads, repartition, wait_for_progress};
 use common::{Env, PATIENCE, Running, signal};
 
@@ -37,6 +37,47 @@ fn killed_three_times_loses_and_doubles_nothing() {
         eprintln!("round {round}: killed at {at_kill} repartition offsets committed");
     }
     finish_and_check(&env, &written);
+}
+
+/// 1% hostile records mixed in: just over and just under the input
+/// limit, dated in 9999 or half a year ahead, a huge `LeadSource`, a
+/// garbage action code, an overlong email, control and bidirectional
+/// characters. Each ends where it belongs, nothing is lost or doubled,
+/// and the pipeline never restarts.
+#[test]
+fn hostile_records_mixed_in_end_where_they_belong() {
+    let limit = 65_536;
+    let env = Env::new(
+        "hostile",
+        4,
+        &format!("[pipeline]\nmax_record_bytes = {limit}\n"),
+    );
+    let n = leads();
+    let written = write_generated_with(
+        &env.input,
+        n,
+        leadflow::generate::GeneratorOptions {
+            seed: 29,
+            hostile_ratio: 0.01,
+            max_record_bytes: limit,
+            ..leadflow::generate::GeneratorOptions::default()
+        },
+    );
+    let out = env.run_until_drained();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("pipeline failed"), "{stderr}");
+    let tally: leadflow::pipeline::Tally =
+        serde_json::from_slice(&out.stdout).expect("tally on stdout");
+    eprintln!("dead letters by class: {:?}", tally.dead_letter);
+    for class in leadflow::generate::HOSTILE_CLASSES {
+        assert!(
+            tally.dead_letter.contains_key(class),
+            "no {class}: {tally:?}"
+        );
+    }
+    let report = common::checker::check(&env, &written, common::faults::WINDOW_MS);
+    eprintln!("{}", report.summary());
+    report.assert_clean();
 }
 
 /// How many times a run's log says `what`.

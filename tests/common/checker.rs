@@ -35,16 +35,27 @@ pub struct Written {
 /// Writes `count` generated leads to `topic`, keyed as the generator keys
 /// them, and returns where each must end.
 pub fn write_generated(topic: &str, count: usize, seed: u64) -> Written {
+    write_generated_with(
+        topic,
+        count,
+        GeneratorOptions {
+            seed,
+            ..GeneratorOptions::default()
+        },
+    )
+}
+
+/// [`write_generated`] with the generator's options.
+pub fn write_generated_with(topic: &str, count: usize, options: GeneratorOptions) -> Written {
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
+        // Room for hostile records just over leadflow's input limit.
+        .set("message.max.bytes", "2000000")
         .create()
         .expect("producer");
-    let generator = Generator::new(GeneratorOptions {
-        seed,
-        ..GeneratorOptions::default()
-    });
+    let generator = Generator::new(options);
     let mut expected = HashMap::with_capacity(count);
     // Stamped with the time of writing, as `leadflow produce` does (the
     // event time is in `received_at`), a millisecond apart so that equal
