@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 
 use leadflow::metrics::{
-    DeadLetterLabels, KindLabels, Metrics, PartitionLabels, StageLabels, TopicLabels,
+    DeadLetterLabels, KindLabels, Metrics, PartitionLabels, RejectionLabels, StageLabels,
+    TopicLabels,
 };
 
 const DOCKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker");
@@ -22,6 +23,14 @@ fn exported() -> BTreeSet<String> {
     };
     metrics.records_in.get_or_create(&topic).inc();
     metrics.records_out.get_or_create(&topic).inc();
+    metrics.offset_resets.get_or_create(&topic).inc();
+    metrics
+        .produce_rejections
+        .get_or_create(&RejectionLabels {
+            topic: "campaign.x".into(),
+            error: "MessageSizeTooLarge".into(),
+        })
+        .inc();
     metrics
         .dead_letters
         .get_or_create(&DeadLetterLabels {
