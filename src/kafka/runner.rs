@@ -160,6 +160,9 @@ struct RunContext {
     revoked: Mutex<Vec<i32>>,
     /// A fatal error raised inside a callback, for the loop to return.
     failure: Mutex<Option<RunError>>,
+    /// This life of the pipeline failed (or a revoke's commit did): no
+    /// callback commits anything from now on.
+    failed: AtomicBool,
     observed: Observed,
     /// Partitions with a `consumer_lag` series, to remove when revoked.
     lag_series: Mutex<Vec<PartitionLabels>>,
@@ -257,9 +260,18 @@ impl ClientContext for RunContext {
 impl ConsumerContext for RunContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
-            // Hand over a committed position so the next owner does not
-            // repeat what this process already produced.
-            match self.commit(consumer) {
+            // A life that failed commits nothing more: dropping its consumer
+            // revokes again, and what is open then (or was refused at an
+            // earlier revoke, for partitions already handed over) must stay
+            // uncommitted; the next owner, or this process's restart, takes
+            // over from the last commit.
+            let result = if self.failed.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                self.commit(consumer)
+            };
+            match result {
+                Ok(()) if self.failed.load(Ordering::Relaxed) => {}
                 Ok(()) => self.committed_in_callback.store(true, Ordering::Relaxed),
                 // Nothing of the batch is visible; the next owner of these
                 // partitions processes it, and the loop rewinds the rest.
@@ -270,6 +282,7 @@ impl ConsumerContext for RunContext {
                 // visible; stopping is the way to keep them from being lost
                 // here and repeated there.
                 Err(e) if self.exactly_once => {
+                    self.failed.store(true, Ordering::Relaxed);
                     lock(&self.failure).get_or_insert(e);
                 }
                 Err(e) => {
@@ -767,10 +780,17 @@ fn run_once(
         lag_series: Mutex::default(),
         resets: Mutex::default(),
         purgeable: Mutex::default(),
+        failed: AtomicBool::new(false),
     };
     let consumer: BaseConsumer<RunContext> = consumer_config
         .create_with_context(context)
         .map_err(SetupError::Client)?;
+    // Dropped before the consumer (declared after it): on any early return,
+    // the consumer's closing revoke then commits nothing.
+    let failure_guard = FailureGuard {
+        failed: &consumer.context().failed,
+        succeeded: false,
+    };
 
     let all_topics = config.all_topics();
     let names: Vec<&str> = all_topics.iter().map(String::as_str).collect();
@@ -1121,7 +1141,29 @@ fn run_once(
     purger.purge(consumer.context());
     consumer.unsubscribe();
     info!(?tally, "stopped");
+    failure_guard.succeed();
     Ok(())
+}
+
+/// Marks a life of the pipeline failed when it ends without
+/// [`FailureGuard::succeed`]: any return through `?`.
+struct FailureGuard<'a> {
+    failed: &'a AtomicBool,
+    succeeded: bool,
+}
+
+impl FailureGuard<'_> {
+    fn succeed(mut self) {
+        self.succeeded = true;
+    }
+}
+
+impl Drop for FailureGuard<'_> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Swaps in the rules and routes of `new`, if its campaign topics exist.
@@ -1363,6 +1405,18 @@ fn restore_assigned(
         topic: topology.changelog.to_owned(),
         reason,
     };
+    // KIP-447: the committed offsets of these partitions are asked for as
+    // stable (read_committed), which waits while a transaction of their
+    // previous owner is still pending. Only then does the changelog hold
+    // that owner's last transaction, which a read_committed restore would
+    // otherwise stop short of.
+    let mut stable = TopicPartitionList::new();
+    for partition in &partitions {
+        stable.add_partition(context.processed_topic(), *partition);
+    }
+    consumer
+        .committed_offsets(stable, delivery_timeout * 3)
+        .map_err(|e| failed(format!("committed offsets did not become stable: {e}")))?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = BTreeSet::new();
     for partition in &partitions {
