@@ -731,3 +731,95 @@ fn generated_confluent_leads_end_where_the_generator_says() {
         "{expected:?}"
     );
 }
+
+/// A registry that answers 25 s late, longer than a transaction may stay
+/// open (10 s, and the broker looks for expired ones every 10 s): a writer
+/// schema is looked up between transactions, never inside one. On the old main the lookup ran inside the open transaction,
+/// the broker aborted it on timeout, and leadflow took the bumped epoch for
+/// another instance's fence and exited for good.
+#[test]
+fn a_registry_answering_late_is_waited_for_between_transactions() {
+    use common::ops::{eventually, free_port, get, listen_on, sample};
+    let url = registry_url();
+    let upstream = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("registry host:port")
+        .to_owned();
+    let proxy = common::proxy::DelayProxy::start(&upstream, std::time::Duration::from_secs(25));
+    let slow_url = url.replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let settings =
+        format!("[schema_registry]\nurl = {slow_url:?}\ntimeout_ms = 40000\nretries = 0\n");
+    let env = Env::with_topics(
+        "slow-registry",
+        1,
+        "input_format = \"confluent-avro\"",
+        &settings,
+    );
+    // Two writer schemas, registered directly: leadflow must look each up
+    // through the proxy. The second has one more optional field at the end,
+    // so its datum is the first's plus that field's null (a 0 byte).
+    let subject = format!("{}-value", env.input);
+    let mut v2: serde_json::Value = serde_json::from_str(RAW_LEAD_SCHEMA).expect("schema");
+    if let Some(fields) = v2["fields"].as_array_mut() {
+        fields.push(
+            serde_json::json!({"name": "Extra", "type": ["null", "string"], "default": null}),
+        );
+    }
+    let ids: Vec<u32> = [RAW_LEAD_SCHEMA.to_owned(), v2.to_string()]
+        .iter()
+        .map(|schema| match client().register(&subject, schema) {
+            Ok(Registration::Registered(id)) => id,
+            other => panic!("{subject}: {other:?}"),
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    let received = t0_rfc3339();
+    let framed = |id: u32, event_id: &str| {
+        let json = format!(
+            r#"{{"event_id":"{event_id}","received_at":"{received}","UserDetails":{{"Email":"{event_id}@fabrikam.com"}},"LeadSource":"SPZA-PLT|contoso.sales-insights"}}"#
+        );
+        let mut bytes = Vec::new();
+        write_confluent_header(id, &mut bytes);
+        bytes.extend(leadflow::generate::to_raw_avro(json.as_bytes()).expect("lead"));
+        if id == ids[1] {
+            bytes.push(0);
+        }
+        bytes
+    };
+    let port = free_port();
+    let listen = listen_on(port);
+    let mut run = env.spawn(
+        "run",
+        &["run", &listen[0], &listen[1]],
+        std::process::Stdio::null(),
+    );
+    produce_values(&env.input, &[framed(ids[0], "s1")], common::now_ms());
+    eventually("the first lead, after a slow lookup", || {
+        (read_all(&env.nurture).len() == 1).then_some(())
+    });
+    // A lead of a known schema, then one of a new schema, in one batch.
+    produce_values(
+        &env.input,
+        &[framed(ids[0], "s2"), framed(ids[1], "s3")],
+        common::now_ms(),
+    );
+    eventually("both later leads", || {
+        assert!(
+            run.0.try_wait().expect("poll run").is_none(),
+            "leadflow exited: {}",
+            run.log()
+        );
+        (read_all(&env.nurture).len() == 3).then_some(())
+    });
+    let metrics = get(port, "/metrics").expect("metrics").1;
+    assert_eq!(
+        sample(&metrics, "leadflow_pipeline_restarts_total"),
+        Some(0.0),
+        "{}",
+        run.log()
+    );
+    assert!(!run.log().contains("fenced"), "{}", run.log());
+    drop(proxy);
+}

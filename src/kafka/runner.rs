@@ -90,6 +90,10 @@ pub enum RunError {
     /// The transaction was aborted; the batch must be processed again.
     #[error("transaction aborted: {0}")]
     Aborted(KafkaError),
+    /// The transaction stayed open past `transaction.timeout.ms`, so the
+    /// coordinator aborted it (librdkafka says fenced): restart, not exit.
+    #[error("the transaction outlived its timeout and was aborted by the broker: {0}")]
+    TimedOut(KafkaError),
     /// At-least-once: the broker refused a record of the batch for good;
     /// the batch must be processed again with that record isolated.
     #[error("a record was refused: {0}")]
@@ -146,6 +150,8 @@ struct RunContext {
     exactly_once: bool,
     /// A transaction is open (exactly-once only).
     in_transaction: AtomicBool,
+    /// When the open transaction began.
+    began: Mutex<Option<Instant>>,
     /// A commit ran inside a rebalance callback, for the loop to catch up.
     committed_in_callback: AtomicBool,
     /// A transaction was aborted inside a rebalance callback: the loop
@@ -498,6 +504,7 @@ impl RunContext {
                 .begin_transaction()
                 .map_err(RunError::Transaction)?;
             self.in_transaction.store(true, Ordering::Relaxed);
+            *lock(&self.began) = Some(Instant::now());
         }
         Ok(())
     }
@@ -552,6 +559,16 @@ impl RunContext {
             if retriable && Instant::now() < deadline {
                 warn!(%error, "transaction commit failed; retrying");
                 continue;
+            }
+            // The coordinator aborts a transaction open longer than
+            // transaction.timeout.ms and bumps the producer's epoch, which
+            // librdkafka then reports as fenced: that is this process being
+            // slow, not another instance taking over, and a restart (which
+            // fences the old epoch itself) is the cure.
+            let open_for = lock(&self.began).map(|at| at.elapsed());
+            if is_fence(&error) && open_for.is_some_and(|age| age >= self.delivery_timeout) {
+                self.in_transaction.store(false, Ordering::Relaxed);
+                return Err(RunError::TimedOut(error));
             }
             if abortable {
                 warn!(%error, "transaction must be aborted; the batch will be processed again");
@@ -633,16 +650,21 @@ pub fn run(
 impl RunError {
     /// Whether another producer with this `transactional.id` took over.
     pub fn is_fenced(&self) -> bool {
-        let code = match self {
-            RunError::Transaction(e) | RunError::Aborted(e) => e.rdkafka_error_code(),
-            RunError::InitTransactions { source, .. } => source.rdkafka_error_code(),
-            _ => None,
-        };
-        matches!(
-            code,
-            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced)
-        )
+        match self {
+            RunError::Transaction(e) | RunError::Aborted(e) => is_fence(e),
+            RunError::InitTransactions { source, .. } => is_fence(source),
+            _ => false,
+        }
     }
+}
+
+/// Whether librdkafka reports this producer fenced: by another instance
+/// with its `transactional.id`, or by the broker's timeout abort.
+fn is_fence(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced)
+    )
 }
 
 /// What the loop shares with the rest of the process.
@@ -769,6 +791,7 @@ fn run_once(
         producer: Arc::clone(&producer),
         exactly_once,
         in_transaction: AtomicBool::new(false),
+        began: Mutex::default(),
         committed_in_callback: AtomicBool::new(false),
         aborted_in_callback: AtomicBool::new(false),
         delivery_timeout,
@@ -997,6 +1020,27 @@ fn run_once(
                     let Some(hop) = context.hop(message.topic()) else {
                         continue;
                     };
+                    if let Some(registry) = topology.registry
+                        && pipeline.missing_writer_schema(message.payload()).is_some()
+                    {
+                        if context.in_transaction.load(Ordering::Relaxed) {
+                            // Asking the registry may take its timeouts and
+                            // retries, longer than a transaction may stay
+                            // open (the broker would abort it and fence this
+                            // producer): the batch ends before this record,
+                            // which the next one reads first.
+                            consumer
+                                .seek(
+                                    message.topic(),
+                                    message.partition(),
+                                    Offset::Offset(message.offset()),
+                                    Duration::from_secs(10),
+                                )
+                                .map_err(RunError::Transaction)?;
+                            break;
+                        }
+                        learn_writer_schema(&mut pipeline, registry, message.payload(), metrics)?;
+                    }
                     batch += 1;
                     let part = (hop, message.partition());
                     batch_start.entry(part).or_insert(message.offset());
@@ -1711,9 +1755,6 @@ fn handle(
         _ => (own, message.key()),
     };
     let timestamp_ms = message.timestamp().to_millis();
-    if let Some(registry) = topology.registry {
-        learn_writer_schema(pipeline, registry, message.payload(), sink.metrics)?;
-    }
     let input = Input {
         value: message.payload(),
         timestamp_ms,

@@ -7,6 +7,7 @@
 pub mod checker;
 pub mod faults;
 pub mod ops;
+pub mod proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
