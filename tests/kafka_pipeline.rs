@@ -758,3 +758,35 @@ fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
     );
     assert!(!run.log().contains("pipeline failed"), "{}", run.log());
 }
+
+/// With the default limits, a valid lead of 1,040,000 bytes (which a stock
+/// topic takes) is `oversized`, and its dead letter, cut to the limit,
+/// fits. On the old main the input limit was above what the producer could
+/// write: the lead passed decode, its forward was refused, and the pipeline
+/// restarted forever.
+#[test]
+fn a_lead_over_the_input_limit_is_a_dead_letter_that_fits() {
+    let env = Env::new("oversized", 1, "");
+    let mut values = numbered_leads(0, 2);
+    let mut big: serde_json::Value = serde_json::from_slice(&values[0]).expect("lead");
+    big["event_id"] = "big".into();
+    big["Padding"] = serde_json::Value::String(String::new());
+    let base = serde_json::to_vec(&big).expect("json").len();
+    big["Padding"] = serde_json::Value::String("p".repeat(1_040_000 - base));
+    let big = serde_json::to_vec(&big).expect("json");
+    assert_eq!(big.len(), 1_040_000);
+    values.insert(1, big);
+    produce_values(&env.input, &values, common::now_ms());
+    let out = env.run_until_drained();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("pipeline failed"), "{stderr}");
+    assert_eq!(read_all(&env.nurture).len(), 2);
+    let dead = read_all(&env.dead_letter);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "leadflow.error.class"), Some("oversized"));
+    assert_eq!(
+        header(&dead[0], "leadflow.error.truncated"),
+        Some("value:1040000")
+    );
+    assert_eq!(dead[0].payload().map(<[u8]>::len), Some(983_040));
+}

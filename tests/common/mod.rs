@@ -381,6 +381,8 @@ pub fn produce(topic: &str, records: &[TestRecord<'_>]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
+        // Room for records up to a stock topic's limit, past leadflow's.
+        .set("message.max.bytes", "1048000")
         .create()
         .expect("producer");
     for r in records {
