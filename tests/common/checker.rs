@@ -7,12 +7,19 @@
 //!   the right class), or nowhere when it is a duplicate or a test lead;
 //! - no input is lost and none is written twice;
 //! - no dedupe key reaches a campaign topic twice within the window;
-//! - per key, outputs keep the order of their inputs.
+//! - per key, outputs keep the order of their inputs;
+//! - every output's value is the lead it names: a campaign or suppressed
+//!   record carries its input's `event_id` (or the id derived from the
+//!   input's position), its record key as `dedupe_key` and its topic's
+//!   campaign; a dead letter carries its input's bytes (cut to the limit
+//!   only when it says so);
+//! - the dedupe changelog agrees with the outputs: its live keys are
+//!   exactly the dedupe keys of the campaign and suppressed records.
 //!
 //! It shares no code with the pipeline: where a record must go comes from
 //! the generator ([`Expected`]), where it went from the record headers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use leadflow::domain::Storefront;
@@ -117,6 +124,10 @@ pub struct Report {
     pub repeated_keys: Vec<String>,
     /// Keys whose outputs are not in the order of their inputs.
     pub out_of_order: Vec<String>,
+    /// Outputs whose value is not the lead their headers name.
+    pub bad_values: Vec<String>,
+    /// Dedupe keys live in the changelog without an output, or the reverse.
+    pub changelog: Vec<String>,
 }
 
 impl Report {
@@ -135,14 +146,16 @@ impl Report {
         );
         let _ = write!(
             text,
-            "checker: lost={} doubled={} misplaced={} leaked={} orphans={} repeated_keys={} out_of_order={}",
+            "checker: lost={} doubled={} misplaced={} leaked={} orphans={} repeated_keys={} out_of_order={} bad_values={} changelog={}",
             self.lost.len(),
             self.doubled.len(),
             self.misplaced.len(),
             self.leaked.len(),
             self.orphans.len(),
             self.repeated_keys.len(),
-            self.out_of_order.len()
+            self.out_of_order.len(),
+            self.bad_values.len(),
+            self.changelog.len()
         );
         text
     }
@@ -157,6 +170,8 @@ impl Report {
             ("orphans", &self.orphans),
             ("repeated_keys", &self.repeated_keys),
             ("out_of_order", &self.out_of_order),
+            ("bad_values", &self.bad_values),
+            ("changelog", &self.changelog),
         ];
         let examples: Vec<String> = problems
             .iter()
@@ -176,6 +191,8 @@ impl Report {
 /// One output record, as the checker sees it.
 struct Output {
     topic: String,
+    /// The output itself, to check against its input.
+    message: OwnedMessage,
     reason: Option<String>,
     class: Option<String>,
 }
@@ -235,6 +252,7 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
                 topic: topic.to_owned(),
                 reason: header(&m, "leadflow.suppressed.reason").map(str::to_owned),
                 class: header(&m, "leadflow.error.class").map(str::to_owned),
+                message: m,
             });
         }
         for (key, sources) in sequences {
@@ -251,6 +269,8 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         }
     }
 
+    // Dedupe keys of campaign and suppressed records.
+    let mut output_keys: BTreeSet<String> = BTreeSet::new();
     for m in &inputs {
         let position = (m.partition(), m.offset());
         let name = format!("{}/{}", position.0, position.1);
@@ -297,6 +317,15 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
                         "{name} for {topic} {reason:?}{class:?}, in {} {:?}{:?}",
                         one.topic, one.reason, one.class
                     ));
+                } else if let Err(why) = value_matches(env, m, one) {
+                    report
+                        .bad_values
+                        .push(format!("{name} in {}: {why}", one.topic));
+                }
+                if one.topic != env.dead_letter
+                    && let Some(key) = one.message.key()
+                {
+                    output_keys.insert(String::from_utf8_lossy(key).into_owned());
                 }
             }
             (Some(_), many) => report
@@ -311,6 +340,18 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         ));
     }
 
+    let live = live_changelog_keys(&format!("{}-dedupe-changelog", env.group));
+    for key in output_keys.difference(&live) {
+        report
+            .changelog
+            .push(format!("output key {key} not live in the changelog"));
+    }
+    for key in live.difference(&output_keys) {
+        report
+            .changelog
+            .push(format!("changelog key {key} has no output"));
+    }
+
     for ((topic, key), mut times) in campaign_times {
         times.sort_unstable();
         if times.windows(2).any(|w| w[1] - w[0] < window_ms) {
@@ -321,6 +362,78 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         }
     }
     report
+}
+
+/// Whether an output's value is the lead of its input `input`.
+fn value_matches(env: &Env, input: &OwnedMessage, output: &Output) -> Result<(), String> {
+    let m = &output.message;
+    let payload = m.payload().unwrap_or_default();
+    let original = input.payload().unwrap_or_default();
+    if output.topic == env.dead_letter {
+        return match header(m, "leadflow.error.truncated") {
+            None if payload == original => Ok(()),
+            Some(_) if !payload.is_empty() && original.starts_with(payload) => Ok(()),
+            _ => Err(format!(
+                "dead letter of {} bytes is not its input's {} bytes",
+                payload.len(),
+                original.len()
+            )),
+        };
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let input_id = serde_json::from_slice::<serde_json::Value>(original)
+        .ok()
+        .and_then(|v| {
+            v.get("event_id")
+                .and_then(|id| id.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("{}/{}/{}", env.input, input.partition(), input.offset()));
+    let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
+    let campaign = if output.topic == env.nurture {
+        Some("nurture")
+    } else if output.topic == env.demand_gen {
+        Some("demand-gen")
+    } else {
+        None
+    };
+    let checks = [
+        (
+            "event_id",
+            value["event_id"].as_str() == Some(input_id.as_str()),
+        ),
+        (
+            "dedupe_key",
+            value["dedupe_key"].as_str() == Some(key.as_ref()),
+        ),
+        ("campaign", value["campaign"].as_str() == campaign),
+        (
+            "suppressed",
+            value["suppressed"].as_str() == output.reason.as_deref(),
+        ),
+    ];
+    match checks.iter().find(|(_, ok)| !ok) {
+        None => Ok(()),
+        Some((field, _)) => Err(format!("its {field} does not match: {value}")),
+    }
+}
+
+/// The dedupe keys (hex) the changelog holds live: its latest record for
+/// each `s` key is not a tombstone. The format is the one documented in
+/// `stages::dedupe`: a tag byte and the 128-bit key, big-endian.
+fn live_changelog_keys(changelog: &str) -> BTreeSet<String> {
+    let mut latest: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+    for m in read_all(changelog) {
+        if let Some(key) = m.key() {
+            latest.insert(key.to_vec(), m.payload().is_some());
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(key, live)| *live && key.len() == 17 && key[0] == b's')
+        .map(|(key, _)| key[1..].iter().map(|b| format!("{b:02x}")).collect())
+        .collect()
 }
 
 fn source_position(m: &OwnedMessage) -> Option<(i32, i64)> {
