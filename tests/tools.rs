@@ -153,7 +153,7 @@ fn an_interrupted_dlq_replay_run_again_replays_each_dead_letter_once() {
             key: None,
             value: Some(value.as_bytes()),
             headers: &[("producer", "test")],
-            timestamp_ms: 1_760_000_000_000 + i as i64,
+            timestamp_ms: common::now_ms() + i as i64,
         })
         .collect();
     produce(&env.input, &records);
