@@ -319,6 +319,11 @@ impl Pipeline {
         self.decoder.add_writer_schema(id, answer);
     }
 
+    /// See [`crate::stages::decode::Decoder::forget_writer_schema`].
+    pub fn forget_writer_schema(&mut self, id: u32) {
+        self.decoder.forget_writer_schema(id);
+    }
+
     /// The scoring rules' version.
     pub fn rules_version(&self) -> &str {
         self.rules.version()

@@ -823,3 +823,80 @@ fn a_registry_answering_late_is_waited_for_between_transactions() {
     assert!(!run.log().contains("fenced"), "{}", run.log());
     drop(proxy);
 }
+
+/// A flood of 10,000 distinct schema ids no registry has: every record is
+/// a dead letter (`schema_unknown_id`), while the registry is asked at most
+/// a burst of 50 and then once a second, and the ids are remembered for a
+/// while, at most 1,000 of them. On the old main each new id cost a
+/// registry call and a cache entry kept for the life of the process.
+#[test]
+fn a_flood_of_unknown_schema_ids_costs_bounded_lookups() {
+    use common::ops::{free_port, get, listen_on, sample};
+    let settings = format!(
+        "[schema_registry]\nurl = {:?}\nretries = 0\n",
+        registry_url()
+    );
+    let env = Env::with_topics(
+        "unknown-ids",
+        1,
+        "input_format = \"confluent-avro\"",
+        &settings,
+    );
+    let received = t0_rfc3339();
+    let json = format!(
+        r#"{{"event_id":"u","received_at":"{received}","UserDetails":{{"Email":"u@fabrikam.com"}},"LeadSource":"SPZA-PLT|contoso.sales-insights"}}"#
+    );
+    let datum = leadflow::generate::to_raw_avro(json.as_bytes()).expect("lead");
+    let count = 10_000_u32;
+    let values: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let mut bytes = Vec::new();
+            write_confluent_header(2_000_000_000 + i, &mut bytes);
+            bytes.extend_from_slice(&datum);
+            bytes
+        })
+        .collect();
+    let port = free_port();
+    let listen = listen_on(port);
+    let started = std::time::Instant::now();
+    let run = env.spawn(
+        "run",
+        &["run", &listen[0], &listen[1]],
+        std::process::Stdio::null(),
+    );
+    produce_values(&env.input, &values, common::now_ms());
+    common::ops::wait_for_or(
+        "every record dead-lettered",
+        || {
+            let log = run.log();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            format!(
+                "{} dead letters; log ends {tail:#?}",
+                read_all(&env.dead_letter).len()
+            )
+        },
+        || {
+            let dead = read_all(&env.dead_letter);
+            (dead.len() == count as usize).then_some(dead)
+        },
+    )
+    .iter()
+    .for_each(|m| assert_eq!(header(m, "leadflow.error.class"), Some("schema_unknown_id")));
+    let metrics = get(port, "/metrics").expect("metrics").1;
+    let lookups = |result: &str| {
+        sample(
+            &metrics,
+            &format!("leadflow_schema_lookups_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let asked = lookups("unknown") + lookups("found") + lookups("failed");
+    let allowed = 50.0 + started.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        asked >= 50.0 && asked <= allowed,
+        "{asked} lookups in {:?}: {}",
+        started.elapsed(),
+        run.log()
+    );
+    assert_eq!(lookups("skipped") + asked, f64::from(count));
+}

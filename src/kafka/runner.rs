@@ -919,6 +919,7 @@ fn run_once(
     // Records found refused, each with its dead letter's reason.
     let mut poisoned: BTreeMap<Part, (i64, Failure)> = BTreeMap::new();
     let mut reject_backoff = Duration::ZERO;
+    let mut lookups = SchemaLookups::new();
 
     while !shutdown.load(Ordering::Relaxed) {
         restore_assigned(
@@ -944,6 +945,7 @@ fn run_once(
         }
         meter.batch.clear();
         pipeline.set_now(crate::metrics::now_ms());
+        lookups.expire(&mut pipeline);
         let deadline = Instant::now() + commit_interval;
         let mut batch = 0;
         // First offset of each partition in this batch, to rewind to on abort.
@@ -1023,12 +1025,13 @@ fn run_once(
                     if let Some(registry) = topology.registry
                         && pipeline.missing_writer_schema(message.payload()).is_some()
                     {
-                        if context.in_transaction.load(Ordering::Relaxed) {
+                        if context.in_transaction.load(Ordering::Relaxed) && lookups.can_ask() {
                             // Asking the registry may take its timeouts and
                             // retries, longer than a transaction may stay
                             // open (the broker would abort it and fence this
                             // producer): the batch ends before this record,
-                            // which the next one reads first.
+                            // which the next one reads first. (Over the
+                            // lookup budget, nothing is asked.)
                             consumer
                                 .seek(
                                     message.topic(),
@@ -1039,7 +1042,12 @@ fn run_once(
                                 .map_err(RunError::Transaction)?;
                             break;
                         }
-                        learn_writer_schema(&mut pipeline, registry, message.payload(), metrics)?;
+                        learn_writer_schema(
+                            &mut pipeline,
+                            (registry, &mut lookups),
+                            message.payload(),
+                            metrics,
+                        )?;
                     }
                     batch += 1;
                     let part = (hop, message.partition());
@@ -1693,13 +1701,19 @@ fn schema_registry(
 /// does, so that no good record is dead-lettered for the registry's sake.
 fn learn_writer_schema(
     pipeline: &mut Pipeline,
-    registry: &RegistryClient,
+    (registry, lookups): (&RegistryClient, &mut SchemaLookups),
     value: Option<&[u8]>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), RunError> {
     let Some(id) = pipeline.missing_writer_schema(value) else {
         return Ok(());
     };
+    if !lookups.may_ask() {
+        metrics.schema_looked_up("skipped");
+        pipeline.add_writer_schema(id, WriterAnswer::NotAsked);
+        lookups.remember_unknown(id, pipeline);
+        return Ok(());
+    }
     let answer = registry.schema_by_id(id).inspect_err(|error| {
         metrics.schema_looked_up("failed");
         warn!(%error, schema_id = id, "cannot look up a writer schema; the batch waits for the registry");
@@ -1716,9 +1730,78 @@ fn learn_writer_schema(
         None => {
             metrics.schema_looked_up("unknown");
             pipeline.add_writer_schema(id, WriterAnswer::Unknown);
+            lookups.remember_unknown(id, pipeline);
         }
     }
     Ok(())
+}
+
+/// Bounds what writer schema ids from input can cost: registry lookups
+/// are a token bucket ([`LOOKUP_BURST`], then [`LOOKUPS_PER_SECOND`]), and
+/// ids the registry does not know (or was not asked about) are remembered
+/// for [`UNKNOWN_TTL`] and at most [`MAX_UNKNOWN`] of them, then asked
+/// about again. Schemas the registry knows are few and kept for good.
+struct SchemaLookups {
+    tokens: f64,
+    refilled: Instant,
+    unknown: std::collections::VecDeque<(u32, Instant)>,
+}
+
+const LOOKUP_BURST: f64 = 50.0;
+const LOOKUPS_PER_SECOND: f64 = 1.0;
+const MAX_UNKNOWN: usize = 1_000;
+const UNKNOWN_TTL: Duration = Duration::from_secs(300);
+
+impl SchemaLookups {
+    fn new() -> SchemaLookups {
+        SchemaLookups {
+            tokens: LOOKUP_BURST,
+            refilled: Instant::now(),
+            unknown: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Whether the budget has a lookup left (taking none).
+    fn can_ask(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * LOOKUPS_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(LOOKUP_BURST);
+        self.refilled = now;
+        self.tokens >= 1.0
+    }
+
+    /// Takes a lookup from the budget, if one is left.
+    fn may_ask(&mut self) -> bool {
+        if self.can_ask() {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Remembers an unknown id, forgetting the oldest past the limit.
+    fn remember_unknown(&mut self, id: u32, pipeline: &mut Pipeline) {
+        self.unknown.push_back((id, Instant::now()));
+        while self.unknown.len() > MAX_UNKNOWN {
+            if let Some((old, _)) = self.unknown.pop_front() {
+                pipeline.forget_writer_schema(old);
+            }
+        }
+    }
+
+    /// Forgets unknown ids remembered longer than [`UNKNOWN_TTL`].
+    fn expire(&mut self, pipeline: &mut Pipeline) {
+        while let Some((id, _)) = self
+            .unknown
+            .front()
+            .filter(|(_, at)| at.elapsed() >= UNKNOWN_TTL)
+            .copied()
+        {
+            self.unknown.pop_front();
+            pipeline.forget_writer_schema(id);
+        }
+    }
 }
 
 /// Processes one record and produces its outputs.

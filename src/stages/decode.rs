@@ -72,6 +72,9 @@ pub enum WriterAnswer<'a> {
     Other(&'a str),
     /// No schema has this id.
     Unknown,
+    /// The registry was not asked: the process is over its lookup budget
+    /// (a flood of new ids, say).
+    NotAsked,
 }
 
 /// What the decoder knows of one writer schema id.
@@ -84,6 +87,8 @@ enum WriterSchema {
     },
     /// The registry has no schema under this id.
     Unknown,
+    /// The registry was not asked about this id (see [`WriterAnswer::NotAsked`]).
+    NotAsked,
     /// The registry's schema cannot be read as a raw lead: why.
     Unusable(String),
 }
@@ -161,8 +166,18 @@ impl Decoder {
                 WriterSchema::Unusable(format!("a {schema_type} schema, not Avro"))
             }
             WriterAnswer::Unknown => WriterSchema::Unknown,
+            WriterAnswer::NotAsked => WriterSchema::NotAsked,
         };
         writers.insert(id, known);
+    }
+
+    /// Forgets what the decoder knows of writer schema `id`, so that the
+    /// registry is asked again the next time a record names it (unknown
+    /// ids are kept only for a while, and only so many).
+    pub fn forget_writer_schema(&mut self, id: u32) {
+        if let Some(writers) = self.writers.as_mut() {
+            writers.remove(&id);
+        }
     }
 
     /// Decodes one record. `record_timestamp_ms` is the event time used
@@ -212,6 +227,10 @@ pub enum DecodeError {
     SchemaFrame(usize),
     #[error("the schema registry has no schema with id {0}")]
     SchemaUnknownId(u32),
+    #[error(
+        "schema id {0} was not looked up: more new schema ids than the registry lookup budget allows"
+    )]
+    SchemaNotAsked(u32),
     #[error("schema id {id} cannot be read as a raw lead: {reason}")]
     SchemaUnusable { id: u32, reason: String },
     #[error("datum does not decode with its writer schema (id {id}): {reason}")]
@@ -241,7 +260,7 @@ impl ErrorClass for DecodeError {
             DecodeError::MissingEventTime => "missing_event_time",
             DecodeError::SchemaMagicByte(_) => "schema_magic_byte",
             DecodeError::SchemaFrame(_) => "schema_frame",
-            DecodeError::SchemaUnknownId(_) => "schema_unknown_id",
+            DecodeError::SchemaUnknownId(_) | DecodeError::SchemaNotAsked(_) => "schema_unknown_id",
             DecodeError::SchemaUnusable { .. } => "schema_unusable",
             DecodeError::SchemaBody { .. } => "schema_body",
             DecodeError::SchemaIncompatible { .. } => "schema_incompatible",
@@ -253,6 +272,7 @@ impl ErrorClass for DecodeError {
     fn schema_id(&self) -> Option<u32> {
         match self {
             DecodeError::SchemaUnknownId(id)
+            | DecodeError::SchemaNotAsked(id)
             | DecodeError::SchemaUnusable { id, .. }
             | DecodeError::SchemaBody { id, .. }
             | DecodeError::SchemaIncompatible { id, .. } => Some(*id),
@@ -331,6 +351,7 @@ fn parse_confluent(
         // The runner asks the registry before decoding; an id it could not
         // learn is as unknown as one the registry denies.
         Some(WriterSchema::Unknown) | None => return Err(DecodeError::SchemaUnknownId(id)),
+        Some(WriterSchema::NotAsked) => return Err(DecodeError::SchemaNotAsked(id)),
     };
     let value =
         read_datum(body, reader).map_err(|reason| DecodeError::SchemaBody { id, reason })?;
