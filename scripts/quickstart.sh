@@ -53,7 +53,11 @@ for name, in_topic, counted in rows:
 print("suppressed by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(actual["suppressed"].items())))
 print("dead letters by class: " + ", ".join(f"{k}={v}" for k, v in sorted(actual["dead_letter"].items())))
 print(f"wall time {seconds:.1f} s, {actual['inputs'] / seconds:,.0f} leads/s (including group join)")
-ok = expected == actual and all(isinstance(t, str) or t == c for _, t, c in rows)
+# How many leads took the re-keying hop is leadflow's own business: the
+# generator's tally has no such count.
+same = {k: v for k, v in actual.items() if k != "repartitioned"} == {
+    k: v for k, v in expected.items() if k != "repartitioned"}
+ok = same and all(isinstance(t, str) or t == c for _, t, c in rows)
 print("every lead accounted for: " + ("yes" if ok else "NO"))
 if not ok:
     print("expected " + json.dumps(expected), file=sys.stderr)
