@@ -147,6 +147,38 @@ fn a_paused_zombie_writes_nothing_visible() {
     finish_and_check(&env, &written);
 }
 
+/// A process paused (a long GC, a stalled VM) with a transaction open for
+/// longer than the transaction timeout, but not its session: the broker
+/// aborts the transaction and bumps the producer's epoch, which librdkafka
+/// reports as fenced. That is slowness, not another instance: leadflow
+/// restarts from its last commit and finishes, exactly once. Before, it
+/// took the epoch bump for a rival's fence and exited for good.
+#[test]
+fn a_transaction_that_outlives_its_timeout_is_not_a_fence() {
+    let env = Env::new("stalled", 4, "");
+    let n = leads() as i64;
+    let written = write_generated(&env.input, n as usize, 31);
+    let topic = repartition(&env);
+    let mut run = env.spawn("run", &["run"], Stdio::null());
+    let at_stop = progress_to(&env, &topic, n / 5, &mut [&mut run]);
+    signal(&run.0, "STOP");
+    // Past the transaction timeout (10 s) and the broker's check for
+    // expired transactions (every 10 s), short of the session (45 s).
+    std::thread::sleep(Duration::from_secs(25));
+    signal(&run.0, "CONT");
+    progress_to(&env, &topic, at_stop + n / 5, &mut [&mut run]);
+    let status = stop(&mut run);
+    assert!(status.success(), "graceful stop failed: {}", run.log());
+    eprintln!(
+        "after the pause: {}",
+        run.log()
+            .lines()
+            .find(|l| l.contains("pipeline failed"))
+            .unwrap_or("no restart")
+    );
+    finish_and_check(&env, &written);
+}
+
 /// SIGTERM, then the exit status.
 fn stop(running: &mut Running) -> std::process::ExitStatus {
     signal(&running.0, "TERM");

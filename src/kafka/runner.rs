@@ -477,6 +477,21 @@ impl RunContext {
         }
     }
 
+    /// A transaction call's failure. The coordinator aborts a transaction
+    /// open longer than transaction.timeout.ms and bumps the producer's
+    /// epoch, which librdkafka then reports as fenced: that is this process
+    /// being slow (paused, or waiting on a slow broker), not another
+    /// instance taking over, and a restart (which fences the old epoch
+    /// itself) is the cure. Any other fence is final.
+    fn transaction_error(&self, error: KafkaError) -> RunError {
+        let open_for = lock(&self.began).map(|at| at.elapsed());
+        if is_fence(&error) && open_for.is_some_and(|age| age >= self.delivery_timeout) {
+            self.in_transaction.store(false, Ordering::Relaxed);
+            return RunError::TimedOut(error);
+        }
+        RunError::Transaction(error)
+    }
+
     /// Aborts the open transaction (a record of it was refused), so that
     /// the loop processes the batch again: always `Err(Aborted)`.
     fn abort(&self) -> Result<(), RunError> {
@@ -485,7 +500,7 @@ impl RunContext {
             let timeout = Duration::from_secs(10).min(self.delivery_timeout);
             self.producer
                 .abort_transaction(timeout)
-                .map_err(RunError::Transaction)?;
+                .map_err(|e| self.transaction_error(e))?;
             self.in_transaction.store(false, Ordering::Relaxed);
         }
         lock(&self.pending).clear();
@@ -560,25 +575,15 @@ impl RunContext {
                 warn!(%error, "transaction commit failed; retrying");
                 continue;
             }
-            // The coordinator aborts a transaction open longer than
-            // transaction.timeout.ms and bumps the producer's epoch, which
-            // librdkafka then reports as fenced: that is this process being
-            // slow, not another instance taking over, and a restart (which
-            // fences the old epoch itself) is the cure.
-            let open_for = lock(&self.began).map(|at| at.elapsed());
-            if is_fence(&error) && open_for.is_some_and(|age| age >= self.delivery_timeout) {
-                self.in_transaction.store(false, Ordering::Relaxed);
-                return Err(RunError::TimedOut(error));
-            }
             if abortable {
                 warn!(%error, "transaction must be aborted; the batch will be processed again");
                 self.producer
                     .abort_transaction(timeout)
-                    .map_err(RunError::Transaction)?;
+                    .map_err(|e| self.transaction_error(e))?;
                 self.in_transaction.store(false, Ordering::Relaxed);
                 return Err(RunError::Aborted(error));
             }
-            return Err(RunError::Transaction(error));
+            return Err(self.transaction_error(error));
         }
     }
 }
