@@ -806,3 +806,105 @@ fn a_lead_over_the_input_limit_is_a_dead_letter_that_fits() {
     );
     assert_eq!(dead[0].payload().map(<[u8]>::len), Some(983_040));
 }
+
+/// KIP-447: a partition's previous owner left a transaction pending that
+/// holds its last dedupe state and its committed offset. leadflow, taking
+/// the partition over, restores only once the group's committed offsets
+/// are stable, so its state includes that transaction, and a repeat of the
+/// lead is a duplicate. Before, the restore read the changelog up to the
+/// pending transaction and stopped: the state missed the lead, and the
+/// repeat went to its campaign a second time.
+#[test]
+fn restore_includes_the_previous_owners_pending_transaction() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let env = Env::new("stable", 1, "[pipeline]\nrepartition = false\n");
+    let changelog = format!("{}-dedupe-changelog", env.group);
+    let lead = numbered_leads(0, 1).remove(0);
+    // What leadflow's changelog holds once it has let this lead through.
+    let config = Config {
+        catalog: leadflow::generate::catalog(),
+        ..Config::default()
+    };
+    let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
+    let outcome = pipeline.process(Input {
+        value: Some(&lead),
+        timestamp_ms: Some(common::now_ms()),
+        source: SourcePosition {
+            topic: &env.input,
+            partition: 0,
+            offset: 0,
+        },
+        shard: 0,
+    });
+    assert!(matches!(outcome, Outcome::Routed { .. }), "{outcome:?}");
+    let changes: Vec<_> = pipeline.take_changes().collect();
+    assert!(!changes.is_empty());
+
+    // The previous owner: a member of the group whose last transaction
+    // (that state, and the group's offset) is still pending when it leaves.
+    let member: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .set("group.id", &env.group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .expect("member");
+    member.subscribe(&[env.input.as_str()]).expect("subscribe");
+    common::ops::eventually("the previous owner to be assigned", || {
+        let _ = member.poll(Duration::from_millis(100));
+        (member.assignment().ok()?.count() > 0).then_some(())
+    });
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .set("transactional.id", format!("{}-previous", env.group))
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .expect("transactional producer");
+    producer.init_transactions(PATIENCE).expect("init");
+    producer.begin_transaction().expect("begin");
+    for change in &changes {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&changelog)
+            .partition(change.partition)
+            .key(&change.key[..]);
+        if let Some(value) = &change.value {
+            record = record.payload(&value[..]);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(PATIENCE).expect("flush");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&env.input, 0, Offset::Offset(0))
+        .expect("offset");
+    let metadata = member.group_metadata().expect("group metadata");
+    producer
+        .send_offsets_to_transaction(&offsets, &metadata, PATIENCE)
+        .expect("offsets in the transaction");
+    drop(member);
+
+    let run = env.spawn("run", &["run"], Stdio::null());
+    common::ops::eventually("leadflow to take the partition", || {
+        run.log().contains("partitions assigned").then_some(())
+    });
+    // A window for a restore that does not wait to finish first, as the
+    // old one did (it took milliseconds); leadflow's must not.
+    let window = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < window && !run.log().contains("dedupe state restored") {
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a bounded window
+    }
+    producer.commit_transaction(PATIENCE).expect("commit");
+    common::ops::eventually("the restore", || {
+        run.log().contains("dedupe state restored").then_some(())
+    });
+    produce_values(&env.input, &[lead], common::now_ms());
+    common::ops::eventually("the repeat committed", || {
+        (committed(&env.group, &env.input).get(&0) == Some(&1)).then_some(())
+    });
+    assert!(
+        read_all(&env.nurture).is_empty(),
+        "the repeat reached its campaign: the restore missed the pending state"
+    );
+}
