@@ -8,7 +8,9 @@
 #   scripts/kafka.sh status   exit 0 if the broker answers a metadata request
 #
 # Environment: LEADFLOW_KAFKA_PORT (default 9092), LEADFLOW_KAFKA_CONTROLLER_PORT
-# (default port+1), LEADFLOW_KAFKA_HOME (default .cache/kafka in the repo).
+# (default port+1), LEADFLOW_KAFKA_ADVERTISED_PORT (default the port: another
+# one puts a proxy, Toxiproxy say, between clients and the broker),
+# LEADFLOW_KAFKA_HOME (default .cache/kafka in the repo).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +18,7 @@ repo=$(cd "$here/.." && pwd)
 home=${LEADFLOW_KAFKA_HOME:-$repo/.cache/kafka}
 port=${LEADFLOW_KAFKA_PORT:-9092}
 cport=${LEADFLOW_KAFKA_CONTROLLER_PORT:-$((port + 1))}
+aport=${LEADFLOW_KAFKA_ADVERTISED_PORT:-$port}
 bootstrap="127.0.0.1:$port"
 libs="$home/libs"
 data="$home/data-$port"
@@ -50,7 +53,7 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
 listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+advertised.listeners=PLAINTEXT://127.0.0.1:$aport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT

@@ -10,6 +10,8 @@ export LEADFLOW_KAFKA_PORT=${LEADFLOW_KAFKA_PORT:-19092}
 export LEADFLOW_TEST_BOOTSTRAP="127.0.0.1:$LEADFLOW_KAFKA_PORT"
 
 scripts/tools.sh
+# Network faults between leadflow and the broker (tests/network.rs).
+scripts/toxiproxy.sh install
 
 # Confluent's Python client: the standard Confluent-format producer and
 # consumer that tests/registry.rs checks leadflow against (tests/interop/).

@@ -18,10 +18,7 @@ use common::{Env, OwnBroker, PATIENCE, committed, signal};
 
 #[test]
 fn leadflow_recovers_from_a_killed_broker_on_its_own() {
-    let port = std::env::var("LEADFLOW_KAFKA_PORT")
-        .ok()
-        .and_then(|p| p.parse::<u16>().ok())
-        .map_or(19_192, |p| p + 100);
+    let port = common::own_broker_port(100);
     let broker = OwnBroker::start(port);
     let env = Env::new("broker-kill", 6, FAILOVER);
     let n = leads() as i64;

@@ -8,6 +8,7 @@ pub mod checker;
 pub mod faults;
 pub mod ops;
 pub mod proxy;
+pub mod toxiproxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -59,21 +60,40 @@ pub fn bootstrap() -> String {
     })
 }
 
+/// A port for a broker of a test binary's own: the test broker's port
+/// (`LEADFLOW_KAFKA_PORT`) plus `offset`, so that suites run side by side
+/// (as `scripts/test.sh` and the benchmark smoke do) never collide.
+pub fn own_broker_port(offset: u16) -> u16 {
+    std::env::var("LEADFLOW_KAFKA_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(19_092)
+        + offset
+}
+
 /// A broker of a test's own, started fresh by `scripts/kafka.sh` on `port`
 /// and stopped when dropped, for tests that kill the broker.
 pub struct OwnBroker {
     pub port: u16,
+    /// The port clients are told to use, when a proxy sits in front.
+    pub advertised: u16,
 }
 
 impl OwnBroker {
     /// Starts the broker (waiting until it answers) and points this test
     /// binary's helpers at it. Call once per binary.
     pub fn start(port: u16) -> OwnBroker {
-        let broker = OwnBroker { port };
+        OwnBroker::behind(port, port)
+    }
+
+    /// [`OwnBroker::start`], advertising `advertised` (a proxy's port, which
+    /// must forward to `port` already) as its address.
+    pub fn behind(port: u16, advertised: u16) -> OwnBroker {
+        let broker = OwnBroker { port, advertised };
         broker.script("reset");
         broker.script("start");
         assert!(
-            BOOTSTRAP.set(format!("127.0.0.1:{port}")).is_ok(),
+            BOOTSTRAP.set(format!("127.0.0.1:{advertised}")).is_ok(),
             "one broker per test binary"
         );
         broker
@@ -84,6 +104,10 @@ impl OwnBroker {
         let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
             .arg(command)
             .env("LEADFLOW_KAFKA_PORT", self.port.to_string())
+            .env(
+                "LEADFLOW_KAFKA_ADVERTISED_PORT",
+                self.advertised.to_string(),
+            )
             .env_remove("LEADFLOW_KAFKA_CONTROLLER_PORT")
             .status()
             .expect("run scripts/kafka.sh");
