@@ -144,6 +144,7 @@ fn an_interrupted_dlq_replay_run_again_replays_each_dead_letter_once() {
     // records that are not leads (another class), all distinct.
     let broken: Vec<String> = (0..300).map(|i| format!("broken lead {i}")).collect();
     let shapes: Vec<String> = (0..50).map(|i| format!("[{i}]")).collect();
+    let written_at = common::now_ms() - 3_600_000;
     let records: Vec<TestRecord<'_>> = broken
         .iter()
         .chain(&shapes)
@@ -153,12 +154,15 @@ fn an_interrupted_dlq_replay_run_again_replays_each_dead_letter_once() {
             key: None,
             value: Some(value.as_bytes()),
             headers: &[("producer", "test")],
-            timestamp_ms: common::now_ms() + i as i64,
+            // An hour old: a replayed copy is stamped when replayed, not
+            // with this (a stock broker deletes copies of week-old inputs).
+            timestamp_ms: written_at + i as i64,
         })
         .collect();
     produce(&env.input, &records);
     env.run_until_drained();
     let dead = read_all(&env.dead_letter);
+    let replays_started = common::now_ms();
     let classes: BTreeMap<&str, usize> = dead.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(header(r, "leadflow.error.class").unwrap_or("?"))
             .or_default() += 1;
@@ -231,6 +235,11 @@ fn an_interrupted_dlq_replay_run_again_replays_each_dead_letter_once() {
             "original headers kept"
         );
         assert!(header(record, "leadflow.error.class").is_none());
+        let stamped = record.timestamp().to_millis().unwrap_or_default();
+        assert!(
+            stamped >= replays_started,
+            "replayed copy stamped {stamped}"
+        );
     }
     // Run again: nothing left to replay under this name.
     let out = env.leadflow(&["dlq", "replay", "--class", "json_syntax"]);
