@@ -328,10 +328,11 @@ pub(crate) fn copy_of<'a>(
 }
 
 /// The broker's (or the client's) name for why it refused one record for
-/// good: too large, a timestamp out of range, not allowed. Writing the same
+/// good: too large, a timestamp out of range, invalid. Writing the same
 /// record again fails the same way, so it must be dead-lettered, not
 /// retried. `None` for everything else (timeouts, a broker down, a
-/// transaction that must abort), which is no fault of the record.
+/// transaction that must abort, a missing permission or a policy, which
+/// would refuse every record alike), which is no fault of the record.
 pub(crate) fn refusal(error: &KafkaError) -> Option<RDKafkaErrorCode> {
     let KafkaError::MessageProduction(code) = error else {
         return None;
@@ -344,8 +345,6 @@ pub(crate) fn refusal(error: &KafkaError) -> Option<RDKafkaErrorCode> {
             | RDKafkaErrorCode::InvalidMessageSize
             | RDKafkaErrorCode::InvalidTimestamp
             | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::PolicyViolation
     )
     .then_some(*code)
 }

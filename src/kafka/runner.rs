@@ -281,7 +281,9 @@ impl ConsumerContext for RunContext {
                 Ok(()) => self.committed_in_callback.store(true, Ordering::Relaxed),
                 // Nothing of the batch is visible; the next owner of these
                 // partitions processes it, and the loop rewinds the rest.
-                Err(RunError::Aborted(_)) => {
+                // (At-least-once: a refused record; the loop rewinds and
+                // isolates it when the batch fails again.)
+                Err(RunError::Aborted(_) | RunError::Rejected(_)) => {
                     self.aborted_in_callback.store(true, Ordering::Relaxed);
                 }
                 // Under exactly-once the partitions' outputs are not
@@ -955,6 +957,9 @@ fn run_once(
         let mut batch = 0;
         // First offset of each partition in this batch, to rewind to on abort.
         let mut batch_start: BTreeMap<Part, i64> = BTreeMap::new();
+        // Next offset after the last record read per partition in this
+        // batch, the one whose processing failed included.
+        let mut read_to: BTreeMap<Part, i64> = BTreeMap::new();
         batch_seq += 1;
         // Every log line of the batch carries its number, and once it
         // commits, its record count and offsets.
@@ -1027,6 +1032,7 @@ fn run_once(
                     let Some(hop) = context.hop(message.topic()) else {
                         continue;
                     };
+                    let mut not_asked = None;
                     if let Some(registry) = topology.registry
                         && pipeline.missing_writer_schema(message.payload()).is_some()
                     {
@@ -1047,7 +1053,7 @@ fn run_once(
                                 .map_err(RunError::Transaction)?;
                             break;
                         }
-                        learn_writer_schema(
+                        not_asked = learn_writer_schema(
                             &mut pipeline,
                             (registry, &mut lookups),
                             message.payload(),
@@ -1057,6 +1063,7 @@ fn run_once(
                     batch += 1;
                     let part = (hop, message.partition());
                     batch_start.entry(part).or_insert(message.offset());
+                    read_to.insert(part, message.offset() + 1);
                     context.begin()?;
                     let poison = match poisoned.get(&part) {
                         Some((offset, _)) if *offset == message.offset() => {
@@ -1070,14 +1077,18 @@ fn run_once(
                         processed: context.is_processed(hop),
                         poison,
                     };
-                    match handle(
+                    let handled = handle(
                         step,
                         &topology,
                         &mut pipeline,
                         &sink,
                         &mut batch_tally,
                         &mut meter,
-                    ) {
+                    );
+                    if let Some(id) = not_asked {
+                        pipeline.forget_writer_schema(id);
+                    }
+                    match handled {
                         Ok(()) => {}
                         // The broker refused a record of this transaction, which
                         // now only aborts: end the batch and find the record.
@@ -1144,6 +1155,14 @@ fn run_once(
                 pipeline.rollback_batch();
                 meter.batch.clear();
                 if let Some((topic, code)) = producer.context().take_rejection() {
+                    // Where leadflow puts what it cannot deliver, and its
+                    // state, refusing: no record is at fault, so no record is
+                    // dead-lettered for it; the pipeline restarts (backoff).
+                    if topic == config.topics.dead_letter || topic == changelog_topic {
+                        return Err(RunError::Delivery(format!(
+                            "{topic} refused a record for good: {code}"
+                        )));
+                    }
                     metrics
                         .produce_rejections
                         .get_or_create(&crate::metrics::RejectionLabels {
@@ -1159,10 +1178,7 @@ fn run_once(
                         }
                         _ => {
                             warn!(topic, error = %code, records = batch, "a record of the batch was refused for good; finding it, one record per transaction");
-                            isolating = batch_start
-                                .keys()
-                                .map(|part| (*part, reached.get(part).copied().unwrap_or(i64::MAX)))
-                                .collect();
+                            isolating = read_to.clone();
                         }
                     }
                     // Never a tight loop, whatever keeps being refused.
@@ -1709,15 +1725,16 @@ fn learn_writer_schema(
     (registry, lookups): (&RegistryClient, &mut SchemaLookups),
     value: Option<&[u8]>,
     metrics: &crate::metrics::Metrics,
-) -> Result<(), RunError> {
+) -> Result<Option<u32>, RunError> {
     let Some(id) = pipeline.missing_writer_schema(value) else {
-        return Ok(());
+        return Ok(None);
     };
     if !lookups.may_ask() {
+        // Not asked: this record is a dead letter, and the id is asked
+        // about again for the next record that names it, budget allowing.
         metrics.schema_looked_up("skipped");
         pipeline.add_writer_schema(id, WriterAnswer::NotAsked);
-        lookups.remember_unknown(id, pipeline);
-        return Ok(());
+        return Ok(Some(id));
     }
     let answer = registry.schema_by_id(id).inspect_err(|error| {
         metrics.schema_looked_up("failed");
@@ -1738,14 +1755,16 @@ fn learn_writer_schema(
             lookups.remember_unknown(id, pipeline);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Bounds what writer schema ids from input can cost: registry lookups
-/// are a token bucket ([`LOOKUP_BURST`], then [`LOOKUPS_PER_SECOND`]), and
-/// ids the registry does not know (or was not asked about) are remembered
-/// for [`UNKNOWN_TTL`] and at most [`MAX_UNKNOWN`] of them, then asked
-/// about again. Schemas the registry knows are few and kept for good.
+/// are a token bucket ([`LOOKUP_BURST`], then [`LOOKUPS_PER_SECOND`]; a
+/// record whose id is not asked about for lack of budget is a dead letter,
+/// and the id is asked about for the next one), and ids the registry does
+/// not know are remembered for [`UNKNOWN_TTL`] and at most [`MAX_UNKNOWN`]
+/// of them, then asked about again. Schemas the registry knows are few and
+/// kept for good.
 struct SchemaLookups {
     tokens: f64,
     refilled: Instant,
@@ -2052,10 +2071,12 @@ impl<'a> Sink<'a> {
         // than leadflow keeps are dropped; the dead letter says which.
         let limit = self.config.pipeline.max_record_bytes;
         let value = message.payload().unwrap_or_default();
+        // Each header also costs its encoding (lengths, varints): counted
+        // generously, so that many tiny headers cannot slip past.
         let extra = key.map_or(0, <[u8]>::len)
             + message.headers().map_or(0, |h| {
                 h.iter()
-                    .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                    .map(|h| 16 + h.key.len() + h.value.map_or(0, <[u8]>::len))
                     .sum()
             });
         let keep_extra = extra <= super::KEPT_KEY_AND_HEADERS;
@@ -2077,10 +2098,32 @@ impl<'a> Sink<'a> {
         if let Some(kept) = value.get(..limit).filter(|_| value.len() > limit) {
             record = record.payload(kept);
         }
-        send(self.producer, record).map_err(|source| RunError::Produce {
-            topic: dlq.to_owned(),
-            source,
-        })?;
+        match send(self.producer, record) {
+            Ok(()) => {}
+            // Refused all the same (too large after all): the source
+            // position and the reason alone, which always fit.
+            Err(error) if super::refusal(&error).is_some() => {
+                let minimal = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
+                    None::<&rdkafka::message::OwnedHeaders>,
+                    (source, message.timestamp().to_millis()),
+                    pipeline.version(),
+                    (
+                        failure,
+                        Some(&format!("value:{},key+headers:{extra}", value.len())),
+                    ),
+                ));
+                send(self.producer, minimal).map_err(|source| RunError::Produce {
+                    topic: dlq.to_owned(),
+                    source,
+                })?;
+            }
+            Err(source) => {
+                return Err(RunError::Produce {
+                    topic: dlq.to_owned(),
+                    source,
+                });
+            }
+        }
         batch.produced(dlq);
         batch.output_of(message.timestamp().to_millis());
         Ok(())

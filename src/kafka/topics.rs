@@ -139,8 +139,13 @@ pub fn config_problem(
                 ))
             } else if value("retention.ms") != "-1" {
                 Some(format!(
-                    "retention.ms={} deletes records by their (source) timestamp before they are read; it must be -1 (leadflow purges what it committed)",
+                    "retention.ms={} deletes records by their (source) timestamp before they are read; it must be -1 (leadflow purges what it committed; alter it with kafka-configs --alter --add-config retention.ms=-1)",
                     value("retention.ms")
+                ))
+            } else if config("message.timestamp.type").is_some_and(|t| t != "CreateTime") {
+                Some(format!(
+                    "message.timestamp.type={} would overwrite the source timestamp (the event time of a lead without received_at); it must be CreateTime",
+                    value("message.timestamp.type")
                 ))
             } else if value("retention.bytes") != "-1" {
                 Some(format!(
