@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::OutputWithin as _;
 
 use std::collections::BTreeMap;
@@ -11,6 +13,7 @@ use std::process::Command;
 
 #[test]
 fn a_small_demo_accounts_for_every_lead() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let leads = 3_000_u64;
     let out = Command::new(env!("CARGO_BIN_EXE_leadflow"))
         .args(["demo", "--leads", &leads.to_string(), "--seed", "9"])

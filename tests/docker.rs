@@ -4,6 +4,10 @@
 //! data source. (`scripts/test.sh` also runs `docker-compose config` and
 //! `promtool check config` on the compose and Prometheus files.)
 
+mod common;
+
+use std::time::Duration;
+
 use std::collections::BTreeSet;
 
 use leadflow::metrics::{
@@ -99,6 +103,7 @@ fn read(path: &str) -> String {
 
 #[test]
 fn the_dashboard_shows_what_operators_need_from_exported_metrics() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/dashboards/leadflow.json")).expect("dashboard JSON");
     let exported = exported();
@@ -150,6 +155,7 @@ fn the_dashboard_shows_what_operators_need_from_exported_metrics() {
 
 #[test]
 fn alert_rules_use_exported_metrics() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let rules = read("prometheus/alerts.yml");
     let exported = exported();
     let names = referenced(&rules);

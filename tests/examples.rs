@@ -3,6 +3,10 @@
 //! output record in JSON and in Avro. A change to any output field shows up
 //! here as a snapshot diff to review.
 
+mod common;
+
+use std::time::Duration;
+
 use leadflow::config::Config;
 use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition};
 use leadflow::stages::decode::Format;
@@ -19,6 +23,7 @@ fn quickstart_pipeline() -> Pipeline {
 
 #[test]
 fn example_outputs_in_json_and_avro() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let mut pipeline = quickstart_pipeline();
     let json = Encoder::new(Format::Json);
     let avro = Encoder::new(Format::Avro);

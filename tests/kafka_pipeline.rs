@@ -53,6 +53,7 @@ fn assert_written_now(m: &rdkafka::message::OwnedMessage, stamp: i64, started: i
 
 #[test]
 fn a_known_mix_lands_exactly_where_it_belongs() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let env = Env::new("mix", 2, "[pipeline]\nmax_record_bytes = 4096");
     let appsource = "SPZA-PLT|contoso.sales-insights";
     let portal = "AzurePortal-Create|contoso.contoso-gateway-byol";
@@ -261,11 +262,13 @@ fn oracle(env: &Env) -> (BTreeMap<(i32, i64), String>, Tally) {
 
 #[test]
 fn a_killed_run_restarts_without_losing_or_repeating_anything() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     killed_run_restarts("exactly-once");
 }
 
 #[test]
 fn a_killed_run_restarts_without_losing_anything_at_least_once() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     killed_run_restarts("at-least-once");
 }
 
@@ -401,6 +404,7 @@ fn killed_run_restarts(guarantee: &str) {
 
 #[test]
 fn a_missing_topic_is_a_one_line_error_within_seconds() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let env = Env::new("missing", 1, "");
     let started = Instant::now();
     let out = env.leadflow(&["run", "--input-topic", "no-such-topic-anywhere"]);
@@ -416,6 +420,7 @@ fn a_missing_topic_is_a_one_line_error_within_seconds() {
 
 #[test]
 fn the_test_broker_supports_transactions() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -530,11 +535,13 @@ fn examples_land_where_the_domain_says(format: &str) {
 
 #[test]
 fn the_shared_examples_land_where_the_domain_says_in_json() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     examples_land_where_the_domain_says("json");
 }
 
 #[test]
 fn the_shared_examples_land_where_the_domain_says_in_avro() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     examples_land_where_the_domain_says("avro");
 }
 
@@ -543,6 +550,7 @@ fn the_shared_examples_land_where_the_domain_says_in_avro() {
 /// topic and the setting, within seconds.
 #[test]
 fn run_refuses_internal_topics_whose_configuration_can_lose_data() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let id = format!("unsafe-{}-{}", std::process::id(), common::now_ms());
     let cases = [
         (
@@ -600,6 +608,7 @@ fn log_line<'a>(log: &'a str, parts: &[&str]) -> Option<&'a str> {
 /// The run also purges the repartition topic up to what it committed.
 #[test]
 fn records_deleted_before_they_were_read_are_reported_and_the_drain_ends() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let env = Env::new("reset", 1, "");
     let repartition = format!("{}-repartition", env.group);
     produce_values(&env.input, &numbered_leads(0, 10), common::now_ms());
@@ -637,6 +646,7 @@ fn records_deleted_before_they_were_read_are_reported_and_the_drain_ends() {
 /// `/readyz` names it, the log has both offsets, and what is left flows.
 #[test]
 fn an_offset_reset_under_a_running_leadflow_is_never_silent() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     use common::ops::{eventually, free_port, get, listen_on, sample, scrape};
     let port = free_port();
     let env = Env::new("reset-live", 1, "");
@@ -692,6 +702,7 @@ fn an_offset_reset_under_a_running_leadflow_is_never_silent() {
 /// that campaign's topic refuses is in neither campaign, only dead-lettered.
 #[test]
 fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     use common::ops::{eventually, free_port, listen_on, sample, scrape, series};
     let port = free_port();
     let sales = format!("refused-{}-{}.sales", std::process::id(), common::now_ms());
@@ -782,6 +793,7 @@ fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
 /// restarted forever.
 #[test]
 fn a_lead_over_the_input_limit_is_a_dead_letter_that_fits() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     let env = Env::new("oversized", 1, "");
     let mut values = numbered_leads(0, 2);
     let mut big: serde_json::Value = serde_json::from_slice(&values[0]).expect("lead");
@@ -816,6 +828,7 @@ fn a_lead_over_the_input_limit_is_a_dead_letter_that_fits() {
 /// repeat went to its campaign a second time.
 #[test]
 fn restore_includes_the_previous_owners_pending_transaction() {
+    let _deadline = common::deadline(Duration::from_secs(600));
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};

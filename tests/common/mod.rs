@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 pub mod checker;
+pub mod deadline;
 pub mod faults;
 pub mod ops;
 pub mod proxy;
@@ -23,6 +24,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+
+pub use deadline::deadline;
 
 static BOOTSTRAP: OnceLock<String> = OnceLock::new();
 
@@ -77,6 +80,7 @@ pub struct OwnBroker {
     pub port: u16,
     /// The port clients are told to use, when a proxy sits in front.
     pub advertised: u16,
+    _stop: deadline::Registered,
 }
 
 impl OwnBroker {
@@ -89,7 +93,11 @@ impl OwnBroker {
     /// [`OwnBroker::start`], advertising `advertised` (a proxy's port, which
     /// must forward to `port` already) as its address.
     pub fn behind(port: u16, advertised: u16) -> OwnBroker {
-        let broker = OwnBroker { port, advertised };
+        let broker = OwnBroker {
+            port,
+            advertised,
+            _stop: deadline::cleanup(move || stop_broker(port)),
+        };
         broker.script("reset");
         broker.script("start");
         assert!(
@@ -142,11 +150,15 @@ impl OwnBroker {
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
-            .arg("stop")
-            .env("LEADFLOW_KAFKA_PORT", self.port.to_string())
-            .status();
+        stop_broker(self.port);
     }
+}
+
+fn stop_broker(port: u16) {
+    let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+        .arg("stop")
+        .env("LEADFLOW_KAFKA_PORT", port.to_string())
+        .status();
 }
 
 /// Runs `command` with `input` on its stdin; its output. `what` names it
@@ -194,6 +206,7 @@ impl OutputWithin for Command {
 
 fn finish_within(child: Child, patience: Duration, what: &str) -> Output {
     let pid = child.id();
+    let _watched = deadline::child(pid, what, None);
     let (done, finished) = std::sync::mpsc::channel();
     // The pipes are drained while waiting, so a chatty child cannot block.
     std::thread::spawn(move || {
@@ -332,7 +345,12 @@ impl Env {
             .stderr(stderr)
             .spawn()
             .expect("start leadflow");
-        Running(child, log)
+        let watched = deadline::child(
+            child.id(),
+            &format!("leadflow {}", args.join(" ")),
+            Some(log.clone()),
+        );
+        Running(child, log, watched)
     }
 
     /// Runs `leadflow run --until-drained`, which must succeed.
@@ -359,7 +377,7 @@ impl Env {
 /// A child process that is killed when the test ends, pass or fail, so a
 /// failed test leaves nothing running. Its stderr goes to a file, read back
 /// by [`Running::log`] for failure messages.
-pub struct Running(pub Child, PathBuf);
+pub struct Running(pub Child, PathBuf, deadline::Registered);
 
 impl Running {
     /// What the process wrote to stderr so far.

@@ -4,15 +4,20 @@
 
 use std::process::Command;
 
+use super::deadline::{self, Registered};
 use super::{PATIENCE, output_within};
 
 pub struct Toxiproxy {
     pub port: u16,
+    _stop: Registered,
 }
 
 impl Toxiproxy {
     pub fn start(port: u16) -> Toxiproxy {
-        let toxiproxy = Toxiproxy { port };
+        let toxiproxy = Toxiproxy {
+            port,
+            _stop: deadline::cleanup(move || stop(port)),
+        };
         toxiproxy.script("start");
         toxiproxy
     }
@@ -68,9 +73,13 @@ impl Toxiproxy {
 
 impl Drop for Toxiproxy {
     fn drop(&mut self) {
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/toxiproxy.sh"))
-            .arg("stop")
-            .env("LEADFLOW_TOXIPROXY_PORT", self.port.to_string())
-            .status();
+        stop(self.port);
     }
+}
+
+fn stop(port: u16) {
+    let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/toxiproxy.sh"))
+        .arg("stop")
+        .env("LEADFLOW_TOXIPROXY_PORT", port.to_string())
+        .status();
 }
