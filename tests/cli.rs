@@ -39,7 +39,7 @@ fn only_line(out: &Output) -> String {
 
 #[test]
 fn an_unreachable_broker_fails_fast_with_one_line() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     // Port 1 on loopback: nothing listens there.
     for args in [
         &["--bootstrap-servers", "127.0.0.1:1", "run"][..],
@@ -62,7 +62,7 @@ fn an_unreachable_broker_fails_fast_with_one_line() {
 
 #[test]
 fn bad_configuration_names_file_key_and_reason() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[pipeline]\ncommit_interval_ms = -5\n").expect("write");
@@ -81,7 +81,7 @@ fn bad_configuration_names_file_key_and_reason() {
 
 #[test]
 fn an_unknown_librdkafka_property_is_refused() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("client.toml");
     std::fs::write(&path, "[kafka.client]\n\"no.such.property\" = \"1\"\n").expect("write");
@@ -94,7 +94,7 @@ fn an_unknown_librdkafka_property_is_refused() {
 
 #[test]
 fn config_check_prints_the_effective_configuration_file_then_env_then_flags() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("leadflow.toml");
     std::fs::write(
@@ -147,7 +147,7 @@ fn config_check_prints_the_effective_configuration_file_then_env_then_flags() {
 
 #[test]
 fn a_bad_override_names_its_variable_or_flag_and_the_key() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     for (vars, flags, names) in [
         (
             &[("LEADFLOW_PIPELINE__COMMIT_INTERVAL_MS", "soon")][..],
@@ -189,7 +189,7 @@ fn a_bad_override_names_its_variable_or_flag_and_the_key() {
 
 #[test]
 fn a_taken_http_port_is_a_one_line_error() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = taken.local_addr().expect("address").to_string();
     let (out, took) = leadflow_with(&["run"], &[("LEADFLOW_HTTP__LISTEN", &address)]);
@@ -221,7 +221,7 @@ fn validate_stdin(args: &[&str], input: &str) -> Output {
 
 #[test]
 fn validate_prints_one_json_object_per_lead_in_order_and_fails_on_dead_letters() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let examples = include_str!("data/raw-leads.jsonl");
     let leads: Vec<&str> = examples.lines().filter(|l| !l.trim().is_empty()).collect();
     let input = format!("{}\n{{\"broken\": \n{}\n", leads.join("\n"), leads[0]);
@@ -269,7 +269,7 @@ fn validate_prints_one_json_object_per_lead_in_order_and_fails_on_dead_letters()
 
 #[test]
 fn validate_succeeds_when_every_lead_gets_through() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let examples = include_str!("data/raw-leads.jsonl");
     let leads: Vec<&str> = examples.lines().filter(|l| !l.trim().is_empty()).collect();
     let out = validate_stdin(&["--json", "-"], &leads.join("\n"));

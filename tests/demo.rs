@@ -13,7 +13,7 @@ use std::process::Command;
 
 #[test]
 fn a_small_demo_accounts_for_every_lead() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let leads = 3_000_u64;
     let out = Command::new(env!("CARGO_BIN_EXE_leadflow"))
         .args(["demo", "--leads", &leads.to_string(), "--seed", "9"])

@@ -103,7 +103,7 @@ fn read(path: &str) -> String {
 
 #[test]
 fn the_dashboard_shows_what_operators_need_from_exported_metrics() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(60));
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/dashboards/leadflow.json")).expect("dashboard JSON");
     let exported = exported();
@@ -155,7 +155,7 @@ fn the_dashboard_shows_what_operators_need_from_exported_metrics() {
 
 #[test]
 fn alert_rules_use_exported_metrics() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(60));
     let rules = read("prometheus/alerts.yml");
     let exported = exported();
     let names = referenced(&rules);

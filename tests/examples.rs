@@ -23,7 +23,7 @@ fn quickstart_pipeline() -> Pipeline {
 
 #[test]
 fn example_outputs_in_json_and_avro() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(60));
     let mut pipeline = quickstart_pipeline();
     let json = Encoder::new(Format::Json);
     let avro = Encoder::new(Format::Avro);

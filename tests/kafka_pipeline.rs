@@ -53,7 +53,7 @@ fn assert_written_now(m: &rdkafka::message::OwnedMessage, stamp: i64, started: i
 
 #[test]
 fn a_known_mix_lands_exactly_where_it_belongs() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("mix", 2, "[pipeline]\nmax_record_bytes = 4096");
     let appsource = "SPZA-PLT|contoso.sales-insights";
     let portal = "AzurePortal-Create|contoso.contoso-gateway-byol";
@@ -262,13 +262,13 @@ fn oracle(env: &Env) -> (BTreeMap<(i32, i64), String>, Tally) {
 
 #[test]
 fn a_killed_run_restarts_without_losing_or_repeating_anything() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     killed_run_restarts("exactly-once");
 }
 
 #[test]
 fn a_killed_run_restarts_without_losing_anything_at_least_once() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     killed_run_restarts("at-least-once");
 }
 
@@ -404,7 +404,7 @@ fn killed_run_restarts(guarantee: &str) {
 
 #[test]
 fn a_missing_topic_is_a_one_line_error_within_seconds() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("missing", 1, "");
     let started = Instant::now();
     let out = env.leadflow(&["run", "--input-topic", "no-such-topic-anywhere"]);
@@ -420,7 +420,7 @@ fn a_missing_topic_is_a_one_line_error_within_seconds() {
 
 #[test]
 fn the_test_broker_supports_transactions() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -535,13 +535,13 @@ fn examples_land_where_the_domain_says(format: &str) {
 
 #[test]
 fn the_shared_examples_land_where_the_domain_says_in_json() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     examples_land_where_the_domain_says("json");
 }
 
 #[test]
 fn the_shared_examples_land_where_the_domain_says_in_avro() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     examples_land_where_the_domain_says("avro");
 }
 
@@ -550,7 +550,7 @@ fn the_shared_examples_land_where_the_domain_says_in_avro() {
 /// topic and the setting, within seconds.
 #[test]
 fn run_refuses_internal_topics_whose_configuration_can_lose_data() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let id = format!("unsafe-{}-{}", std::process::id(), common::now_ms());
     let cases = [
         (
@@ -608,7 +608,7 @@ fn log_line<'a>(log: &'a str, parts: &[&str]) -> Option<&'a str> {
 /// The run also purges the repartition topic up to what it committed.
 #[test]
 fn records_deleted_before_they_were_read_are_reported_and_the_drain_ends() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("reset", 1, "");
     let repartition = format!("{}-repartition", env.group);
     produce_values(&env.input, &numbered_leads(0, 10), common::now_ms());
@@ -646,7 +646,7 @@ fn records_deleted_before_they_were_read_are_reported_and_the_drain_ends() {
 /// `/readyz` names it, the log has both offsets, and what is left flows.
 #[test]
 fn an_offset_reset_under_a_running_leadflow_is_never_silent() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     use common::ops::{eventually, free_port, get, listen_on, sample, scrape};
     let port = free_port();
     let env = Env::new("reset-live", 1, "");
@@ -691,6 +691,62 @@ fn an_offset_reset_under_a_running_leadflow_is_never_silent() {
     );
 }
 
+/// A lead of about 6 KB of text that lz4 cannot shrink, for a topic whose
+/// limit is 3,000 bytes: over it however batched.
+fn big(id: &str) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let noise: String = (0..6_000).map(|_| rng.alphanumeric()).collect();
+    format!(
+        r#"{{"event_id":"{id}","received_at":"{}","UserDetails":{{"Email":"big@fabrikam.com"}},"LeadSource":"SPZA-PLT|contoso.sales-insights","Description":"{noise}"}}"#,
+        t0_rfc3339()
+    )
+    .into_bytes()
+}
+
+/// At-least-once writes dedupe state outside a transaction, so the state
+/// of a lead that its campaign topic then refuses had reached the
+/// changelog. leadflow writes the state from before the lead back: after a
+/// restart, which restores dedupe from the changelog, a repeat of the lead
+/// (its topic's limit raised again) reaches its campaign, and is not
+/// dropped as a duplicate. Before, it was dropped.
+#[test]
+fn at_least_once_a_refused_lead_leaves_no_state_in_the_changelog() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    use common::ops::{eventually, wait_for_or};
+    let env = Env::new(
+        "refused-alo",
+        1,
+        "[pipeline]\nprocessing_guarantee = \"at-least-once\"\n",
+    );
+    let mut run = env.spawn("run", &["run"], Stdio::null());
+    produce_values(&env.input, &numbered_leads(0, 3), common::now_ms());
+    eventually("the first leads in their campaign", || {
+        (read_all(&env.nurture).len() == 3).then_some(())
+    });
+    common::alter_topic(&env.nurture, &[("max.message.bytes", "3000")]);
+    produce_values(&env.input, &[big("big1")], common::now_ms());
+    // (At-least-once may write it more than once: its forward through the
+    // repartition topic was delivered before the refusal rewound the batch.)
+    let dead = wait_for_or(
+        "the refused lead dead-lettered",
+        || run.log(),
+        || Some(read_all(&env.dead_letter)).filter(|d| !d.is_empty()),
+    );
+    assert!(dead.iter().all(|m| event_id(m) == "big1"));
+    common::signal(&run.0, "TERM");
+    let status = run.0.wait().expect("wait for run");
+    assert!(status.success(), "graceful stop failed: {}", run.log());
+
+    common::alter_topic(&env.nurture, &[("max.message.bytes", "1048588")]);
+    produce_values(&env.input, &[big("big2")], common::now_ms());
+    let out = env.run_until_drained();
+    let tally: leadflow::pipeline::Tally =
+        serde_json::from_slice(&out.stdout).expect("tally on stdout");
+    assert_eq!(tally.duplicates, 0, "{tally:?}");
+    let routed: Vec<String> = read_all(&env.nurture).iter().map(event_id).collect();
+    assert_eq!(routed, ["n0", "n1", "n2", "big2"]);
+}
+
 /// A campaign record the broker refuses for good (its topic's limit was
 /// lowered under a running leadflow) aborts its transaction. leadflow
 /// finds the one record, one per transaction, dead-letters it with the
@@ -702,7 +758,7 @@ fn an_offset_reset_under_a_running_leadflow_is_never_silent() {
 /// that campaign's topic refuses is in neither campaign, only dead-lettered.
 #[test]
 fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     use common::ops::{eventually, free_port, listen_on, sample, scrape, series};
     let port = free_port();
     let sales = format!("refused-{}-{}.sales", std::process::id(), common::now_ms());
@@ -724,16 +780,6 @@ fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
         (read_all(&env.nurture).len() == 3 && read_all(&sales).len() == 3).then_some(())
     });
     common::alter_topic(&sales, &[("max.message.bytes", "3000")]);
-    // About 6 KB of text lz4 cannot shrink: over the limit however batched.
-    let mut rng = fastrand::Rng::with_seed(7);
-    let noise: String = (0..6_000).map(|_| rng.alphanumeric()).collect();
-    let big = |id: &str| {
-        format!(
-            r#"{{"event_id":"{id}","received_at":"{}","UserDetails":{{"Email":"big@fabrikam.com"}},"LeadSource":"SPZA-PLT|contoso.sales-insights","Description":"{noise}"}}"#,
-            t0_rfc3339()
-        )
-        .into_bytes()
-    };
     let mut values = numbered_leads(3, 5);
     values.push(big("big1"));
     values.extend(numbered_leads(8, 5));
@@ -793,7 +839,7 @@ fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
 /// restarted forever.
 #[test]
 fn a_lead_over_the_input_limit_is_a_dead_letter_that_fits() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("oversized", 1, "");
     let mut values = numbered_leads(0, 2);
     let mut big: serde_json::Value = serde_json::from_slice(&values[0]).expect("lead");
@@ -828,7 +874,7 @@ fn a_lead_over_the_input_limit_is_a_dead_letter_that_fits() {
 /// repeat went to its campaign a second time.
 #[test]
 fn restore_includes_the_previous_owners_pending_transaction() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};

@@ -58,7 +58,7 @@ fn stop(running: &mut Running, patience: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn metrics_agree_with_the_topics_and_lag_follows_rebalances() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new(
         "metrics",
         3,
@@ -209,7 +209,7 @@ fn changelog_record(i: u64) -> (Vec<u8>, [u8; 16]) {
 
 #[test]
 fn readiness_is_false_while_dedupe_state_restores() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("ready", 2, "[pipeline]\nrepartition = false\n");
     let changelog = format!("{}-dedupe-changelog", env.group);
     let per_partition = 60_000_u64;
@@ -282,7 +282,7 @@ fn write_changelog(topic: &str, records: &[(i32, Vec<u8>, [u8; 16])]) {
 
 #[test]
 fn sigterm_mid_run_commits_leaves_the_group_and_a_restart_finishes_exactly() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let config = format!("{FAILOVER}shutdown_timeout_ms = 10000\n");
     let env = Env::new("sigterm", 3, &config);
     let n = leads();
@@ -330,7 +330,7 @@ fn wait_for_leads(port: u16, n: u64) {
 
 #[test]
 fn hot_reload_swaps_rules_and_routes_between_transactions_and_refuses_a_bad_file() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = dir.path().join("rules.toml");
     let default_rules =

@@ -52,7 +52,7 @@ proptest! {
 
     #[test]
     fn email_normalization_never_panics_and_is_idempotent(raw in "\\PC{0,40}") {
-        let _deadline = common::deadline(Duration::from_secs(600));
+        let _deadline = common::deadline(Duration::from_secs(60));
         if let Ok(normalized) = normalize_email(&raw) {
             prop_assert_eq!(normalize_email(&normalized), Ok(normalized.clone()));
         }
@@ -60,7 +60,7 @@ proptest! {
 
     #[test]
     fn reference_lookups_never_panic(text in "\\PC{0,30}") {
-        let _deadline = common::deadline(Duration::from_secs(600));
+        let _deadline = common::deadline(Duration::from_secs(60));
         let country = reference::country(&text);
         let _ = reference::e164(&text, country);
         let lower = text.to_lowercase();
@@ -76,7 +76,7 @@ proptest! {
         tag in "[a-z0-9]{1,6}",
         dot_at in 1usize..8,
     ) {
-        let _deadline = common::deadline(Duration::from_secs(600));
+        let _deadline = common::deadline(Duration::from_secs(60));
         let original = format!("{local}@{domain}");
         let Some(expected) = key(&original) else { return Ok(()); };
         // Case and surrounding whitespace never matter.
@@ -100,7 +100,7 @@ proptest! {
 
     #[test]
     fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _deadline = common::deadline(Duration::from_secs(600));
+        let _deadline = common::deadline(Duration::from_secs(60));
         for format in [Format::Json, Format::Avro] {
             let _ = Decoder::new(format, 64 * 1024).decode(Some(&bytes), Some(0));
         }
@@ -115,7 +115,7 @@ proptest! {
         phone in "[0-9+ ()-]{0,18}",
         title in "\\PC{0,20}",
     ) {
-        let _deadline = common::deadline(Duration::from_secs(600));
+        let _deadline = common::deadline(Duration::from_secs(60));
         let lead = serde_json::json!({
             "UserDetails": {"Email": email, "Country": country, "Phone": phone, "Title": title},
             "LeadSource": source,
@@ -143,7 +143,7 @@ proptest! {
         email in "(a@contoso\\.com|a@gmail\\.com|a@stateu\\.edu|a@mailinator\\.com)",
         company in proptest::option::of("[A-Z][a-z]{2,8}"),
     ) {
-        let _deadline = common::deadline(Duration::from_secs(600));
+        let _deadline = common::deadline(Duration::from_secs(60));
         let fit_max = ((100 - behaviour_max) as f64 * fit_share) as i32;
         let mut rules = DEFAULT_RULES.to_owned();
         let replacements = [
@@ -192,7 +192,7 @@ proptest! {
 /// (odd). Keeps the seeds meaningful and panic-free without a fuzzer.
 #[test]
 fn the_fuzz_seed_corpus_decodes_without_panicking() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(60));
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/decode");
     let mut pipelines = [Format::Json, Format::Avro].map(|format| {
         let mut config = Config {

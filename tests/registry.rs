@@ -50,7 +50,7 @@ fn without_field(schema: &str, field: &str) -> String {
 
 #[test]
 fn schemas_register_check_and_a_breaking_change_is_refused() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = confluent_env("schemas");
     let registered = env.leadflow(&["schemas", "register"]);
     let stdout = String::from_utf8_lossy(&registered.stdout);
@@ -155,7 +155,7 @@ fn schemas_register_check_and_a_breaking_change_is_refused() {
 
 #[test]
 fn confluent_framed_leads_go_in_and_come_out_with_registry_ids() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = confluent_env("confluent");
     let client = client();
     // A producer's serializer registers its schema under the input topic's
@@ -293,7 +293,7 @@ fn confluent_framed_leads_go_in_and_come_out_with_registry_ids() {
 
 #[test]
 fn an_unreachable_registry_is_a_one_line_error_within_seconds() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let topics = "output_format = \"confluent-avro\"";
     let env = Env::with_topics(
         "registry-down",
@@ -335,7 +335,7 @@ fn confluent_python(args: &[&str], stdin: &str) -> std::process::Output {
 
 #[test]
 fn a_standard_confluent_client_writes_what_leadflow_reads_and_reads_what_it_writes() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = confluent_env("interop");
     let bootstrap = common::bootstrap();
     let registry = registry_url();
@@ -495,7 +495,7 @@ impl Drop for OwnRegistry {
 
 #[test]
 fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     use common::ops::{eventually, free_port, get};
     let registry = OwnRegistry::start(free_port());
     let topics = "input_format = \"confluent-avro\"\noutput_format = \"confluent-avro\"";
@@ -583,7 +583,7 @@ fn while_the_registry_is_down_leadflow_waits_unready_and_dead_letters_nothing() 
 
 #[test]
 fn tls_and_basic_authentication_reach_a_secured_registry() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let registry = OwnRegistry::start_with(common::ops::free_port(), true);
     let url = registry.url();
     assert!(url.starts_with("https://"), "{url}");
@@ -633,7 +633,7 @@ fn tls_and_basic_authentication_reach_a_secured_registry() {
 
 #[test]
 fn a_reload_routing_to_a_topic_without_a_registered_schema_is_refused() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     use common::ops::{eventually, get, sample};
     let registry = format!("[schema_registry]\nurl = {:?}\n", registry_url());
     let env = Env::with_topics(
@@ -687,7 +687,7 @@ fn a_reload_routing_to_a_topic_without_a_registered_schema_is_refused() {
 
 #[test]
 fn generated_confluent_leads_end_where_the_generator_says() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     use leadflow::pipeline::Tally;
     let env = confluent_env("generated");
     // `produce` registers the raw-lead schema under the input's subject and
@@ -749,7 +749,7 @@ fn generated_confluent_leads_end_where_the_generator_says() {
 /// another instance's fence and exited for good.
 #[test]
 fn a_registry_answering_late_is_waited_for_between_transactions() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(300));
     use common::ops::{eventually, free_port, get, listen_on, sample};
     let url = registry_url();
     let upstream = url
@@ -842,7 +842,7 @@ fn a_registry_answering_late_is_waited_for_between_transactions() {
 /// registry call and a cache entry kept for the life of the process.
 #[test]
 fn a_flood_of_unknown_schema_ids_costs_bounded_lookups() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(300));
     use common::ops::{free_port, get, listen_on, sample};
     let settings = format!(
         "[schema_registry]\nurl = {:?}\nretries = 0\n",

@@ -60,7 +60,7 @@ fn read_committed(broker: &str, topic: &str) -> String {
 
 #[test]
 fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("kcat", 1, "");
     let broker = bootstrap();
     // README, "Interop": write a raw lead (and a broken one), keyed.
@@ -142,7 +142,7 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
 
 #[test]
 fn an_interrupted_dlq_replay_run_again_replays_each_dead_letter_once() {
-    let _deadline = common::deadline(Duration::from_secs(600));
+    let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("replay", 2, "");
     // 300 records that are not JSON (class json_syntax) and 50 JSON
     // records that are not leads (another class), all distinct.

@@ -1869,6 +1869,15 @@ fn handle(
         shard: message.partition(),
     };
     let outcome = if let Some(failure) = step.poison {
+        if step.processed {
+            // Under at-least-once, the refused attempt's dedupe state
+            // reached the changelog outside a transaction: the lead is
+            // run again only to find the keys it touched, whose values
+            // from before it are written back (below, with the changes).
+            let savepoint = pipeline.dedupe().savepoint();
+            let _ = pipeline.process(input);
+            pipeline.dedupe().revert_to(savepoint);
+        }
         Outcome::Failed(failure)
     } else if step.processed {
         let savepoint = pipeline.dedupe().savepoint();

@@ -129,7 +129,7 @@ struct Actions {
 }
 
 /// The value a key held before a change, to put back on rollback.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Undo {
     Seen(DedupeKey, Option<Seen>),
     Actions(DedupeKey, Option<Actions>),
@@ -242,6 +242,31 @@ impl Deduper {
                     shard.actions.remove(&key.into());
                 }
             }
+        }
+    }
+
+    /// [`Deduper::rollback_to`] for changes that may already be in the
+    /// changelog (at-least-once writes them outside a transaction, so a
+    /// refused lead's state can be there though the lead is not): the keys
+    /// they touched are changes again, so that the next
+    /// [`Deduper::take_changes`] writes each one's value from before them,
+    /// or a tombstone where there was none.
+    pub fn revert_to(&mut self, savepoint: Savepoint) {
+        let undone: Vec<(i32, Undo)> = self.journal.get(savepoint.0..).unwrap_or_default().to_vec();
+        self.rollback_to(savepoint);
+        for (partition, undo) in undone {
+            let Some(shard) = self.shards.get(&partition) else {
+                continue;
+            };
+            // Rolled back, the key already holds its value from before: a
+            // later rollback of this entry leaves it so.
+            let now = match undo {
+                Undo::Seen(key, _) => Undo::Seen(key, shard.seen.get(&key.into()).copied()),
+                Undo::Actions(key, _) => {
+                    Undo::Actions(key, shard.actions.get(&key.into()).copied())
+                }
+            };
+            self.journal.push((partition, now));
         }
     }
 
@@ -784,6 +809,38 @@ mod tests {
         key[0] = b's';
         assert!(dedupe.restore(0, &key, Some(&[0; 15])).is_err());
         assert!(dedupe.restore(0, &key, Some(&[0; 16])).is_ok());
+    }
+
+    #[test]
+    fn reverting_writes_the_values_from_before_again() {
+        let mut deduper = Deduper::new(180 * DAY, usize::MAX);
+        let kept = lead_at(ActionCode::Install, 1_000);
+        deduper.record(0, &kept);
+        let before: Vec<Change> = deduper.take_changes().collect();
+        deduper.commit();
+        let savepoint = deduper.savepoint();
+        // A new action of the same person and offer: a new dedupe key, and
+        // the (email, offer) actions key changed.
+        let refused = lead_at(ActionCode::Create, 2_000);
+        deduper.record(0, &refused);
+        let written: Vec<Change> = deduper.take_changes().collect();
+        assert_eq!(written.len(), 2, "{written:?}");
+        deduper.revert_to(savepoint);
+        let reverted: Vec<Change> = deduper.take_changes().collect();
+        // The refused lead's key is a tombstone; the actions key is back to
+        // what the kept lead left.
+        let by_key = |changes: &[Change], key: &[u8; CHANGELOG_KEY_BYTES]| {
+            changes.iter().find(|c| c.key == *key).map(|c| c.value)
+        };
+        for change in &written {
+            let expected = by_key(&before, &change.key).unwrap_or(None);
+            assert_eq!(by_key(&reverted, &change.key), Some(expected));
+        }
+        assert_eq!(deduper.duplicate_of(0, &refused), None);
+        assert!(deduper.duplicate_of(0, &kept).is_some());
+        // Rolling back past the revert changes nothing more.
+        deduper.rollback();
+        assert!(deduper.duplicate_of(0, &kept).is_some());
     }
 
     #[test]
