@@ -6,6 +6,7 @@
 #   scripts/kafka.sh stop     stop the broker by PID
 #   scripts/kafka.sh reset    stop and delete the broker's data
 #   scripts/kafka.sh status   exit 0 if the broker answers a metadata request
+#   scripts/kafka.sh fetch    only fetch the jars (scripts/cluster.sh uses them)
 #
 # Environment: LEADFLOW_KAFKA_PORT (default 9092), LEADFLOW_KAFKA_CONTROLLER_PORT
 # (default port+1), LEADFLOW_KAFKA_ADVERTISED_PORT (default the port: another
@@ -32,14 +33,17 @@ cluster_id="TGVhZGZsb3dUZXN0QnJva2"
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 
 fetch() {
-  if [ -f "$libs/.complete" ]; then return; fi
-  log "fetching Kafka jars with mvn into $libs"
-  rm -rf "$libs"
-  mkdir -p "$libs"
-  mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$libs"
-  javac -cp "$libs/*" -d "$home/classes" "$here/kafka/WaitReady.java"
-  touch "$libs/.complete"
+  if [ ! -f "$libs/.complete" ]; then
+    log "fetching Kafka jars with mvn into $libs"
+    rm -rf "$libs"
+    mkdir -p "$libs"
+    mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs"
+    touch "$libs/.complete"
+  fi
+  if [ ! "$home/classes/WaitReady.class" -nt "$here/kafka/WaitReady.java" ]; then
+    javac -cp "$libs/*" -d "$home/classes" "$here/kafka/WaitReady.java"
+  fi
 }
 
 running() { running_pid "$pidfile"; }
@@ -109,5 +113,6 @@ case "${1:-}" in
   reset) stop; rm -rf "$data" ;;
   status) running && ready 5 ;;
   bootstrap) echo "$bootstrap" ;;
-  *) echo "usage: $0 start|stop|reset|status|bootstrap" >&2; exit 2 ;;
+  fetch) fetch ;;
+  *) echo "usage: $0 start|stop|reset|status|bootstrap|fetch" >&2; exit 2 ;;
 esac

@@ -243,6 +243,14 @@ enum TopicsCommand {
     Create {
         #[arg(long, default_value_t = 12)]
         partitions: i32,
+        /// Replicas of each partition [default: the broker's
+        /// `default.replication.factor`]. 3 on a production cluster.
+        #[arg(long)]
+        replication_factor: Option<i32>,
+        /// The topics' `min.insync.replicas` [default: the broker's]. 2 with
+        /// 3 replicas: a write survives the loss of one broker.
+        #[arg(long)]
+        min_insync_replicas: Option<u32>,
     },
     /// Print the number of records in each of leadflow's topics as JSON.
     Counts,
@@ -548,7 +556,7 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
                 runtime.block_on(topics::create(
                     &config.kafka,
                     &[(&topic, topics::TopicRole::Input)],
-                    partitions,
+                    topics::Layout::partitions(partitions),
                     config.pipeline.max_record_bytes,
                 ))?;
             }
@@ -574,16 +582,25 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&expected)?);
             Ok(())
         }
-        Command::Topics(TopicsCommand::Create { partitions }) => {
+        Command::Topics(TopicsCommand::Create {
+            partitions,
+            replication_factor,
+            min_insync_replicas,
+        }) => {
             let roles = topics::roles(&config);
             let named: Vec<(&str, topics::TopicRole)> = roles
                 .iter()
                 .map(|(name, role)| (name.as_str(), *role))
                 .collect();
+            let layout = topics::Layout {
+                partitions,
+                replication_factor,
+                min_insync_replicas,
+            };
             let created = runtime.block_on(topics::create(
                 &config.kafka,
                 &named,
-                partitions,
+                layout,
                 config.pipeline.max_record_bytes,
             ))?;
             for name in created {

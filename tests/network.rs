@@ -41,28 +41,10 @@ fn a_broker_answering_15_s_late_is_slowness_not_a_fence() {
     wait_for_progress(&env, &topic, n / 5, &mut [&mut run], PATIENCE);
     // Both ways: requests reach the broker late too, so that transactions
     // outlive their timeout at the coordinator.
-    for (name, way) in [
-        ("late-answers", "--downstream"),
-        ("late-requests", "--upstream"),
-    ] {
-        toxiproxy.cli(&[
-            "toxic",
-            "add",
-            "--type",
-            "latency",
-            "--toxicName",
-            name,
-            way,
-            "--attribute",
-            "latency=15000",
-            "kafka",
-        ]);
-    }
+    toxiproxy.delay("kafka", 15_000);
     // The fault lasts this long: a window, not a wait for a condition.
     std::thread::sleep(Duration::from_secs(20));
-    for name in ["late-answers", "late-requests"] {
-        toxiproxy.cli(&["toxic", "remove", "--toxicName", name, "kafka"]);
-    }
+    toxiproxy.undelay("kafka");
     assert!(
         run.0.try_wait().expect("poll run").is_none(),
         "leadflow exited: {}",

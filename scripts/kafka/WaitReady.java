@@ -1,6 +1,7 @@
-// Readiness probe for the local test broker: asks the broker for cluster
+// Readiness probe for the local test broker or cluster: asks for cluster
 // metadata (a real Metadata request through the admin client) until it answers
-// or the deadline passes. Exit 0 when ready, 1 on timeout.
+// with at least the expected number of brokers (third argument, default 1) or
+// the deadline passes. Exit 0 when ready, 1 on timeout.
 import java.util.Properties;
 import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
@@ -11,6 +12,7 @@ public class WaitReady {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0];
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(Long.parseLong(args[1]));
+        int expected = args.length > 2 ? Integer.parseInt(args[2]) : 1;
         Properties props = new Properties();
         props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "2000");
@@ -23,10 +25,12 @@ public class WaitReady {
                     var cluster = admin.describeCluster(new DescribeClusterOptions().timeoutMs(2000));
                     int nodes = cluster.nodes().get(3, TimeUnit.SECONDS).size();
                     String controller = String.valueOf(cluster.controller().get(3, TimeUnit.SECONDS));
-                    if (nodes > 0) {
+                    if (nodes >= expected) {
                         System.out.println("broker ready at " + bootstrap + " (nodes=" + nodes + ", controller=" + controller + ")");
                         return;
                     }
+                    last = nodes + " of " + expected + " brokers";
+                    Thread.sleep(200);
                 } catch (Exception e) {
                     last = e.toString();
                 }

@@ -165,10 +165,31 @@ pub fn config_problem(
 /// Creates each topic that does not exist yet, with `partitions` partitions
 /// and the configuration of its role ([`topic_configs`]). Returns the names
 /// of the topics it created.
+/// How many partitions and replicas topics are created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub partitions: i32,
+    /// `None`: the broker's `default.replication.factor`.
+    pub replication_factor: Option<i32>,
+    /// `None`: the broker's `min.insync.replicas`.
+    pub min_insync_replicas: Option<u32>,
+}
+
+impl Layout {
+    /// `partitions` partitions, replicated as the broker's defaults say.
+    pub fn partitions(partitions: i32) -> Layout {
+        Layout {
+            partitions,
+            replication_factor: None,
+            min_insync_replicas: None,
+        }
+    }
+}
+
 pub async fn create(
     kafka: &KafkaConfig,
     topics: &[(&str, TopicRole)],
-    partitions: i32,
+    layout: Layout,
     max_record_bytes: usize,
 ) -> Result<Vec<String>, SetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
@@ -179,14 +200,22 @@ pub async fn create(
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let configs: Vec<Vec<(&str, String)>> = topics
         .iter()
-        .map(|(_, role)| topic_configs(*role, max_record_bytes))
+        .map(|(_, role)| {
+            let mut configs = topic_configs(*role, max_record_bytes);
+            if let Some(min) = layout.min_insync_replicas {
+                configs.push(("min.insync.replicas", min.to_string()));
+            }
+            configs
+        })
         .collect();
+    // -1 asks the broker for its default (KIP-464).
+    let replicas = layout.replication_factor.unwrap_or(-1);
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .zip(&configs)
         .map(|((name, _), configs)| {
             configs.iter().fold(
-                NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+                NewTopic::new(name, layout.partitions, TopicReplication::Fixed(replicas)),
                 |topic, (key, value)| topic.set(key, value),
             )
         })

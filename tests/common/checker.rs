@@ -54,51 +54,90 @@ pub fn write_generated(topic: &str, count: usize, seed: u64) -> Written {
 
 /// [`write_generated`] with the generator's options.
 pub fn write_generated_with(topic: &str, count: usize, options: GeneratorOptions) -> Written {
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        // Room for hostile records just over leadflow's input limit.
-        .set("message.max.bytes", "2000000")
-        .create()
-        .expect("producer");
-    let generator = Generator::new(options);
-    let mut expected = HashMap::with_capacity(count);
-    // Stamped with the time of writing, as `leadflow produce` does (the
-    // event time is in `received_at`), a millisecond apart so that equal
-    // values (repeats of leads without an envelope) stay apart; all in the
-    // past, so none is refused as too far ahead.
-    let base = super::now_ms() - count as i64;
-    for (n, mut lead) in generator.take(count).enumerate() {
-        lead.timestamp_ms = base + n as i64;
-        let mut record = BaseRecord::<str, [u8]>::to(topic)
-            .key(&lead.key)
-            .payload(&lead.value)
-            .timestamp(lead.timestamp_ms);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                // Serving delivery reports frees room in a full queue.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    producer.poll(std::time::Duration::from_millis(50));
-                }
-                Err((e, _)) => panic!("cannot write a lead to {topic}: {e}"),
-            }
+    let mut writer = Writer::new(topic, options);
+    writer.write(count);
+    writer.finish()
+}
+
+/// Writes one generator's leads in parts, for tests that need more input
+/// to arrive at a chosen moment: the parts together are one generated
+/// stream, so repeats across parts are expected where they fall.
+pub struct Writer {
+    topic: String,
+    producer: BaseProducer,
+    generator: Generator,
+    written: Written,
+}
+
+impl Writer {
+    pub fn new(topic: &str, options: GeneratorOptions) -> Writer {
+        Writer {
+            topic: topic.to_owned(),
+            producer: rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap())
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "20")
+                // Room for hostile records just over leadflow's input limit.
+                .set("message.max.bytes", "2000000")
+                .create()
+                .expect("producer"),
+            generator: Generator::new(options),
+            written: Written {
+                expected: HashMap::new(),
+                count: 0,
+            },
         }
-        // Equal records always mean the same outcome (a malformed record
-        // that recurs, say), so keeping one entry per record loses nothing.
-        let previous = expected.insert(
-            (lead.timestamp_ms, lead.value.clone()),
-            lead.expected.clone(),
-        );
-        assert!(
-            previous.as_ref().is_none_or(|p| *p == lead.expected),
-            "the same record expected in two places"
-        );
     }
-    producer.flush(PATIENCE).expect("all leads acknowledged");
-    Written { expected, count }
+
+    /// Writes the next `count` leads and waits until the broker has them.
+    pub fn write(&mut self, count: usize) {
+        let topic = self.topic.as_str();
+        // Stamped with the time of writing, as `leadflow produce` does (the
+        // event time is in `received_at`), a millisecond apart so that equal
+        // values (repeats of leads without an envelope) stay apart; all in
+        // the past, so none is refused as too far ahead.
+        let base = super::now_ms() - count as i64;
+        for n in 0..count {
+            let Some(mut lead) = self.generator.next() else {
+                break;
+            };
+            lead.timestamp_ms = base + n as i64;
+            let mut record = BaseRecord::<str, [u8]>::to(topic)
+                .key(&lead.key)
+                .payload(&lead.value)
+                .timestamp(lead.timestamp_ms);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    // Serving delivery reports frees room in a full queue.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        record = returned;
+                        self.producer.poll(std::time::Duration::from_millis(50));
+                    }
+                    Err((e, _)) => panic!("cannot write a lead to {topic}: {e}"),
+                }
+            }
+            // Equal records always mean the same outcome (a malformed record
+            // that recurs, say), so keeping one entry per record loses nothing.
+            let previous = self.written.expected.insert(
+                (lead.timestamp_ms, lead.value.clone()),
+                lead.expected.clone(),
+            );
+            assert!(
+                previous.as_ref().is_none_or(|p| *p == lead.expected),
+                "the same record expected in two places"
+            );
+            self.written.count += 1;
+        }
+        self.producer
+            .flush(PATIENCE)
+            .expect("all leads acknowledged");
+    }
+
+    /// What was written, for [`check`].
+    pub fn finish(self) -> Written {
+        self.written
+    }
 }
 
 /// What the checker found.

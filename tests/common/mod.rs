@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 pub mod checker;
+pub mod cluster;
 pub mod deadline;
 pub mod faults;
 pub mod ops;
@@ -264,6 +265,22 @@ impl Env {
 
     /// Like [`Env::new`], with `topics` added to the `[topics]` table.
     pub fn with_topics(name: &str, partitions: i32, topics: &str, extra: &str) -> Env {
+        Env::make(name, partitions, topics, extra, &[])
+    }
+
+    /// Like [`Env::new`], on a cluster: every topic with 3 replicas and
+    /// `min.insync.replicas` 2, as in production.
+    pub fn replicated(name: &str, partitions: i32, extra: &str) -> Env {
+        Env::make(
+            name,
+            partitions,
+            "",
+            extra,
+            &["--replication-factor", "3", "--min-insync-replicas", "2"],
+        )
+    }
+
+    fn make(name: &str, partitions: i32, topics: &str, extra: &str, create: &[&str]) -> Env {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -306,7 +323,10 @@ impl Env {
             env.demand_gen,
         );
         std::fs::write(&env.config, text).expect("write config");
-        let out = env.leadflow(&["topics", "create", "--partitions", &partitions.to_string()]);
+        let partitions = partitions.to_string();
+        let mut args = vec!["topics", "create", "--partitions", &partitions];
+        args.extend_from_slice(create);
+        let out = env.leadflow(&args);
         assert!(
             out.status.success(),
             "topics create failed: {}",
@@ -555,9 +575,23 @@ pub fn group_members(group: &str) -> usize {
     groups.groups().iter().map(|g| g.members().len()).sum()
 }
 
-/// The high watermark of every partition of `topic`.
+/// The end of every partition of `topic` for a `read_committed` reader:
+/// its last stable offset, short of any open transaction.
 pub fn ends(topic: &str) -> BTreeMap<i32, i64> {
-    let consumer = consumer(None, false);
+    ends_of(consumer(None, false), topic)
+}
+
+/// The high watermark of every partition of `topic`: what was written,
+/// open transactions included.
+pub fn high_watermarks(topic: &str) -> BTreeMap<i32, i64> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap())
+        .set("isolation.level", "read_uncommitted");
+    ends_of(config.create().expect("consumer"), topic)
+}
+
+fn ends_of(consumer: BaseConsumer, topic: &str) -> BTreeMap<i32, i64> {
     partitions(&consumer, topic)
         .into_iter()
         .map(|p| {

@@ -7,6 +7,13 @@ use std::process::Command;
 use super::deadline::{self, Registered};
 use super::{PATIENCE, output_within};
 
+/// The toxics of [`Toxiproxy::delay`]: requests reach the server late,
+/// and answers reach the client late.
+const DELAYS: [(&str, &str); 2] = [
+    ("late-requests", "--upstream"),
+    ("late-answers", "--downstream"),
+];
+
 pub struct Toxiproxy {
     pub port: u16,
     _stop: Registered,
@@ -56,6 +63,33 @@ impl Toxiproxy {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Holds everything through proxy `proxy`, both ways, for `ms` before
+    /// passing it on, until [`Toxiproxy::undelay`], which passes on at once
+    /// what it holds (nothing is dropped, as TCP drops nothing).
+    pub fn delay(&self, proxy: &str, ms: u64) {
+        for (name, way) in DELAYS {
+            self.cli(&[
+                "toxic",
+                "add",
+                "--type",
+                "latency",
+                "--toxicName",
+                name,
+                way,
+                "--attribute",
+                &format!("latency={ms}"),
+                proxy,
+            ]);
+        }
+    }
+
+    /// Ends [`Toxiproxy::delay`] on proxy `proxy`.
+    pub fn undelay(&self, proxy: &str) {
+        for (name, _) in DELAYS {
+            self.cli(&["toxic", "remove", "--toxicName", name, proxy]);
+        }
     }
 
     /// A proxy named `name` from 127.0.0.1:`listen` to 127.0.0.1:`upstream`.

@@ -1,0 +1,160 @@
+//! A 3-broker cluster of a test binary's own (`scripts/cluster.sh`), with
+//! each broker's client listener behind a Toxiproxy proxy of its own, so
+//! that a test can cut leadflow off one broker while the cluster, other
+//! instances and the checker (on the direct listeners) still reach it.
+//! Stopped when dropped.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::deadline::{self, Registered};
+use super::ops::free_port;
+use super::toxiproxy::Toxiproxy;
+use super::{BOOTSTRAP, PATIENCE, output_within};
+
+pub const NODES: [i32; 3] = [1, 2, 3];
+
+pub struct Cluster {
+    /// `LEADFLOW_CLUSTER_PORT`: node N's direct listener is `base + N - 1`.
+    pub base: u16,
+    /// Node N's client listener is advertised at `proxy_base + N - 1`.
+    pub proxy_base: u16,
+    pub toxiproxy: Toxiproxy,
+    _stop: Registered,
+}
+
+impl Cluster {
+    /// Starts fresh proxies and a fresh cluster on ports from `base`, and
+    /// points this test binary's helpers at its direct listeners. Call once
+    /// per binary.
+    pub fn start(base: u16) -> Cluster {
+        let toxiproxy = Toxiproxy::start(free_port());
+        let proxy_base = base + 30;
+        for node in NODES {
+            toxiproxy.proxy(
+                &proxy_name(node),
+                proxy_base + node as u16 - 1,
+                base + 20 + node as u16 - 1,
+            );
+        }
+        let cluster = Cluster {
+            base,
+            proxy_base,
+            toxiproxy,
+            _stop: deadline::cleanup(move || {
+                let _ = script_command(base, proxy_base).arg("stop").status();
+            }),
+        };
+        cluster.script(&["reset"]);
+        cluster.script(&["start"]);
+        let direct = NODES
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", base + *n as u16 - 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(BOOTSTRAP.set(direct).is_ok(), "one cluster per test binary");
+        cluster
+    }
+
+    /// Runs `scripts/cluster.sh ARGS` for this cluster; it must succeed.
+    pub fn script(&self, args: &[&str]) {
+        let out = output_within(
+            script_command(self.base, self.proxy_base).args(args),
+            PATIENCE,
+            "scripts/cluster.sh",
+        );
+        assert!(
+            out.status.success(),
+            "scripts/cluster.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Bootstrap servers for the leadflow under test: the proxies.
+    pub fn clients(&self) -> String {
+        NODES
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", self.proxy_base + *n as u16 - 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Cuts leadflow off node `node`: what it sends there, and what the
+    /// broker answers, is held (as TCP holds packets through a network
+    /// partition) until [`Cluster::heal`] lets it through.
+    pub fn cut(&self, node: i32) {
+        self.toxiproxy.delay(&proxy_name(node), 3_600_000);
+    }
+
+    /// Ends [`Cluster::cut`] of node `node`.
+    pub fn heal(&self, node: i32) {
+        self.toxiproxy.undelay(&proxy_name(node));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = script_command(self.base, self.proxy_base)
+            .arg("stop")
+            .status();
+    }
+}
+
+fn proxy_name(node: i32) -> String {
+    format!("node-{node}")
+}
+
+fn script_command(base: u16, proxy_base: u16) -> Command {
+    let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"));
+    command
+        .env("LEADFLOW_CLUSTER_PORT", base.to_string())
+        .env("LEADFLOW_CLUSTER_PROXY_PORT", proxy_base.to_string());
+    command
+}
+
+/// The brokers holding a replica of each partition of `topic`, and of
+/// those the ones in sync.
+pub fn replicas(topic: &str) -> BTreeMap<i32, (Vec<i32>, Vec<i32>)> {
+    partitions_of(topic, |p| (p.replicas().to_vec(), p.isr().to_vec()))
+}
+
+/// The broker leading each partition of `topic`.
+pub fn leaders(topic: &str) -> BTreeMap<i32, i32> {
+    partitions_of(topic, |p| p.leader())
+}
+
+fn partitions_of<T>(
+    topic: &str,
+    what: impl Fn(&rdkafka::metadata::MetadataPartition) -> T,
+) -> BTreeMap<i32, T> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", super::bootstrap())
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), PATIENCE)
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), what(p)))
+        .collect()
+}
+
+/// The broker coordinating `key` (a consumer group, or a `transactional.id`)
+/// in Kafka's internal `topic` (`__consumer_offsets`, `__transaction_state`):
+/// the leader of the partition Kafka maps the key to, as Kafka does it
+/// (`Utils.abs` of the Java hash code of the key, modulo the partitions).
+pub fn coordinator(topic: &str, key: &str) -> i32 {
+    let hash = key.encode_utf16().fold(0_i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    let leaders = leaders(topic);
+    let partition =
+        hash.checked_abs().unwrap_or(0) % i32::try_from(leaders.len()).expect("partitions");
+    leaders[&partition]
+}
