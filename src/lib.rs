@@ -10,6 +10,8 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+#[cfg(feature = "kafka-tests")]
+pub mod failpoint;
 pub mod generate;
 pub mod health;
 pub mod http;

@@ -832,6 +832,82 @@ fn a_record_the_broker_refuses_is_dead_lettered_and_blocks_nothing() {
     assert!(!run.log().contains("pipeline failed"), "{}", run.log());
 }
 
+/// A life of the pipeline that fails mid-transaction commits nothing
+/// more. AppSource leads fan out to two campaigns; a failure injected
+/// between a lead's two records (`LEADFLOW_FAILPOINT`, test builds only)
+/// fails the life after the first record was written in the open
+/// transaction. The pipeline restarts and writes the lead to both
+/// campaigns, once each. Before, dropping the failed life's consumer
+/// revoked its partitions, and that revoke committed the open
+/// transaction: the first campaign got the lead twice.
+#[test]
+fn a_failed_life_commits_nothing_more() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let sales = format!(
+        "failed-life-{}-{}.sales",
+        std::process::id(),
+        common::now_ms()
+    );
+    let env = Env::new("failed-life", 1, &fan_out_to(&sales));
+    let run = env.spawn_with(
+        "run",
+        &["run"],
+        Stdio::null(),
+        &[("LEADFLOW_FAILPOINT", "between-routes:n3")],
+    );
+    produce_values(&env.input, &numbered_leads(0, 6), common::now_ms());
+    common::ops::wait_for_or(
+        "every lead in both campaigns",
+        || run.log(),
+        || (read_all(&env.nurture).len() >= 6 && read_all(&sales).len() >= 6).then_some(()),
+    );
+    assert!(run.log().contains("pipeline failed"), "{}", run.log());
+    for topic in [&env.nurture, &sales] {
+        let ids: Vec<String> = read_all(topic).iter().map(event_id).collect();
+        assert_eq!(ids, ["n0", "n1", "n2", "n3", "n4", "n5"], "{topic}");
+    }
+}
+
+/// A second route: AppSource leads also feed campaign `sales` in `topic`.
+fn fan_out_to(topic: &str) -> String {
+    format!("[[routes]]\ncampaign = \"sales\"\nstorefront = \"appsource\"\ntopic = {topic:?}\n")
+}
+
+/// A campaign topic deleted under a running leadflow (an operator's
+/// mistake): librdkafka cannot add it to the transaction, and ends the
+/// producer with a fatal error when the transaction is aborted. leadflow
+/// restarts the pipeline with a new producer, and once the topic is back,
+/// the lead reaches both campaigns, once each.
+#[test]
+fn a_campaign_topic_deleted_under_leadflow_stops_nothing_for_good() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let sales = format!("deleted-{}-{}.sales", std::process::id(), common::now_ms());
+    let env = Env::new("deleted", 1, &fan_out_to(&sales));
+    let run = env.spawn("run", &["run"], Stdio::null());
+    produce_values(&env.input, &numbered_leads(0, 3), common::now_ms());
+    common::ops::wait_for_or(
+        "the first leads in both campaigns",
+        || run.log(),
+        || (read_all(&env.nurture).len() == 3 && read_all(&sales).len() == 3).then_some(()),
+    );
+    common::delete_topic(&sales);
+    produce_values(&env.input, &numbered_leads(3, 1), common::now_ms());
+    common::ops::wait_for_or(
+        "the pipeline to fail",
+        || run.log(),
+        || run.log().contains("pipeline failed").then_some(()),
+    );
+    common::create_topic(&sales, 1, &[]);
+    common::ops::wait_for_or(
+        "the lead in the campaign put back",
+        || run.log(),
+        || (read_all(&sales).len() == 1).then_some(()),
+    );
+    let nurture: Vec<String> = read_all(&env.nurture).iter().map(event_id).collect();
+    assert_eq!(nurture, ["n0", "n1", "n2", "n3"], "{}", run.log());
+    assert_eq!(event_id(&read_all(&sales)[0]), "n3");
+}
+
 /// With the default limits, a valid lead of 1,040,000 bytes (which a stock
 /// topic takes) is `oversized`, and its dead letter, cut to the limit,
 /// fits. On the old main the input limit was above what the producer could

@@ -2280,6 +2280,13 @@ impl<'a> Sink<'a> {
                 };
             }
             batch.produced(topic);
+            #[cfg(feature = "kafka-tests")]
+            if crate::failpoint::fires("between-routes", lead.event_id.as_deref()) {
+                return Err(RunError::Produce {
+                    topic: topic.to_owned(),
+                    source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
+                });
+            }
         }
         batch.output_of(timestamp_ms);
         Ok(Ok(()))

@@ -647,6 +647,17 @@ pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
     }
 }
 
+/// Deletes `topic`, as an operator's mistake would.
+pub fn delete_topic(name: &str) {
+    let (admin, options, runtime) = admin();
+    let results = runtime
+        .block_on(admin.delete_topics(&[name], &options))
+        .expect("delete topics");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot delete {topic}: {code}"));
+    }
+}
+
 /// An admin client of the test broker, its request options, and a
 /// runtime to wait for its requests on.
 fn admin() -> (
