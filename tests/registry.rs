@@ -315,6 +315,43 @@ fn an_unreachable_registry_is_a_one_line_error_within_seconds() {
     );
 }
 
+/// A registry that accepts connections and never answers. Confluent's
+/// Python client, configured as `tests/interop/confluent_avro.py` does (a
+/// timeout on every request, no kept-alive connection), gives up with an
+/// error. Its default configuration has no timeout and waits forever
+/// (confluent-kafka-python issue 905): that is how the suite once hung for
+/// 8 minutes on a registry request that was never answered.
+#[test]
+fn the_python_client_gives_up_on_a_registry_that_never_answers() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    // Accepted and held open, never read from or answered.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg(format!("{root}/tests/interop/confluent_avro.py"))
+        .args([
+            "produce",
+            &common::bootstrap(),
+            &format!("http://127.0.0.1:{port}"),
+            "never-written",
+            &format!("{root}/schemas/raw-lead.avsc"),
+        ])
+        .env("PYTHONPATH", format!("{root}/.cache/python"));
+    // Within PATIENCE, or `piped` fails the test with what it printed.
+    let out = common::piped(&mut command, "{}\n", "confluent_avro.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+}
+
 /// Runs `tests/interop/confluent_avro.py` with Confluent's Python client,
 /// which `scripts/test.sh` installs into `.cache/python`.
 fn confluent_python(args: &[&str], stdin: &str) -> std::process::Output {
