@@ -23,6 +23,8 @@
 # Ports, from LEADFLOW_CLUSTER_PORT (B, default 29092), for node N = 1..3:
 #   DIRECT B+N-1, controller B+10+N-1, CLIENT B+20+N-1,
 #   CLIENT advertised at LEADFLOW_CLUSTER_PROXY_PORT+N-1 (default: itself).
+# Keep them below the kernel's ephemeral range (32768 and up here): a port
+# there can be taken by any outgoing connection's source port first.
 # LEADFLOW_CLUSTER_HEAP (default 512m) is each node's maximum heap.
 set -euo pipefail
 
@@ -113,14 +115,26 @@ start_node() {
   echo $! > "$(pidfile "$n")"
 }
 
+# wait_ready [NODE]: until all three brokers answer (as NODE, if given),
+# failing at once with its log when a node exits (a port taken, say).
 wait_ready() {
-  if ! ready 120 "${1:-}"; then
-    local n
-    log "the cluster did not become ready; last log lines:"
-    for n in $nodes; do tail -n 15 "$root/node-$n/logs/server.log" >&2 || true; done
-    stop
-    exit 1
-  fi
+  local deadline=$((SECONDS + 120)) n
+  until ready 5 "${1:-}" 2>/dev/null; do
+    for n in $nodes; do
+      if ! running_node "$n"; then
+        log "node $n exited; last log lines:"
+        grep -E "ERROR|Exception" "$root/node-$n/logs/server.log" | tail -n 5 >&2 || true
+        stop
+        exit 1
+      fi
+    done
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "the cluster did not become ready in 120 s; last log lines:"
+      for n in $nodes; do tail -n 15 "$root/node-$n/logs/server.log" >&2 || true; done
+      stop
+      exit 1
+    fi
+  done
 }
 
 start() {

@@ -18,7 +18,7 @@ use common::{Env, OwnBroker, PATIENCE, committed, signal};
 
 #[test]
 fn leadflow_recovers_from_a_killed_broker_on_its_own() {
-    let _deadline = common::deadline(Duration::from_secs(300));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     let port = common::own_broker_port(100);
     let broker = OwnBroker::start(port);
     let env = Env::new("broker-kill", 6, FAILOVER);

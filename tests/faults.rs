@@ -23,7 +23,7 @@ fn progress_to(env: &Env, topic: &str, target: i64, alive: &mut [&mut Running]) 
 
 #[test]
 fn killed_three_times_loses_and_doubles_nothing() {
-    let _deadline = common::deadline(Duration::from_secs(300));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     let env = Env::new("kill-three-times", 6, FAILOVER);
     let n = leads();
     let written = write_generated(&env.input, n, 11);
@@ -47,7 +47,7 @@ fn killed_three_times_loses_and_doubles_nothing() {
 /// and the pipeline never restarts.
 #[test]
 fn hostile_records_mixed_in_end_where_they_belong() {
-    let _deadline = common::deadline(Duration::from_secs(120));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(120)));
     let limit = 65_536;
     let env = Env::new(
         "hostile",
@@ -89,7 +89,7 @@ fn log_count(running: &Running, what: &str) -> usize {
 
 #[test]
 fn two_processes_survive_a_kill_and_restart_of_one() {
-    let _deadline = common::deadline(Duration::from_secs(120));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(120)));
     let env = Env::new("two-processes", 6, FAILOVER);
     let n = leads() as i64;
     let written = write_generated(&env.input, n as usize, 17);
@@ -115,7 +115,7 @@ fn two_processes_survive_a_kill_and_restart_of_one() {
 
 #[test]
 fn a_paused_zombie_writes_nothing_visible() {
-    let _deadline = common::deadline(Duration::from_secs(120));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(120)));
     let env = Env::new("zombie", 6, FAILOVER);
     let n = leads() as i64;
     let written = write_generated(&env.input, n as usize, 19);
@@ -159,7 +159,7 @@ fn a_paused_zombie_writes_nothing_visible() {
 /// took the epoch bump for a rival's fence and exited for good.
 #[test]
 fn a_transaction_that_outlives_its_timeout_is_not_a_fence() {
-    let _deadline = common::deadline(Duration::from_secs(300));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     let env = Env::new("stalled", 4, "");
     let n = leads() as i64;
     let written = write_generated(&env.input, n as usize, 31);
@@ -192,7 +192,7 @@ fn stop(running: &mut Running) -> std::process::ExitStatus {
 
 #[test]
 fn input_keyed_by_person_and_offer_needs_no_repartition() {
-    let _deadline = common::deadline(Duration::from_secs(120));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(120)));
     // FAILOVER ends inside its [pipeline] table.
     let env = Env::new(
         "no-repartition",

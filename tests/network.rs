@@ -26,7 +26,7 @@ use common::{Env, OwnBroker, PATIENCE, signal};
 /// exited for good.
 #[test]
 fn a_broker_answering_15_s_late_is_slowness_not_a_fence() {
-    let _deadline = common::deadline(Duration::from_secs(300));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     let port = common::own_broker_port(300);
     let toxiproxy = Toxiproxy::start(free_port());
     let listen = free_port();

@@ -140,6 +140,35 @@ impl Writer {
     }
 }
 
+/// Leads written in the background at a steady rate, `per_tick` every
+/// `tick`, until [`Feed::finish`]: load that goes on through a fault.
+pub struct Feed {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writing: std::thread::JoinHandle<Writer>,
+}
+
+impl Feed {
+    pub fn start(mut writer: Writer, per_tick: usize, tick: std::time::Duration) -> Feed {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let writing = std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                writer.write(per_tick);
+                // The feed's pace, not a wait for anything.
+                std::thread::sleep(tick);
+            }
+            writer
+        });
+        Feed { stop, writing }
+    }
+
+    /// Stops writing; everything written so far, for [`check`].
+    pub fn finish(self) -> Written {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.writing.join().expect("the feed").finish()
+    }
+}
+
 /// What the checker found.
 #[derive(Debug, Default)]
 pub struct Report {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,6 +25,9 @@ pub struct Cluster {
     pub proxy_base: u16,
     pub toxiproxy: Toxiproxy,
     _stop: Registered,
+    /// One cluster at a time: the tests of a binary take turns, each with
+    /// a fresh cluster, as each breaks it its own way.
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Cluster {
@@ -31,6 +35,12 @@ impl Cluster {
     /// points this test binary's helpers at its direct listeners. Call once
     /// per binary.
     pub fn start(base: u16) -> Cluster {
+        static TURN: Mutex<()> = Mutex::new(());
+        // A test that failed while holding the turn leaves nothing to fix.
+        let turn = deadline::not_counting(|| {
+            TURN.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
         let toxiproxy = Toxiproxy::start(free_port());
         let proxy_base = base + 30;
         for node in NODES {
@@ -47,6 +57,7 @@ impl Cluster {
             _stop: deadline::cleanup(move || {
                 let _ = script_command(base, proxy_base).arg("stop").status();
             }),
+            _turn: turn,
         };
         cluster.script(&["reset"]);
         cluster.script(&["start"]);
@@ -55,8 +66,31 @@ impl Cluster {
             .map(|n| format!("127.0.0.1:{}", base + *n as u16 - 1))
             .collect::<Vec<_>>()
             .join(",");
-        assert!(BOOTSTRAP.set(direct).is_ok(), "one cluster per test binary");
+        assert_eq!(
+            BOOTSTRAP.get_or_init(|| direct.clone()),
+            &direct,
+            "one cluster address per test binary"
+        );
         cluster
+    }
+
+    /// `kill -9` of node `node`.
+    pub fn kill(&self, node: i32) {
+        self.script(&["kill-node", &node.to_string()]);
+    }
+
+    /// Clean shutdown of node `node`.
+    pub fn stop(&self, node: i32) {
+        self.script(&["stop-node", &node.to_string()]);
+    }
+
+    /// Starts node `node` again, and waits until every partition of every
+    /// topic, Kafka's own included, has all its replicas in sync.
+    pub fn restart(&self, node: i32) {
+        self.script(&["start-node", &node.to_string()]);
+        super::ops::eventually("every partition fully replicated", || {
+            (under_replicated() == 0).then_some(())
+        });
     }
 
     /// Runs `scripts/cluster.sh ARGS` for this cluster; it must succeed.
@@ -113,6 +147,36 @@ fn script_command(base: u16, proxy_base: u16) -> Command {
         .env("LEADFLOW_CLUSTER_PORT", base.to_string())
         .env("LEADFLOW_CLUSTER_PROXY_PORT", proxy_base.to_string());
     command
+}
+
+/// Partitions of all topics (Kafka's own included) with a replica out of
+/// sync.
+pub fn under_replicated() -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", super::bootstrap())
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(None, PATIENCE).expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .filter(|p| p.isr().len() < p.replicas().len())
+        .count()
+}
+
+/// The broker leading the most partitions of `topics`.
+pub fn busiest_leader(topics: &[&str]) -> i32 {
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    for topic in topics {
+        for leader in leaders(topic).into_values() {
+            *led.entry(leader).or_default() += 1;
+        }
+    }
+    led.into_iter()
+        .max_by_key(|(_, count)| *count)
+        .map(|(leader, _)| leader)
+        .expect("leaders")
 }
 
 /// The brokers holding a replica of each partition of `topic`, and of

@@ -24,6 +24,14 @@ pub fn leads() -> usize {
         .unwrap_or(30_000)
 }
 
+/// A fault test's overall deadline: `base` at the default size, longer
+/// in proportion to [`leads`] beyond it.
+pub fn scaled(base: Duration) -> Duration {
+    base * u32::try_from(leads().div_ceil(30_000))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
 /// The internal topic that carries whole-pipeline progress.
 pub fn repartition(env: &Env) -> String {
     format!("{}-repartition", env.group)
@@ -45,11 +53,17 @@ pub fn wait_for_progress(
         if done >= target {
             return done;
         }
-        assert!(
-            Instant::now() < deadline,
-            "committed only {done} of {target} on {topic} within {} s",
-            patience.as_secs()
-        );
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = alive
+                .iter()
+                .map(|r| format!("{}\n{}", r.log(), stacks(r.0.id())))
+                .collect();
+            panic!(
+                "committed only {done} of {target} on {topic} within {} s; the runs' logs and threads:\n{}",
+                patience.as_secs(),
+                logs.join("\n---\n")
+            );
+        }
         for running in alive.iter_mut() {
             assert!(
                 running.0.try_wait().expect("poll run").is_none(),
@@ -59,6 +73,31 @@ pub fn wait_for_progress(
         }
         std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
     }
+}
+
+/// Every thread's stack of process `pid`, from gdb where it is installed:
+/// what a run that stopped making progress is waiting on.
+fn stacks(pid: u32) -> String {
+    let installed = std::process::Command::new("gdb")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !installed {
+        return "(no gdb to show the threads)".to_owned();
+    }
+    let out = super::output_within(
+        std::process::Command::new("gdb").args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ]),
+        Duration::from_secs(60),
+        "gdb",
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Finishes what is left with one run to the end, then checks everything.
