@@ -1874,6 +1874,8 @@ fn handle(
             // reached the changelog outside a transaction: the lead is
             // run again only to find the keys it touched, whose values
             // from before it are written back (below, with the changes).
+            // Under exactly-once the abort discarded that state, and
+            // writing the same values again changes nothing.
             let savepoint = pipeline.dedupe().savepoint();
             let _ = pipeline.process(input);
             pipeline.dedupe().revert_to(savepoint);

@@ -162,9 +162,6 @@ pub fn config_problem(
     }
 }
 
-/// Creates each topic that does not exist yet, with `partitions` partitions
-/// and the configuration of its role ([`topic_configs`]). Returns the names
-/// of the topics it created.
 /// How many partitions and replicas topics are created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -186,6 +183,9 @@ impl Layout {
     }
 }
 
+/// Creates each topic that does not exist yet, laid out as `layout` says,
+/// with the configuration of its role ([`topic_configs`]). Returns the
+/// names of the topics it created.
 pub async fn create(
     kafka: &KafkaConfig,
     topics: &[(&str, TopicRole)],

@@ -578,20 +578,7 @@ pub fn group_members(group: &str) -> usize {
 /// The end of every partition of `topic` for a `read_committed` reader:
 /// its last stable offset, short of any open transaction.
 pub fn ends(topic: &str) -> BTreeMap<i32, i64> {
-    ends_of(consumer(None, false), topic)
-}
-
-/// The high watermark of every partition of `topic`: what was written,
-/// open transactions included.
-pub fn high_watermarks(topic: &str) -> BTreeMap<i32, i64> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap())
-        .set("isolation.level", "read_uncommitted");
-    ends_of(config.create().expect("consumer"), topic)
-}
-
-fn ends_of(consumer: BaseConsumer, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer = consumer(None, false);
     partitions(&consumer, topic)
         .into_iter()
         .map(|p| {
