@@ -33,7 +33,8 @@ cluster_id="TGVhZGZsb3dUZXN0QnJva2"
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 
 fetch() {
-  if [ ! -f "$libs/.complete" ]; then
+  # Fetched again when the pom changed since.
+  if [ ! "$libs/.complete" -nt "$here/kafka/pom.xml" ]; then
     log "fetching Kafka jars with mvn into $libs"
     rm -rf "$libs"
     mkdir -p "$libs"

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::checker::write_generated;
+use common::checker::{changelog_record, write_changelog, write_generated};
 use common::faults::{FAILOVER, finish_and_check, leads, repartition, wait_for_progress};
 use common::ops::{eventually, get, listen_on, promtool_check, sample, scrape, series, wait_for};
 use common::{Env, PATIENCE, Running, read_all, signal};
@@ -194,32 +194,16 @@ fn metrics_agree_with_the_topics_and_lag_follows_rebalances() {
     assert!(batch_offsets > 0, "no batch span with input offsets: {log}");
 }
 
-/// Changelog records as leadflow writes them: a `seen` key (tag `s` and a
-/// 128-bit hash) and its first-emitted and last-seen times.
-fn changelog_record(i: u64) -> (Vec<u8>, [u8; 16]) {
-    let mut key = vec![b's'];
-    let hash = u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-    key.extend_from_slice(&hash.to_be_bytes());
-    let mut value = [0; 16];
-    let now = 1_760_000_000_000_i64;
-    value[..8].copy_from_slice(&now.to_be_bytes());
-    value[8..].copy_from_slice(&now.to_be_bytes());
-    (key, value)
-}
-
 #[test]
 fn readiness_is_false_while_dedupe_state_restores() {
     let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("ready", 2, "[pipeline]\nrepartition = false\n");
     let changelog = format!("{}-dedupe-changelog", env.group);
     let per_partition = 60_000_u64;
-    let records: Vec<(i32, Vec<u8>, [u8; 16])> = (0..2 * per_partition)
-        .map(|i| {
-            let (key, value) = changelog_record(i);
-            ((i % 2) as i32, key, value)
-        })
-        .collect();
-    write_changelog(&changelog, &records);
+    write_changelog(
+        &changelog,
+        (0..2 * per_partition).map(|i| ((i % 2) as i32, changelog_record(i, 1_760_000_000_000))),
+    );
 
     let (mut run, port) = spawn_run(&env, "run", &[]);
     // Every answer of /readyz until the first 200, in order.
@@ -252,32 +236,6 @@ fn readiness_is_false_while_dedupe_state_restores() {
     );
     assert!(sample(&text, "leadflow_restore_duration_seconds_count").is_some_and(|c| c >= 1.0));
     assert!(stop(&mut run, PATIENCE).success(), "{}", run.log());
-}
-
-/// Writes raw changelog records to their partitions.
-fn write_changelog(topic: &str, records: &[(i32, Vec<u8>, [u8; 16])]) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::bootstrap())
-        .set("linger.ms", "20")
-        .create()
-        .expect("producer");
-    for (partition, key, value) in records {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-            .partition(*partition)
-            .key(key.as_slice())
-            .payload(value.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(50));
-                }
-            }
-        }
-    }
-    producer.flush(PATIENCE).expect("changelog written");
 }
 
 #[test]

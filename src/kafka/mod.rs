@@ -14,11 +14,13 @@ pub mod runner;
 pub mod tail;
 pub mod topics;
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
 use rdkafka::client::{Client, ClientContext};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -295,6 +297,71 @@ pub(crate) fn flush(producer: &LeadProducer, timeout: Duration) -> Result<(), Ka
     }
 }
 
+/// A librdkafka call that had not returned long after its own timeout. The
+/// client it was called on must not be used again: the call may never
+/// return, and the client's transaction state is unknown.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "librdkafka's {call} had not returned {waited_ms} ms later, past its own timeout \
+     (a coordinator broker that died is never looked up again: librdkafka issues 5456 and 5511)"
+)]
+pub struct Wedged {
+    pub call: &'static str,
+    pub waited_ms: u64,
+}
+
+/// How long past its own timeout a librdkafka call may take before
+/// [`within`] gives it up.
+const WEDGED_AFTER: Duration = Duration::from_secs(5);
+
+/// Runs `call` (named `name`) on a thread of its own and waits at most
+/// `limit` for it: past that, `Err(Wedged)`, and the call is left running
+/// (it cannot be interrupted), holding whatever it captured.
+pub(crate) fn within<T: Send + 'static>(
+    name: &'static str,
+    limit: Duration,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Wedged> {
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    let wedged = Wedged {
+        call: name,
+        waited_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+    };
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // The receiver is gone once the call was given up.
+            let _ = done.send(call());
+        })
+        // Without a thread the call cannot be bounded; not making it
+        // leaves the client as unusable as a wedged call would.
+        .map_err(|_| wedged)?;
+    result.recv_timeout(limit).map_err(|_| wedged)
+}
+
+/// `send_offsets_to_transaction`, bounded: librdkafka's own timeout does
+/// not cover its wait for the group coordinator (librdkafka issue 5456),
+/// and when that coordinator's broker dies and leaves the cluster's
+/// metadata the wait never ends (issue 5511; both open in librdkafka 2.12,
+/// and seen here as a pipeline stalled for good after `kill -9` of a
+/// broker). Past `timeout` and a margin the producer is given up as
+/// [`Wedged`]: the caller must start again with fresh clients (whose
+/// `init_transactions` fences this producer's transaction).
+pub(crate) fn send_offsets_to_transaction(
+    producer: &Arc<LeadProducer>,
+    offsets: &TopicPartitionList,
+    metadata: ConsumerGroupMetadata,
+    timeout: Duration,
+) -> Result<Result<(), KafkaError>, Wedged> {
+    let producer = Arc::clone(producer);
+    let offsets = offsets.clone();
+    within(
+        "send_offsets_to_transaction",
+        timeout + WEDGED_AFTER,
+        move || producer.send_offsets_to_transaction(&offsets, &metadata, timeout),
+    )
+}
+
 /// Producers poll on their own thread: transactional aborts need delivery
 /// reports served while the caller blocks.
 pub(crate) type LeadProducer = ThreadedProducer<DeliveryTracker>;
@@ -364,5 +431,91 @@ pub(crate) fn send(
             }
             Err((error, _)) => return Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Offset;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+
+    #[test]
+    fn a_call_past_its_limit_is_given_up_and_one_within_it_returns() {
+        let started = Instant::now();
+        // Never returns: its sender is kept alive by the call itself.
+        let (_keep, never) = std::sync::mpsc::channel::<()>();
+        let never = Mutex::new(never);
+        let given_up = within("never", Duration::from_millis(200), move || {
+            let _ = lock(&never).recv();
+        });
+        assert!(matches!(
+            given_up,
+            Err(Wedged {
+                call: "never",
+                waited_ms: 200
+            })
+        ));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(within("quick", Duration::from_secs(5), || 7).ok(), Some(7));
+    }
+
+    /// librdkafka issue 5456, as its report reproduces it on the mock
+    /// cluster: with the group coordinator down, `send_offsets_to_transaction`
+    /// waits past its timeout (the cluster stall of issue 16 was the same
+    /// wait, for a broker killed with `kill -9`). Bounded, the caller gets
+    /// `Wedged` soon after the timeout instead of waiting for good.
+    #[test]
+    fn send_offsets_with_the_group_coordinator_down_is_given_up() {
+        let cluster = MockCluster::new(3).expect("mock cluster");
+        let (group, id) = ("wedge-group", "wedge-txn");
+        cluster
+            .coordinator(MockCoordinator::Transaction(id.to_owned()), 1)
+            .expect("transaction coordinator");
+        cluster
+            .coordinator(MockCoordinator::Group(group.to_owned()), 2)
+            .expect("group coordinator");
+        cluster.create_topic("wedge", 1, 3).expect("topic");
+        let producer: LeadProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("transactional.id", id)
+            .create_with_context(DeliveryTracker::default())
+            .expect("producer");
+        let producer = Arc::new(producer);
+        let timeout = Duration::from_secs(2);
+        producer.init_transactions(timeout).expect("init");
+        producer.begin_transaction().expect("begin");
+        send(
+            &producer,
+            BaseRecord::<[u8], [u8]>::to("wedge").payload(&b"lead"[..]),
+        )
+        .expect("send");
+        flush(&producer, timeout).expect("flush");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let metadata = consumer.group_metadata().expect("group metadata");
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("wedge-input", 0, Offset::Offset(1))
+            .expect("offsets");
+
+        cluster.broker_down(2).expect("group coordinator down");
+        let started = Instant::now();
+        let sent = send_offsets_to_transaction(&producer, &offsets, metadata, timeout);
+        assert!(
+            matches!(
+                sent,
+                Err(Wedged {
+                    call: "send_offsets_to_transaction",
+                    ..
+                })
+            ),
+            "{sent:?}"
+        );
+        assert!(started.elapsed() < timeout + WEDGED_AFTER + Duration::from_secs(2));
     }
 }

@@ -14,6 +14,7 @@
 //! group, so a killed replay never holds partitions for a session timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,9 @@ pub enum ReplayError {
     Kafka(KafkaError),
     #[error("replayed records were not acknowledged: {0}")]
     Delivery(String),
+    /// A rerun replays what this one left uncommitted.
+    #[error(transparent)]
+    Wedged(#[from] super::Wedged),
 }
 
 impl From<KafkaError> for ReplayError {
@@ -129,7 +133,7 @@ pub fn replay(
     }
     consumer.assign(&assignment)?;
 
-    let producer: Option<LeadProducer> = if options.dry_run {
+    let producer: Option<Arc<LeadProducer>> = if options.dry_run {
         None
     } else {
         let producer: LeadProducer = client_config(
@@ -143,7 +147,7 @@ pub fn replay(
         // Fences an interrupted replay of the same name and aborts what it
         // left open.
         producer.init_transactions(timeout)?;
-        Some(producer)
+        Some(Arc::new(producer))
     };
 
     let mut report = ReplayReport::default();
@@ -261,7 +265,7 @@ fn replayed_headers<H: Headers>(original: Option<&H>, from: &str) -> OwnedHeader
 /// Commits the open transaction with the dead-letter offsets read, opening
 /// one for a batch that chose nothing.
 fn commit(
-    producer: &LeadProducer,
+    producer: &Arc<LeadProducer>,
     consumer: &BaseConsumer<ReadToEnd>,
     dlq: &str,
     pending: &BTreeMap<i32, i64>,
@@ -280,8 +284,7 @@ fn commit(
             rdkafka::types::RDKafkaErrorCode::InvalidGroupId,
         ))
     })?;
-    let result = producer
-        .send_offsets_to_transaction(&offsets, &metadata, timeout)
+    let result = super::send_offsets_to_transaction(producer, &offsets, metadata, timeout)?
         // See `kafka::flush`.
         .and_then(|()| super::flush(producer, timeout))
         .and_then(|()| producer.commit_transaction(timeout));

@@ -104,6 +104,10 @@ pub enum RunError {
     /// schema wait: the batch is processed again once it answers.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    /// A transaction call never returned: this life's producer is given
+    /// up, and the next starts with fresh clients.
+    #[error(transparent)]
+    Wedged(#[from] super::Wedged),
     #[error("schema registry refused {file} under subject {subject:?}: {reason}")]
     SchemaRefused {
         subject: String,
@@ -552,13 +556,12 @@ impl RunContext {
             // attempt: committing after it would wait as long again, past
             // the transaction timeout, and the coordinator's own abort would
             // then fence this producer.
-            let attempt = super::flush(&self.producer, timeout)
-                .and_then(|()| match &metadata {
-                    None => Ok(()),
-                    Some(metadata) => self
-                        .producer
-                        .send_offsets_to_transaction(offsets, metadata, timeout),
-                })
+            let mut attempt = super::flush(&self.producer, timeout);
+            if let (Ok(()), Some(metadata)) = (&attempt, metadata) {
+                attempt =
+                    super::send_offsets_to_transaction(&self.producer, offsets, metadata, timeout)?;
+            }
+            let attempt = attempt
                 .map(|()| offsets_sent = true)
                 .and_then(|()| self.producer.commit_transaction(timeout));
             let error = match attempt {

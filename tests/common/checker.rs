@@ -37,6 +37,9 @@ use super::{Env, PATIENCE, bootstrap, header, read_all};
 pub struct Written {
     pub expected: HashMap<(i64, Vec<u8>), Expected>,
     pub count: usize,
+    /// Dedupe keys (hex) written straight into the changelog
+    /// ([`write_changelog`]), which no output carries.
+    pub preloaded: BTreeSet<String>,
 }
 
 /// Writes `count` generated leads to `topic`, keyed as the generator keys
@@ -85,6 +88,7 @@ impl Writer {
             written: Written {
                 expected: HashMap::new(),
                 count: 0,
+                preloaded: BTreeSet::new(),
             },
         }
     }
@@ -196,6 +200,9 @@ pub struct Report {
     pub bad_values: Vec<String>,
     /// Dedupe keys live in the changelog without an output, or the reverse.
     pub changelog: Vec<String>,
+    /// Output keys the changelog holds a tombstone for: forgotten, by a
+    /// run with a memory budget too small for all its keys (else wrong).
+    pub forgotten: Vec<String>,
 }
 
 impl Report {
@@ -214,7 +221,7 @@ impl Report {
         );
         let _ = write!(
             text,
-            "checker: lost={} doubled={} misplaced={} leaked={} orphans={} repeated_keys={} out_of_order={} bad_values={} changelog={}",
+            "checker: lost={} doubled={} misplaced={} leaked={} orphans={} repeated_keys={} out_of_order={} bad_values={} changelog={} forgotten={}",
             self.lost.len(),
             self.doubled.len(),
             self.misplaced.len(),
@@ -223,13 +230,26 @@ impl Report {
             self.repeated_keys.len(),
             self.out_of_order.len(),
             self.bad_values.len(),
-            self.changelog.len()
+            self.changelog.len(),
+            self.forgotten.len()
         );
         text
     }
 
     /// Fails the test with the summary and examples unless all is well.
     pub fn assert_clean(&self) {
+        assert!(
+            self.forgotten.is_empty(),
+            "{}\nforgotten: {:?}",
+            self.summary(),
+            self.forgotten.first()
+        );
+        self.assert_clean_but_forgotten();
+    }
+
+    /// [`Report::assert_clean`], but keys forgotten (evicted under the
+    /// dedupe memory budget) are allowed.
+    pub fn assert_clean_but_forgotten(&self) {
         let problems = [
             ("lost", &self.lost),
             ("doubled", &self.doubled),
@@ -408,13 +428,19 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         ));
     }
 
-    let live = live_changelog_keys(&format!("{}-dedupe-changelog", env.group));
+    let (live, tombstoned) = changelog_keys(&format!("{}-dedupe-changelog", env.group));
     for key in output_keys.difference(&live) {
-        report
-            .changelog
-            .push(format!("output key {key} not live in the changelog"));
+        match tombstoned.contains(key) {
+            true => report.forgotten.push(key.clone()),
+            false => report
+                .changelog
+                .push(format!("output key {key} never in the changelog")),
+        }
     }
     for key in live.difference(&output_keys) {
+        if written.preloaded.contains(key) {
+            continue;
+        }
         report
             .changelog
             .push(format!("changelog key {key} has no output"));
@@ -487,21 +513,23 @@ fn value_matches(env: &Env, input: &OwnedMessage, output: &Output) -> Result<(),
     }
 }
 
-/// The dedupe keys (hex) the changelog holds live: its latest record for
-/// each `s` key is not a tombstone. The format is the one documented in
-/// `stages::dedupe`: a tag byte and the 128-bit key, big-endian.
-fn live_changelog_keys(changelog: &str) -> BTreeSet<String> {
+/// The dedupe keys (hex) of the changelog's `s` records: those whose
+/// latest record is live, and those whose latest is a tombstone. The
+/// format is the one documented in `stages::dedupe`: a tag byte and the
+/// 128-bit key, big-endian.
+fn changelog_keys(changelog: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut latest: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
     for m in read_all(changelog) {
         if let Some(key) = m.key() {
             latest.insert(key.to_vec(), m.payload().is_some());
         }
     }
-    latest
+    let (live, tombstoned): (Vec<_>, Vec<_>) = latest
         .into_iter()
-        .filter(|(key, live)| *live && key.len() == 17 && key[0] == b's')
-        .map(|(key, _)| key[1..].iter().map(|b| format!("{b:02x}")).collect())
-        .collect()
+        .filter(|(key, _)| key.len() == 17 && key[0] == b's')
+        .partition(|(_, live)| *live);
+    let hex = |keys: Vec<(Vec<u8>, bool)>| keys.iter().map(|(k, _)| changelog_key_hex(k)).collect();
+    (hex(live), hex(tombstoned))
 }
 
 fn source_position(m: &OwnedMessage) -> Option<(i32, i64)> {
@@ -509,4 +537,48 @@ fn source_position(m: &OwnedMessage) -> Option<(i32, i64)> {
         header(m, "leadflow.source.partition")?.parse().ok()?,
         header(m, "leadflow.source.offset")?.parse().ok()?,
     ))
+}
+
+/// A dedupe key as leadflow writes it to the changelog: a `seen` key (tag
+/// `s` and a 128-bit hash, the `i`-th of a made-up set) first emitted and
+/// last seen at `at_ms`.
+pub fn changelog_record(i: u64, at_ms: i64) -> (Vec<u8>, [u8; 16]) {
+    let mut key = vec![b's'];
+    let hash = u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    key.extend_from_slice(&hash.to_be_bytes());
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&at_ms.to_be_bytes());
+    value[8..].copy_from_slice(&at_ms.to_be_bytes());
+    (key, value)
+}
+
+/// The key of [`changelog_record`] in hex, as the checker names keys.
+pub fn changelog_key_hex(key: &[u8]) -> String {
+    key[1..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes raw changelog records to their partitions, as a previous run
+/// of leadflow would have.
+pub fn write_changelog(topic: &str, records: impl IntoIterator<Item = (i32, (Vec<u8>, [u8; 16]))>) {
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    for (partition, (key, value)) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .key(key.as_slice())
+            .payload(value.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    producer.poll(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    producer.flush(PATIENCE).expect("changelog written");
 }

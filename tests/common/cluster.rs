@@ -107,6 +107,20 @@ impl Cluster {
         );
     }
 
+    /// A Java command with the cluster's Kafka jars (Kafka's own tools
+    /// included) on its class path, running `class`; without a log4j
+    /// configuration, it logs errors only, to stderr.
+    pub fn java(&self, class: &str) -> Command {
+        let home = concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/kafka");
+        let mut command = Command::new("java");
+        command
+            .arg("-Xmx256m")
+            .arg("-cp")
+            .arg(format!("{home}/libs/*"))
+            .arg(class);
+        command
+    }
+
     /// Bootstrap servers for the leadflow under test: the proxies.
     pub fn clients(&self) -> String {
         NODES
@@ -126,6 +140,36 @@ impl Cluster {
     /// Ends [`Cluster::cut`] of node `node`.
     pub fn heal(&self, node: i32) {
         self.toxiproxy.undelay(&proxy_name(node));
+    }
+
+    /// Slows the network between leadflow and every broker: `ms` of
+    /// latency each way, until [`Cluster::unslow`].
+    pub fn slow(&self, ms: u64) {
+        for node in NODES {
+            self.toxiproxy.delay(&proxy_name(node), ms);
+        }
+    }
+
+    /// Ends [`Cluster::slow`].
+    pub fn unslow(&self) {
+        for node in NODES {
+            self.toxiproxy.undelay(&proxy_name(node));
+        }
+    }
+
+    /// Limits the network between leadflow and each broker to `kb_per_s`
+    /// KB/s each way, until [`Cluster::unthrottle`].
+    pub fn throttle(&self, kb_per_s: u64) {
+        for node in NODES {
+            self.toxiproxy.throttle(&proxy_name(node), kb_per_s);
+        }
+    }
+
+    /// Ends [`Cluster::throttle`].
+    pub fn unthrottle(&self) {
+        for node in NODES {
+            self.toxiproxy.unthrottle(&proxy_name(node));
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod deadline;
 pub mod faults;
 pub mod ops;
 pub mod proxy;
+pub mod scenario;
 pub mod toxiproxy;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -400,6 +401,20 @@ impl Env {
 pub struct Running(pub Child, PathBuf, deadline::Registered);
 
 impl Running {
+    /// Starts `command` (`what`, for a deadline's report), its stdout and
+    /// stderr both into `log`.
+    pub fn start(command: &mut Command, what: &str, log: PathBuf) -> Running {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = command
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let watched = deadline::child(child.id(), what, Some(log.clone()));
+        Running(child, log, watched)
+    }
+
     /// What the process wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.1).unwrap_or_default()
@@ -482,9 +497,15 @@ fn consumer(group: Option<&str>, report_end: bool) -> BaseConsumer {
 }
 
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), PATIENCE)
-        .expect("topic metadata");
+    let deadline = Instant::now() + PATIENCE;
+    // Retried as in `ends`, for a broker that just died.
+    let metadata = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(metadata) => break metadata,
+            Err(e) => assert!(Instant::now() < deadline, "metadata of {topic}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
+    };
     metadata.topics()[0]
         .partitions()
         .iter()
@@ -579,16 +600,20 @@ pub fn group_members(group: &str) -> usize {
 /// its last stable offset, short of any open transaction.
 pub fn ends(topic: &str) -> BTreeMap<i32, i64> {
     let consumer = consumer(None, false);
+    let deadline = Instant::now() + PATIENCE;
     partitions(&consumer, topic)
         .into_iter()
         .map(|p| {
-            (
-                p,
-                consumer
-                    .fetch_watermarks(topic, p, PATIENCE)
-                    .expect("watermarks")
-                    .1,
-            )
+            // A broker that just died fails a request or two (librdkafka
+            // drops the handle of a broker gone from the metadata).
+            let end = loop {
+                match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok((_, end)) => break end,
+                    Err(e) => assert!(Instant::now() < deadline, "watermarks of {topic}/{p}: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
+            };
+            (p, end)
         })
         .collect()
 }
@@ -620,9 +645,19 @@ pub fn event_id(message: &OwnedMessage) -> String {
 /// `configs` (none: the broker's stock defaults), as an operator or another
 /// tool would, outside leadflow.
 pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    create_topic_replicated(name, partitions, 1, configs);
+}
+
+/// [`create_topic`], with `replicas` replicas of each partition.
+pub fn create_topic_replicated(
+    name: &str,
+    partitions: i32,
+    replicas: i32,
+    configs: &[(&str, &str)],
+) {
     use rdkafka::admin::{NewTopic, TopicReplication};
     let topic = configs.iter().fold(
-        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(name, partitions, TopicReplication::Fixed(replicas)),
         |topic, (key, value)| topic.set(key, value),
     );
     let (admin, options, runtime) = admin();

@@ -1,18 +1,15 @@
 //! A Toxiproxy server of a test's own (`scripts/toxiproxy.sh`, on a free
 //! port), driven with its CLI: proxies between leadflow and the broker, and
-//! toxics (latency, cut connections) on them. Stopped when dropped.
+//! toxics (latency, bandwidth limits) on them. Stopped when dropped.
 
 use std::process::Command;
 
 use super::deadline::{self, Registered};
 use super::{PATIENCE, output_within};
 
-/// The toxics of [`Toxiproxy::delay`]: requests reach the server late,
-/// and answers reach the client late.
-const DELAYS: [(&str, &str); 2] = [
-    ("late-requests", "--upstream"),
-    ("late-answers", "--downstream"),
-];
+/// The two ways through a proxy: requests to the server, answers to the
+/// client.
+const WAYS: [&str; 2] = ["--upstream", "--downstream"];
 
 pub struct Toxiproxy {
     pub port: u16,
@@ -69,26 +66,55 @@ impl Toxiproxy {
     /// passing it on, until [`Toxiproxy::undelay`], which passes on at once
     /// what it holds (nothing is dropped, as TCP drops nothing).
     pub fn delay(&self, proxy: &str, ms: u64) {
-        for (name, way) in DELAYS {
+        self.both_ways(proxy, "latency", &format!("latency={ms}"));
+    }
+
+    /// Ends [`Toxiproxy::delay`] on proxy `proxy`.
+    pub fn undelay(&self, proxy: &str) {
+        self.clear(proxy, "latency");
+    }
+
+    /// Limits proxy `proxy` to `kb_per_s` KB/s each way, until
+    /// [`Toxiproxy::unthrottle`].
+    pub fn throttle(&self, proxy: &str, kb_per_s: u64) {
+        self.both_ways(proxy, "bandwidth", &format!("rate={kb_per_s}"));
+    }
+
+    /// Ends [`Toxiproxy::throttle`] on proxy `proxy`.
+    pub fn unthrottle(&self, proxy: &str) {
+        self.clear(proxy, "bandwidth");
+    }
+
+    /// A toxic of type `kind` with `attribute` on proxy `proxy`, one each
+    /// way (requests to the server, answers to the client), named after
+    /// the type and the way.
+    fn both_ways(&self, proxy: &str, kind: &str, attribute: &str) {
+        for way in WAYS {
             self.cli(&[
                 "toxic",
                 "add",
                 "--type",
-                "latency",
+                kind,
                 "--toxicName",
-                name,
+                &format!("{kind}{way}"),
                 way,
                 "--attribute",
-                &format!("latency={ms}"),
+                attribute,
                 proxy,
             ]);
         }
     }
 
-    /// Ends [`Toxiproxy::delay`] on proxy `proxy`.
-    pub fn undelay(&self, proxy: &str) {
-        for (name, _) in DELAYS {
-            self.cli(&["toxic", "remove", "--toxicName", name, proxy]);
+    /// Removes the toxics of [`Toxiproxy::both_ways`] of type `kind`.
+    fn clear(&self, proxy: &str, kind: &str) {
+        for way in WAYS {
+            self.cli(&[
+                "toxic",
+                "remove",
+                "--toxicName",
+                &format!("{kind}{way}"),
+                proxy,
+            ]);
         }
     }
 

@@ -1,0 +1,197 @@
+//! The steps the cluster scenarios (`tests/cluster.rs`) and the soak
+//! (`tests/soak.rs`) are made of: a fresh cluster with replicated topics
+//! under a steady feed of leads, waiting for the pipeline to go on or to
+//! recover from a fault, pausing an instance, and stopping and reporting.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use leadflow::generate::GeneratorOptions;
+
+use super::checker::{Feed, Writer};
+use super::cluster::{Cluster, replicas};
+use super::faults::{FAILOVER, leads, repartition, wait_for_progress};
+use super::ops::wait_for;
+use super::{Env, PATIENCE, Running, committed, ends, signal};
+
+/// A fresh cluster, replicated topics for a test named `name`, a third of
+/// the test's leads written to its input, and more arriving steadily (500
+/// a second) until the feed is finished, so that faults hit a pipeline
+/// under load.
+pub fn setup(name: &str, seed: u64) -> (Cluster, Env, Feed) {
+    setup_with(name, seed, FAILOVER, leads() / 3)
+}
+
+/// [`setup`] with leadflow configuration `extra` and `first` leads written
+/// before the feed starts.
+pub fn setup_with(name: &str, seed: u64, extra: &str, first: usize) -> (Cluster, Env, Feed) {
+    let cluster = Cluster::start(super::own_broker_port(400));
+    let env = Env::replicated(name, 6, extra);
+    // leadflow's topics, the changelog and the repartition topic included,
+    // are replicated as asked.
+    for topic in [
+        &env.input,
+        &env.nurture,
+        &repartition(&env),
+        &changelog(&env),
+    ] {
+        for (partition, (replicas, _)) in replicas(topic) {
+            assert_eq!(replicas.len(), 3, "{topic}/{partition}");
+        }
+    }
+    let mut writer = Writer::new(
+        &env.input,
+        GeneratorOptions {
+            seed,
+            ..GeneratorOptions::default()
+        },
+    );
+    writer.write(first);
+    let feed = Feed::start(writer, 50, Duration::from_millis(100));
+    (cluster, env, feed)
+}
+
+/// The dedupe changelog of `env`'s group.
+pub fn changelog(env: &Env) -> String {
+    format!("{}-dedupe-changelog", env.group)
+}
+
+/// Committed progress through the whole pipeline so far.
+pub fn progress(env: &Env) -> i64 {
+    committed(&env.group, &repartition(env)).values().sum()
+}
+
+/// Waits until the whole pipeline has committed `more` records past where
+/// it stands, with every one of `alive` still running.
+pub fn goes_on(env: &Env, more: i64, alive: &mut [&mut Running]) {
+    let target = progress(env) + more;
+    wait_for_progress(env, &repartition(env), target, alive, PATIENCE);
+}
+
+/// Records of the whole pipeline read by no commit yet: the input's and
+/// the repartition topic's.
+pub fn lag(env: &Env) -> i64 {
+    [env.input.clone(), repartition(env)]
+        .iter()
+        .map(|topic| {
+            let done = committed(&env.group, topic);
+            ends(topic)
+                .iter()
+                .map(|(partition, end)| end - done.get(partition).copied().unwrap_or(0))
+                .sum::<i64>()
+        })
+        .sum()
+}
+
+/// How long after `fault` the lag was back under one batch (500 records),
+/// with every one of `alive` still running. Sampled from 2 s after it, by
+/// when a pipeline the fault stopped is a second of the feed (500 leads)
+/// behind.
+pub fn recovered(env: &Env, fault: Instant, alive: &mut [&mut Running]) -> Duration {
+    let after = Duration::from_secs(2);
+    hold(fault, after, alive);
+    let time = wait_for("the lag back under one batch", PATIENCE, || {
+        for running in alive.iter_mut() {
+            assert!(
+                running.0.try_wait().expect("poll run").is_none(),
+                "run exited: {}",
+                running.log()
+            );
+        }
+        (lag(env) < 500).then(|| fault.elapsed())
+    });
+    eprintln!(
+        "recovered: lag under one batch {:.1} s after the fault",
+        time.as_secs_f64()
+    );
+    time
+}
+
+/// SIGTERM to each, then each must exit 0.
+pub fn stop_all(runs: &mut [&mut Running]) {
+    for run in runs.iter() {
+        signal(&run.0, "TERM");
+    }
+    for run in runs.iter_mut() {
+        let status = run.0.wait().expect("wait for run");
+        assert!(status.success(), "graceful stop failed: {}", run.log());
+    }
+}
+
+/// Keeps a fault that began at `since` in place until `length` has passed,
+/// failing if any of `alive` exits meanwhile.
+pub fn hold(since: Instant, length: Duration, alive: &mut [&mut Running]) {
+    while since.elapsed() < length {
+        for running in alive.iter_mut() {
+            assert!(
+                running.0.try_wait().expect("poll run").is_none(),
+                "run exited during a fault: {}",
+                running.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500)); // the fault's length, not a readiness wait
+    }
+}
+
+/// Prints how often a run restarted its pipeline, and why, and what it
+/// warned about (each message once, with how often, librdkafka's own
+/// connection noise left out).
+pub fn report_restarts(run: &Running) {
+    let log = run.log();
+    let mut warnings: BTreeMap<String, usize> = BTreeMap::new();
+    let mut restarts = 0;
+    for line in log.lines() {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if !matches!(entry["level"].as_str(), Some("WARN" | "ERROR"))
+            || entry["target"] == "librdkafka"
+            || entry["fields"]["message"] == "Kafka client error"
+        {
+            continue;
+        }
+        let message = entry["fields"]["message"].as_str().unwrap_or_default();
+        restarts += usize::from(message.starts_with("pipeline failed"));
+        let error = entry["fields"]["error"].as_str().unwrap_or_default();
+        let error: String = error.chars().take(160).collect();
+        *warnings.entry(format!("{message}: {error}")).or_default() += 1;
+    }
+    eprintln!("restarts: {restarts}");
+    for (warning, count) in warnings {
+        eprintln!("  {count} × {warning}");
+    }
+}
+
+/// How many times a run's log says `what`.
+pub fn log_count(running: &Running, what: &str) -> usize {
+    running.log().matches(what).count()
+}
+
+/// Pauses `zombie` with SIGSTOP past its session; `other` must take its
+/// partitions over and commit past it; then wakes it, and stops it. Kept
+/// running: `other`.
+pub fn pause_and_wake(env: &Env, zombie: &mut Running, other: &mut Running) {
+    let assigned = log_count(other, "partitions assigned");
+    signal(&zombie.0, "STOP");
+    let paused = Instant::now();
+    eprintln!("zombie: paused");
+    wait_for("the other instance to take over", PATIENCE, || {
+        (log_count(other, "partitions assigned") > assigned).then_some(())
+    });
+    recovered(env, paused, &mut [&mut *other]);
+    goes_on(env, 1_000, &mut [&mut *other]);
+    signal(&zombie.0, "CONT");
+    eprintln!(
+        "zombie: woken after {:.1} s",
+        paused.elapsed().as_secs_f64()
+    );
+    goes_on(env, 1_000, &mut [&mut *other]);
+    // Whether it rejoined or stopped on being fenced, nothing it wrote
+    // after waking may be visible (the checker's part).
+    signal(&zombie.0, "TERM");
+    let status = zombie.0.wait().expect("wait for zombie");
+    eprintln!(
+        "zombie: exited with {status}; its last words: {}",
+        zombie.log().lines().last().unwrap_or_default()
+    );
+}
