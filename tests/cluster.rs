@@ -20,8 +20,8 @@ use common::cluster::{busiest_leader, coordinator};
 use common::faults::{finish_and_check, leads, repartition};
 use common::ops::{free_port, get, listen_on, wait_for};
 use common::scenario::{
-    changelog, goes_on, hold, log_count, pause_and_wake, progress, recovered, report_restarts,
-    setup, stop_all,
+    changelog, goes_on, hold, instance, log_count, pause_and_wake, progress, recovered,
+    report_restarts, setup, stop_all,
 };
 use common::{Env, PATIENCE, Running};
 use rdkafka::Message;
@@ -68,12 +68,7 @@ fn a_killed_transaction_coordinator_loses_and_doubles_nothing() {
 fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env) -> i32) {
     let (cluster, env, feed) = setup(name, seed);
     let n = leads() as i64;
-    let mut run = env.spawn_with(
-        "run",
-        &["run"],
-        Stdio::null(),
-        &[("LEADFLOW_KAFKA__INSTANCE_ID", "a")],
-    );
+    let mut run = instance(&env, "run", "a", None);
     goes_on(&env, n / 5, &mut [&mut run]);
     let victim = victim(&env);
     eprintln!("killing node {victim}, {what}");
@@ -124,21 +119,8 @@ fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
     let (cluster, env, feed) = setup("cut-off", 43);
     let n = leads() as i64;
     let clients = cluster.clients();
-    let mut a = env.spawn_with(
-        "a",
-        &["run"],
-        Stdio::null(),
-        &[
-            ("LEADFLOW_KAFKA__BOOTSTRAP_SERVERS", &clients),
-            ("LEADFLOW_KAFKA__INSTANCE_ID", "a"),
-        ],
-    );
-    let mut c = env.spawn_with(
-        "c",
-        &["run"],
-        Stdio::null(),
-        &[("LEADFLOW_KAFKA__INSTANCE_ID", "c")],
-    );
+    let mut a = instance(&env, "a", "a", Some(&clients));
+    let mut c = instance(&env, "c", "c", None);
     goes_on(&env, n / 5, &mut [&mut a, &mut c]);
     let cut = coordinator("__transaction_state", &format!("{}-a", env.group));
     eprintln!(
@@ -176,15 +158,7 @@ fn a_slow_network_loses_and_doubles_nothing() {
     let (cluster, env, feed) = setup("slow", 59);
     let n = leads() as i64;
     let clients = cluster.clients();
-    let mut run = env.spawn_with(
-        "run",
-        &["run"],
-        Stdio::null(),
-        &[
-            ("LEADFLOW_KAFKA__BOOTSTRAP_SERVERS", &clients),
-            ("LEADFLOW_KAFKA__INSTANCE_ID", "a"),
-        ],
-    );
+    let mut run = instance(&env, "run", "a", Some(&clients));
     goes_on(&env, n / 5, &mut [&mut run]);
 
     eprintln!("slowing: 500 ms of latency each way for 60 s");
@@ -231,17 +205,9 @@ fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(600)));
     let (_cluster, env, feed) = setup("process-faults", 61);
     let n = leads() as i64;
-    let spawn = |name: &str, instance: &str| {
-        env.spawn_with(
-            name,
-            &["run"],
-            Stdio::null(),
-            &[("LEADFLOW_KAFKA__INSTANCE_ID", instance)],
-        )
-    };
-    let mut b = spawn("b", "b");
+    let mut b = instance(&env, "b", "b", None);
     for round in 1..=3 {
-        let mut a = spawn(&format!("a-{round}"), "a");
+        let mut a = instance(&env, &format!("a-{round}"), "a", None);
         goes_on(&env, n / 10, &mut [&mut a, &mut b]);
         a.0.kill().expect("kill -9 a");
         a.0.wait().expect("reap a");
@@ -251,7 +217,7 @@ fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
         recovered(&env, killed, &mut [&mut b]);
         goes_on(&env, n / 20, &mut [&mut b]);
     }
-    let mut a = spawn("a-4", "a");
+    let mut a = instance(&env, "a-4", "a", None);
     goes_on(&env, n / 10, &mut [&mut a, &mut b]);
     assert!(log_count(&b, "partitions assigned") >= 4, "{}", b.log());
     assert!(log_count(&b, "partitions revoked") >= 3, "{}", b.log());
@@ -276,15 +242,10 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
     let n = leads() as i64;
     let copy = format!("{}.copy", env.group);
     common::create_topic_replicated(&copy, 6, 3, &[("min.insync.replicas", "2")]);
-    let spawn = |name: &str| {
-        env.spawn_with(
-            name,
-            &["run"],
-            Stdio::null(),
-            &[("LEADFLOW_KAFKA__INSTANCE_ID", name)],
-        )
-    };
-    let (mut a, mut b) = (spawn("a"), spawn("b"));
+    let (mut a, mut b) = (
+        instance(&env, "a", "a", None),
+        instance(&env, "b", "b", None),
+    );
     goes_on(&env, n / 10, &mut [&mut a, &mut b]);
     let mut copier = Running::start(
         cluster
@@ -299,11 +260,24 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
             ])
             .args(["--consumer-group", &format!("{}.copier", env.group)])
             .args(["--transactional-id", &format!("{}.copier", env.group)])
-            .args(["--transaction-size", "100", "--enable-random-aborts"]),
+            // Small transactions: it copies for about as long as the
+            // zombie sleeps, so that the two overlap.
+            .args(["--transaction-size", "10", "--enable-random-aborts"]),
         "TransactionalMessageCopier",
         env.config.with_file_name("copier.log"),
     );
+    let copying = Instant::now();
+    // Its status lines (JSON) count what it has committed.
+    wait_for("the copier to copy", PATIENCE, || {
+        copier
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|status| status["totalProcessed"].as_u64().is_some_and(|n| n > 0))
+            .then_some(())
+    });
     pause_and_wake(&env, &mut a, &mut b);
+    let overlapped = copier.0.try_wait().expect("poll copier").is_none();
     goes_on(&env, n / 10, &mut [&mut b]);
     // It stops by itself, once it has copied what its input held when it
     // was assigned its partitions.
@@ -311,6 +285,10 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
         copier.0.try_wait().expect("poll copier")
     });
     assert!(status.success(), "copier: {}", copier.log());
+    eprintln!(
+        "copier: done {:.1} s after it started; still copying when the zombie woke: {overlapped}",
+        copying.elapsed().as_secs_f64()
+    );
     stop_all(&mut [&mut b]);
     report_restarts(&b);
 
@@ -388,12 +366,7 @@ fn killed_twice_while_restoring_a_million_keys_loses_and_doubles_nothing() {
         );
         eprintln!("round {round}: killed while restoring");
     }
-    let mut run = env.spawn_with(
-        "run-3",
-        &["run"],
-        Stdio::null(),
-        &[("LEADFLOW_KAFKA__INSTANCE_ID", "a")],
-    );
+    let mut run = instance(&env, "run-3", "a", None);
     let restored = wait_for("the restore", PATIENCE, || {
         run.log()
             .lines()

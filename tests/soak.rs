@@ -19,12 +19,13 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, NODES, busiest_leader, coordinator};
 use common::faults::{FAILOVER, WINDOW_MS, repartition};
-use common::scenario::{changelog, hold, lag, recovered, report_restarts, setup_with, stop_all};
+use common::scenario::{
+    changelog, hold, instance, lag, recovered, report_restarts, setup_with, stop_all,
+};
 use common::{Env, Running, signal};
 
 /// A number from the environment, or `default`.
@@ -49,14 +50,11 @@ struct Instances<'a> {
     lives: u32,
 }
 
-/// Instance `which` (`a` or `b`), its `life`-th process.
+/// Instance `which` (`a` or `b`), its `life`-th process; A through the
+/// proxies.
 fn spawn_instance(env: &Env, clients: &str, which: char, life: u32) -> Running {
-    let instance = which.to_string();
-    let mut vars = vec![("LEADFLOW_KAFKA__INSTANCE_ID", instance.as_str())];
-    if which == 'a' {
-        vars.push(("LEADFLOW_KAFKA__BOOTSTRAP_SERVERS", clients));
-    }
-    env.spawn_with(&format!("{which}-{life}"), &["run"], Stdio::null(), &vars)
+    let clients = (which == 'a').then_some(clients);
+    instance(env, &format!("{which}-{life}"), &which.to_string(), clients)
 }
 
 impl Instances<'_> {

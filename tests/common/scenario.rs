@@ -51,6 +51,18 @@ pub fn setup_with(name: &str, seed: u64, extra: &str, first: usize) -> (Cluster,
     (cluster, env, feed)
 }
 
+/// `leadflow run` as instance `instance` (the suffix of its
+/// `transactional.id`), its log named `name`: through the proxies at
+/// `clients` when given (so that the network faults reach it), else
+/// straight to the brokers.
+pub fn instance(env: &Env, name: &str, instance: &str, clients: Option<&str>) -> Running {
+    let mut vars = vec![("LEADFLOW_KAFKA__INSTANCE_ID", instance)];
+    if let Some(clients) = clients {
+        vars.push(("LEADFLOW_KAFKA__BOOTSTRAP_SERVERS", clients));
+    }
+    env.spawn_with(name, &["run"], std::process::Stdio::null(), &vars)
+}
+
 /// The dedupe changelog of `env`'s group.
 pub fn changelog(env: &Env) -> String {
     format!("{}-dedupe-changelog", env.group)
@@ -190,8 +202,10 @@ pub fn pause_and_wake(env: &Env, zombie: &mut Running, other: &mut Running) {
     // after waking may be visible (the checker's part).
     signal(&zombie.0, "TERM");
     let status = zombie.0.wait().expect("wait for zombie");
-    eprintln!(
-        "zombie: exited with {status}; its last words: {}",
-        zombie.log().lines().last().unwrap_or_default()
-    );
+    let log = zombie.log();
+    let last: Vec<&str> = log.lines().rev().take(12).collect();
+    eprintln!("zombie: exited with {status}; its last words, latest first:");
+    for line in last {
+        eprintln!("  {}", line.chars().take(400).collect::<String>());
+    }
 }
