@@ -148,7 +148,7 @@ impl Writer {
 /// `tick`, until [`Feed::finish`]: load that goes on through a fault.
 pub struct Feed {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    writing: std::thread::JoinHandle<Writer>,
+    writing: Option<std::thread::JoinHandle<Writer>>,
 }
 
 impl Feed {
@@ -163,13 +163,27 @@ impl Feed {
             }
             writer
         });
-        Feed { stop, writing }
+        Feed {
+            stop,
+            writing: Some(writing),
+        }
     }
 
     /// Stops writing; everything written so far, for [`check`].
-    pub fn finish(self) -> Written {
+    pub fn finish(mut self) -> Written {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.writing.join().expect("the feed").finish()
+        self.writing
+            .take()
+            .map(|writing| writing.join().expect("the feed").finish())
+            .expect("a feed finishes once")
+    }
+}
+
+impl Drop for Feed {
+    /// A test that failed stops its feed, which would otherwise write on
+    /// into the next test's cluster.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
