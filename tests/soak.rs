@@ -205,7 +205,7 @@ fn soak() {
     let seed = setting("LEADFLOW_SOAK_SEED", 73);
     let csv = std::env::var("LEADFLOW_SOAK_CSV").unwrap_or_else(|_| "target/soak/soak.csv".into());
     let extra = format!("{FAILOVER}\n[dedupe]\nmemory_budget_mib = 24\n");
-    let (cluster, env, feed) = setup_with("soak", seed, &extra, 0);
+    let (cluster, env, feed) = setup_with("soak", seed, &extra, 0, 50);
     let clients = cluster.clients();
     let mut runs = Instances {
         env: &env,

@@ -157,9 +157,11 @@ impl Feed {
         let stopped = stop.clone();
         let writing = std::thread::spawn(move || {
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
                 writer.write(per_tick);
-                // The feed's pace, not a wait for anything.
-                std::thread::sleep(tick);
+                // The feed's pace (what is left of the tick after writing),
+                // not a wait for anything.
+                std::thread::sleep(tick.saturating_sub(started.elapsed()));
             }
             writer
         });

@@ -15,16 +15,26 @@ use super::ops::wait_for;
 use super::{Env, PATIENCE, Running, committed, ends, signal};
 
 /// A fresh cluster, replicated topics for a test named `name`, a third of
-/// the test's leads written to its input, and more arriving steadily (500
-/// a second) until the feed is finished, so that faults hit a pipeline
-/// under load.
+/// the test's leads written to its input, and more arriving steadily until
+/// the feed is finished, so that faults hit a pipeline under load: 500 a
+/// second at the default size, more in proportion at a larger one (up to
+/// 1,500, which leaves leadflow room to catch up after a fault on this
+/// machine), so that the steps of a scenario (each a share of its leads)
+/// are reached in about as much time.
 pub fn setup(name: &str, seed: u64) -> (Cluster, Env, Feed) {
-    setup_with(name, seed, FAILOVER, leads() / 3)
+    let per_tick = (50 * leads() / 30_000).clamp(50, 150);
+    setup_with(name, seed, FAILOVER, leads() / 3, per_tick)
 }
 
-/// [`setup`] with leadflow configuration `extra` and `first` leads written
-/// before the feed starts.
-pub fn setup_with(name: &str, seed: u64, extra: &str, first: usize) -> (Cluster, Env, Feed) {
+/// [`setup`] with leadflow configuration `extra`, `first` leads written
+/// before the feed starts, and `per_tick` leads every 100 ms after.
+pub fn setup_with(
+    name: &str,
+    seed: u64,
+    extra: &str,
+    first: usize,
+    per_tick: usize,
+) -> (Cluster, Env, Feed) {
     let cluster = Cluster::start(super::own_broker_port(400));
     let env = Env::replicated(name, 6, extra);
     // leadflow's topics, the changelog and the repartition topic included,
@@ -47,7 +57,7 @@ pub fn setup_with(name: &str, seed: u64, extra: &str, first: usize) -> (Cluster,
         },
     );
     writer.write(first);
-    let feed = Feed::start(writer, 50, Duration::from_millis(100));
+    let feed = Feed::start(writer, per_tick, Duration::from_millis(100));
     (cluster, env, feed)
 }
 
