@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::checker::{changelog_key_hex, changelog_record, write_changelog};
 use common::cluster::{busiest_leader, coordinator};
 use common::faults::{finish_and_check, leads, repartition};
-use common::ops::{free_port, get, listen_on, wait_for, wait_for_or};
+use common::ops::{free_port, get, listen_on, wait_for};
 use common::scenario::{
     changelog, goes_on, hold, instance, log_count, pause_and_wake, progress, recovered,
     report_restarts, setup, stop_all,
@@ -247,7 +247,7 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
         instance(&env, "b", "b", None),
     );
     goes_on(&env, n / 10, &mut [&mut a, &mut b]);
-    let copier_log = env.config.with_file_name("copier.log");
+    let transaction_size = (50 * leads() / 30_000).clamp(50, 500).to_string();
     let mut copier = Running::start(
         cluster
             .java("org.apache.kafka.tools.TransactionalMessageCopier")
@@ -262,10 +262,15 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
             .args(["--consumer-group", &format!("{}.copier", env.group)])
             .args(["--transactional-id", &format!("{}.copier", env.group)])
             // Small transactions (a third of them aborted): it copies for
-            // about as long as the zombie sleeps, so that the two overlap.
-            .args(["--transaction-size", "50", "--enable-random-aborts"]),
+            // about as long as the zombie sleeps, so that the two overlap
+            // (50 records at the default size, more at a larger one).
+            .args([
+                "--transaction-size",
+                &transaction_size,
+                "--enable-random-aborts",
+            ]),
         "TransactionalMessageCopier",
-        copier_log.clone(),
+        env.config.with_file_name("copier.log"),
     );
     let copying = Instant::now();
     // Its status lines (JSON) count what it has committed.
@@ -282,14 +287,25 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
     goes_on(&env, n / 10, &mut [&mut b]);
     // It stops by itself, once it has copied what its input held when it
     // was assigned its partitions.
-    let status = wait_for_or(
-        "the copier to finish",
-        || {
-            let log = std::fs::read_to_string(&copier_log).unwrap_or_default();
-            log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
-        },
-        || copier.0.try_wait().expect("poll copier"),
-    );
+    let patience = common::faults::scaled(PATIENCE);
+    let status = loop {
+        if let Some(status) = copier.0.try_wait().expect("poll copier") {
+            break status;
+        }
+        assert!(
+            copying.elapsed() < patience,
+            "the copier did not finish in {} s: {}",
+            patience.as_secs(),
+            copier
+                .log()
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200)); // polling interval of a condition wait
+    };
     assert!(status.success(), "copier: {}", copier.log());
     eprintln!(
         "copier: done {:.1} s after it started; still copying when the zombie woke: {overlapped}",
