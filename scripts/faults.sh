@@ -22,6 +22,6 @@ scripts/kafka.sh start
 mkdir -p target
 cargo test --release --no-fail-fast --features kafka-tests --test faults --test broker_restart \
   --test cluster -- --nocapture --test-threads=1 --include-ignored 2>&1 | tee target/faults.log \
-  | grep -E '^(test |checker:|round|broker killed|zombie|killing|cutting)' || true
+  | grep -E '^(test |checker:|round|broker killed|zombie|killing|cutting|stopping node|recovered|restarts|  [0-9]+ ×|slowing|throttling|copier|restored)' || true
 grep -q 'test result: FAILED' target/faults.log && exit 1
 grep -q 'test result: ok' target/faults.log

@@ -249,6 +249,12 @@ impl DeliveryTracker {
         lock(&self.failure).take()
     }
 
+    /// Whether a delivery failed since the last [`DeliveryTracker::take`],
+    /// without taking it.
+    pub(crate) fn failed(&self) -> bool {
+        lock(&self.failure).is_some() || self.has_rejection()
+    }
+
     /// Whether a record was refused for good, without taking it.
     pub(crate) fn has_rejection(&self) -> bool {
         lock(&self.rejection).is_some()

@@ -601,6 +601,13 @@ struct Topology<'a> {
     passthrough: Option<&'a str>,
     /// Where writer schemas of `confluent-avro` input come from.
     registry: Option<&'a RegistryClient>,
+    /// Under at-least-once, a batch's dedupe state changes are written
+    /// only once its outputs are acknowledged. Written beside them, a
+    /// changelog record could be acknowledged before its lead's output, and
+    /// after a crash the restarted run would drop the lead as a repeat of
+    /// one never written: lost. (Under exactly-once the transaction makes
+    /// both visible together, or neither.)
+    changes_after_outputs: bool,
 }
 
 /// Runs the pipeline until `shutdown` is set (or the input is drained, with
@@ -865,6 +872,7 @@ fn run_once(
             .then(|| config.routes.first().map(|r| r.topic.as_str()))
             .flatten(),
         registry: registry.as_ref(),
+        changes_after_outputs: !exactly_once,
     };
     let restorer: BaseConsumer<ReadToEnd> = client_config(
         kafka,
@@ -1119,6 +1127,19 @@ fn run_once(
                 "offsets",
                 offset_ranges(consumer.context(), &batch_start).as_str(),
             );
+        }
+        if topology.changes_after_outputs && !refused_mid_batch {
+            super::flush(&producer, delivery_timeout)
+                .map_err(|e| RunError::Delivery(e.to_string()))?;
+            // A failed or refused output leaves the changes unwritten; the
+            // commit reports it and the batch's state is rolled back.
+            if !producer.context().failed() {
+                sink.send_changes(
+                    topology.changelog,
+                    pipeline.take_changes(),
+                    &mut meter.batch,
+                )?;
+            }
         }
         let reached = lock(&consumer.context().pending).clone();
         let committed = match refused_mid_batch {
@@ -1975,7 +1996,7 @@ fn handle(
             batch,
         )?;
     }
-    if step.processed {
+    if step.processed && !topology.changes_after_outputs {
         sink.send_changes(topology.changelog, pipeline.take_changes(), batch)?;
     }
     count_outcome(batch, &outcome, step.processed);
