@@ -226,7 +226,8 @@ fn soak() {
     let mut next_sample = started;
     let mut next_fault = started + every;
     let mut minute = 0;
-    let mut fault_row = String::new();
+    // The fault since the last sample, and its recovery in seconds.
+    let mut last_fault: Option<(String, f64)> = None;
     let mut worst = Duration::ZERO;
     while Instant::now() < end {
         if Instant::now() >= next_fault {
@@ -238,12 +239,15 @@ fn soak() {
                 "soak: {fault}: recovered in {:.1} s",
                 recovery.as_secs_f64()
             );
-            fault_row = format!("{fault},{:.1}", recovery.as_secs_f64());
+            last_fault = Some((fault.replace('"', "'"), recovery.as_secs_f64()));
             next_fault += every;
         }
         if Instant::now() >= next_sample {
             runs.revive();
-            let (fault, recovery) = fault_row.split_once(',').unwrap_or(("", ""));
+            let (fault, recovery) = match last_fault.take() {
+                Some((fault, recovery)) => (fault, format!("{recovery:.1}")),
+                None => (String::new(), String::new()),
+            };
             let _ = writeln!(
                 rows,
                 "{minute},{},{},{},{},{},{},\"{fault}\",{recovery}",
@@ -254,7 +258,6 @@ fn soak() {
                 runs.restarts(),
                 runs.respawns,
             );
-            fault_row.clear();
             std::fs::create_dir_all(
                 std::path::Path::new(&csv)
                     .parent()
