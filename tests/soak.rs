@@ -118,37 +118,31 @@ fn rss_kib(pid: u32) -> u64 {
 fn inject(cluster: &Cluster, runs: &mut Instances<'_>, pick: usize) -> (String, Instant) {
     let env = runs.env;
     let held = Duration::from_secs(20);
+    let broker = match pick % 7 {
+        0 => Some((
+            busiest_leader(&[env.input.as_str(), &repartition(env), &changelog(env)]),
+            "kill -9",
+            "the busiest leader",
+        )),
+        1 => Some((
+            coordinator("__transaction_state", &format!("{}-a", env.group)),
+            "kill -9",
+            "A's transaction coordinator",
+        )),
+        2 => Some((NODES[pick / 7 % NODES.len()], "clean stop", "any node")),
+        _ => None,
+    };
+    if let Some((node, how, which)) = broker {
+        match how {
+            "kill -9" => cluster.kill(node),
+            _ => cluster.stop(node),
+        }
+        let at = Instant::now();
+        hold(at, held, &mut [&mut runs.a, &mut runs.b]);
+        cluster.restart(node);
+        return (format!("{how} of node {node} ({which}), restarted"), at);
+    }
     match pick % 7 {
-        0 => {
-            let node = busiest_leader(&[env.input.as_str(), &repartition(env), &changelog(env)]);
-            cluster.kill(node);
-            let killed = Instant::now();
-            hold(killed, held, &mut [&mut runs.a, &mut runs.b]);
-            cluster.restart(node);
-            (
-                format!("kill -9 of node {node}, the busiest leader"),
-                killed,
-            )
-        }
-        1 => {
-            let node = coordinator("__transaction_state", &format!("{}-a", env.group));
-            cluster.kill(node);
-            let killed = Instant::now();
-            hold(killed, held, &mut [&mut runs.a, &mut runs.b]);
-            cluster.restart(node);
-            (
-                format!("kill -9 of node {node}, A's transaction coordinator"),
-                killed,
-            )
-        }
-        2 => {
-            let node = NODES[pick / 7 % NODES.len()];
-            cluster.stop(node);
-            let stopped = Instant::now();
-            hold(stopped, held, &mut [&mut runs.a, &mut runs.b]);
-            cluster.restart(node);
-            (format!("clean restart of node {node}"), stopped)
-        }
         3 => {
             let node = NODES[pick / 7 % NODES.len()];
             cluster.cut(node);

@@ -145,30 +145,29 @@ impl Cluster {
     /// Slows the network between leadflow and every broker: `ms` of
     /// latency each way, until [`Cluster::unslow`].
     pub fn slow(&self, ms: u64) {
-        for node in NODES {
-            self.toxiproxy.delay(&proxy_name(node), ms);
-        }
+        self.each_proxy(|proxy| self.toxiproxy.delay(proxy, ms));
     }
 
     /// Ends [`Cluster::slow`].
     pub fn unslow(&self) {
-        for node in NODES {
-            self.toxiproxy.undelay(&proxy_name(node));
-        }
+        self.each_proxy(|proxy| self.toxiproxy.undelay(proxy));
     }
 
     /// Limits the network between leadflow and each broker to `kb_per_s`
     /// KB/s each way, until [`Cluster::unthrottle`].
     pub fn throttle(&self, kb_per_s: u64) {
-        for node in NODES {
-            self.toxiproxy.throttle(&proxy_name(node), kb_per_s);
-        }
+        self.each_proxy(|proxy| self.toxiproxy.throttle(proxy, kb_per_s));
     }
 
     /// Ends [`Cluster::throttle`].
     pub fn unthrottle(&self) {
+        self.each_proxy(|proxy| self.toxiproxy.unthrottle(proxy));
+    }
+
+    /// `change` on the proxy of every broker.
+    fn each_proxy(&self, change: impl Fn(&str)) {
         for node in NODES {
-            self.toxiproxy.unthrottle(&proxy_name(node));
+            change(&proxy_name(node));
         }
     }
 }
