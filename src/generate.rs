@@ -8,6 +8,7 @@
 //! generated record says where leadflow must put it, so a run can be checked
 //! against it. The same seed gives the same records, byte for byte.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
@@ -231,13 +232,19 @@ pub struct Generator {
     rng: fastrand::Rng,
     options: GeneratorOptions,
     count: u64,
-    /// Recent leads that duplicates are drawn from.
-    history: Vec<Person>,
+    /// The most recent new persons, oldest first: duplicates repeat one of
+    /// them.
+    history: VecDeque<Person>,
     expected: Tally,
 }
 
-/// How many recent leads duplicates may repeat; bounds memory for long runs.
-const HISTORY: usize = 50_000;
+/// How many of the most recent new persons duplicates may repeat. It bounds
+/// the generator's memory on long runs, and how far back a repeat reaches:
+/// a run with a dedupe memory budget of more keys than this forgets none
+/// that is repeated. (A random slot replaced instead of the oldest let a
+/// few persons live on for hundreds of thousands of leads, and the soak's
+/// budget had rightly forgotten them by the time they came back.)
+pub const HISTORY: usize = 50_000;
 
 impl Generator {
     pub fn new(options: GeneratorOptions) -> Generator {
@@ -245,7 +252,7 @@ impl Generator {
             rng: fastrand::Rng::with_seed(options.seed),
             options,
             count: 0,
-            history: Vec::new(),
+            history: VecDeque::new(),
             expected: Tally::default(),
         }
     }
@@ -486,12 +493,10 @@ impl Generator {
             Expected::Campaign(OFFERS[person.offer].2)
         };
         let key = Self::key_of(&person);
-        if self.history.len() < HISTORY {
-            self.history.push(person);
-        } else {
-            let slot = self.rng.usize(..HISTORY);
-            self.history[slot] = person;
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
         }
+        self.history.push_back(person);
         GeneratedLead {
             key,
             value,
@@ -785,6 +790,7 @@ mod tests {
     use crate::config::Config;
     use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition};
     use crate::stages::route::Destination;
+    use std::collections::HashMap;
 
     fn pipeline(input_format: Format) -> Pipeline {
         let mut config = Config {
@@ -870,6 +876,37 @@ mod tests {
         ] {
             assert!(t.dead_letter.contains_key(class), "{class} never generated");
         }
+    }
+
+    #[test]
+    fn duplicates_repeat_only_the_most_recent_new_persons() {
+        let mut generator = Generator::new(GeneratorOptions {
+            duplicate_ratio: 0.5,
+            ..GeneratorOptions::default()
+        });
+        // The index among new persons of each person's first lead.
+        let mut first: HashMap<String, usize> = HashMap::new();
+        let mut farthest = 0;
+        for lead in generator.by_ref().take(3 * HISTORY) {
+            match lead.expected {
+                Expected::Duplicate => {
+                    let at = first[&lead.key];
+                    let back = first.len() - at;
+                    assert!(back <= HISTORY, "a duplicate of the person {back} back");
+                    farthest = farthest.max(back);
+                }
+                Expected::Campaign(_) | Expected::Suppressed(_) => {
+                    let index = first.len();
+                    first.entry(lead.key).or_insert(index);
+                }
+                Expected::DeadLetter(_) | Expected::TestLead => {}
+            }
+        }
+        assert!(first.len() > HISTORY, "{} new persons", first.len());
+        assert!(
+            farthest > HISTORY * 9 / 10,
+            "farthest repeat {farthest} back"
+        );
     }
 
     #[test]

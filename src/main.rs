@@ -23,6 +23,15 @@ use leadflow::pipeline::{Pipeline, PipelineSettings};
 use leadflow::reload::{self, ReloadSlot};
 use leadflow::stages::decode::Format;
 
+/// jemalloc, for Rust and (unprefixed) for librdkafka's C allocations too.
+/// With glibc's malloc a soak's instance held 227 MiB resident of which
+/// 126 MiB was free memory kept by its arenas (`malloc_trim` gave it
+/// back), growing with every backlog and restart; jemalloc returns freed
+/// pages to the system after a short decay, so resident memory follows
+/// what is in use.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "leadflow",

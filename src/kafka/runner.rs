@@ -451,6 +451,12 @@ impl RunContext {
             // A refused record is the loop's to isolate; anything else
             // (timeouts, say) restarts the pipeline from the last commit.
             if self.producer.context().has_rejection() {
+                // A crash here, with the refusal known and nothing yet
+                // done about it, is what at-least-once must survive.
+                #[cfg(feature = "kafka-tests")]
+                if crate::failpoint::fires("crash-on-refusal", Some("alo")) {
+                    std::process::abort();
+                }
                 pending.clear();
                 return Err(RunError::Rejected(failure));
             }

@@ -373,6 +373,7 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         }
     }
 
+    let changelog = changelog_keys(&format!("{}-dedupe-changelog", env.group));
     // Dedupe keys of campaign and suppressed records.
     let mut output_keys: BTreeSet<String> = BTreeSet::new();
     for m in &inputs {
@@ -408,9 +409,19 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         };
         match (must_be, found.as_slice()) {
             (None, []) => {}
-            (None, [first, ..]) => report
-                .leaked
-                .push(format!("{name} ({expected:?}) in {}", first.topic)),
+            (None, [first, ..]) => {
+                let key = first.message.key().map(String::from_utf8_lossy);
+                let forgotten = key.is_some_and(|key| changelog.ever_forgotten.contains(&*key));
+                report.leaked.push(format!(
+                    "{name} ({expected:?}) in {}{}",
+                    first.topic,
+                    if forgotten {
+                        " (its key had been forgotten)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             (Some((topic, _, _)), []) => report.lost.push(format!("{name} for {topic}")),
             (Some((topic, reason, class)), [one]) => {
                 if one.topic != topic
@@ -444,16 +455,15 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         ));
     }
 
-    let (live, tombstoned) = changelog_keys(&format!("{}-dedupe-changelog", env.group));
-    for key in output_keys.difference(&live) {
-        match tombstoned.contains(key) {
+    for key in output_keys.difference(&changelog.live) {
+        match changelog.tombstoned.contains(key) {
             true => report.forgotten.push(key.clone()),
             false => report
                 .changelog
                 .push(format!("output key {key} never in the changelog")),
         }
     }
-    for key in live.difference(&output_keys) {
+    for key in changelog.live.difference(&output_keys) {
         if written.preloaded.contains(key) {
             continue;
         }
@@ -533,19 +543,34 @@ fn value_matches(env: &Env, input: &OwnedMessage, output: &Output) -> Result<(),
 /// latest record is live, and those whose latest is a tombstone. The
 /// format is the one documented in `stages::dedupe`: a tag byte and the
 /// 128-bit key, big-endian.
-fn changelog_keys(changelog: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+/// The changelog's dedupe keys, as the checker names them.
+struct ChangelogKeys {
+    /// Keys whose latest record is a value.
+    live: BTreeSet<String>,
+    /// Keys whose latest record is a tombstone.
+    tombstoned: BTreeSet<String>,
+    /// Keys with a tombstone anywhere: forgotten at some point.
+    ever_forgotten: BTreeSet<String>,
+}
+
+fn changelog_keys(changelog: &str) -> ChangelogKeys {
     let mut latest: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+    let mut ever_forgotten = BTreeSet::new();
     for m in read_all(changelog) {
-        if let Some(key) = m.key() {
+        if let Some(key) = m.key().filter(|key| key.len() == 17 && key[0] == b's') {
+            if m.payload().is_none() {
+                ever_forgotten.insert(changelog_key_hex(key));
+            }
             latest.insert(key.to_vec(), m.payload().is_some());
         }
     }
-    let (live, tombstoned): (Vec<_>, Vec<_>) = latest
-        .into_iter()
-        .filter(|(key, _)| key.len() == 17 && key[0] == b's')
-        .partition(|(_, live)| *live);
+    let (live, tombstoned): (Vec<_>, Vec<_>) = latest.into_iter().partition(|(_, live)| *live);
     let hex = |keys: Vec<(Vec<u8>, bool)>| keys.iter().map(|(k, _)| changelog_key_hex(k)).collect();
-    (hex(live), hex(tombstoned))
+    ChangelogKeys {
+        live: hex(live),
+        tombstoned: hex(tombstoned),
+        ever_forgotten,
+    }
 }
 
 fn source_position(m: &OwnedMessage) -> Option<(i32, i64)> {
