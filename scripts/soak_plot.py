@@ -3,8 +3,9 @@
 
 usage: soak_plot.py SOAK.csv OUT.png
 
-Top: each instance's resident memory (MiB) by minute. Bottom: the
-pipeline's lag (records not yet committed), with each fault marked. The
+Top: each instance's resident memory (MiB) by minute. Middle: the
+pipeline's lag (records not yet committed) once a minute, with each fault
+marked. Bottom: each fault's recovery time, against the 30 s target. The
 drift is instance A's resident memory at the last minute against minute 10,
 and the median of the last 11 minutes against that of minutes 5-15
 (A is never killed, so one process's memory across the whole run); B is
@@ -34,23 +35,36 @@ def main() -> int:
     lag = [int(r["lag"]) for r in rows]
     faults = [(int(r["minute"]), r["fault"], r["recovery_s"]) for r in rows if r["fault"]]
 
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 7))
+    fig, (top, middle, bottom) = plt.subplots(
+        3, 1, sharex=True, figsize=(10, 9), height_ratios=[3, 2, 2]
+    )
     top.plot(minutes, rss_a, label="instance A")
     top.plot(minutes, rss_b, label="instance B")
     top.set_ylabel("resident memory (MiB)")
     top.set_ylim(bottom=0)
     top.legend()
-    bottom.plot(minutes, lag, color="tab:red")
-    bottom.set_ylabel("lag (records)")
-    bottom.set_xlabel("minute")
+    middle.plot(minutes, lag, color="tab:red")
+    middle.set_ylabel("lag (records)")
+    middle.set_ylim(bottom=0)
+    bottom.bar(
+        [m for m, _, _ in faults],
+        [float(r) for _, _, r in faults],
+        color="tab:grey",
+    )
+    bottom.axhline(30, color="tab:red", linestyle="--", linewidth=1)
+    bottom.set_ylabel("recovery (s)")
+    bottom.set_xlabel("minute (a bar per fault)")
     for minute, fault, recovery in faults:
-        bottom.axvline(minute, color="grey", alpha=0.4)
+        middle.axvline(minute, color="grey", alpha=0.4)
         bottom.annotate(
-            f"{fault} ({recovery} s)",
+            fault,
             (minute, 0),
+            xytext=(0, 2),
+            textcoords="offset points",
             rotation=90,
             fontsize=6,
             va="bottom",
+            ha="center",
         )
     fig.suptitle(f"leadflow soak: {len(rows)} minutes on a 3-broker cluster")
     fig.tight_layout()

@@ -20,10 +20,10 @@ use common::cluster::{busiest_leader, coordinator};
 use common::faults::{finish_and_check, leads, repartition};
 use common::ops::{free_port, get, listen_on, wait_for};
 use common::scenario::{
-    changelog, goes_on, hold, instance, log_count, pause_and_wake, progress, recovered,
-    report_restarts, setup, stop_all,
+    changelog, goes_on, hold, instance, log_count, pause_and_wake, progress, purged_past,
+    recovered, report_restarts, setup, stop_all,
 };
-use common::{Env, PATIENCE, Running};
+use common::{Env, PATIENCE, Running, starts};
 use rdkafka::Message;
 
 /// Scenario 1: the broker leading most of leadflow's partitions is killed
@@ -63,8 +63,9 @@ fn a_killed_transaction_coordinator_loses_and_doubles_nothing() {
 }
 
 /// One run (instance `a`) under load; the broker `victim` picks is killed
-/// mid-run, leadflow goes on, the broker comes back and every partition is
-/// in sync again, leadflow goes on; then the checker.
+/// mid-run, leadflow goes on and purges the repartition topic again, the
+/// broker comes back and every partition is in sync again, leadflow goes
+/// on; then the checker.
 fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env) -> i32) {
     let (cluster, env, feed) = setup(name, seed);
     let n = leads() as i64;
@@ -74,7 +75,9 @@ fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env)
     eprintln!("killing node {victim}, {what}");
     cluster.kill(victim);
     recovered(&env, Instant::now(), &mut [&mut run]);
+    let since = starts(&repartition(&env));
     goes_on(&env, n / 5, &mut [&mut run]);
+    purged_past(&env, &since, &mut [&mut run]);
     cluster.restart(victim);
     goes_on(&env, n / 10, &mut [&mut run]);
     stop_all(&mut [&mut run]);

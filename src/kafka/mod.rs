@@ -103,6 +103,34 @@ pub fn client_config(kafka: &KafkaConfig, role: Role, defaults: &[(&str, &str)])
     config
 }
 
+/// A partition's low and high watermarks, asked again (100 ms doubling to
+/// 2 s apart) while the answer is an error, until `patience` has passed.
+/// Right after a leader moved or a broker died, librdkafka answers from
+/// stale metadata for a moment ("Not leader for partition", "Broker handle
+/// destroyed"); in a soak, failing on the first such answer restarted the
+/// pipeline, and with it a restore of every partition.
+pub fn watermarks<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partition: i32,
+    patience: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + patience;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.fetch_watermarks(topic, partition, left.max(Duration::from_millis(100))) {
+            Ok(marks) => return Ok(marks),
+            Err(e) if Instant::now() + backoff < deadline => {
+                tracing::debug!(topic, partition, error = %e, "watermarks; asking again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Logs a client error, except end of partition: leadflow asks for those
 /// events to learn where a partition ends, and they are no fault.
 pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
@@ -457,6 +485,34 @@ mod tests {
     use rdkafka::Offset;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::{MockCluster, MockCoordinator};
+
+    #[test]
+    fn watermarks_are_asked_again_while_the_leader_is_not_known() {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("marks", 1, 1).expect("topic");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("consumer");
+        let not_leader = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 3];
+        cluster.request_errors(RDKafkaApiKey::ListOffsets, &not_leader);
+        // Asked once, as the restore used to, the answer is the error.
+        assert!(
+            consumer
+                .client()
+                .fetch_watermarks("marks", 0, Duration::from_secs(5))
+                .is_err()
+        );
+        cluster.request_errors(RDKafkaApiKey::ListOffsets, &not_leader);
+        let marks = watermarks(consumer.client(), "marks", 0, Duration::from_secs(10));
+        assert_eq!(marks.ok(), Some((0, 0)));
+        // Past its patience, the error is returned.
+        cluster.request_errors(RDKafkaApiKey::ListOffsets, &[not_leader[0]; 50]);
+        let started = Instant::now();
+        assert!(watermarks(consumer.client(), "marks", 0, Duration::from_millis(500)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn consumers_prefetch_16_mib_unless_told_otherwise() {

@@ -929,7 +929,7 @@ fn run_once(
     let purged = repartition_topic
         .as_deref()
         .filter(|_| !options.mock_cluster);
-    let purger = Purger::new(kafka, purged, metrics)?;
+    let mut purger = Purger::new(kafka, purged, metrics)?;
     let mut last_purge = Instant::now();
     let mut batch_seq: u64 = 0;
     let mut meter = Meter {
@@ -1352,10 +1352,18 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 /// retention is off (see `topics::TopicRole::Repartition`), as Kafka
 /// Streams does after its commits.
 struct Purger<'a> {
+    kafka: &'a crate::config::KafkaConfig,
     target: Option<(
         rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
         &'a str,
     )>,
+    /// Whether the last purge failed. librdkafka's admin client keeps a
+    /// partition's old leader in its metadata cache for up to
+    /// `topic.metadata.refresh.interval.ms` (5 minutes), and until then
+    /// every purge failed with "Not leader for partition" (seen for 4
+    /// minutes after a broker was killed); a fresh client looks the
+    /// leaders up again.
+    stale: bool,
     runtime: tokio::runtime::Runtime,
     metrics: &'a crate::metrics::Metrics,
     timeout: Duration,
@@ -1363,7 +1371,7 @@ struct Purger<'a> {
 
 impl<'a> Purger<'a> {
     fn new(
-        kafka: &crate::config::KafkaConfig,
+        kafka: &'a crate::config::KafkaConfig,
         repartition: Option<&'a str>,
         metrics: &'a crate::metrics::Metrics,
     ) -> Result<Purger<'a>, RunError> {
@@ -1381,7 +1389,9 @@ impl<'a> Purger<'a> {
             .build()
             .map_err(|e| RunError::Delivery(format!("cannot start the purge runtime: {e}")))?;
         Ok(Purger {
+            kafka,
             target,
+            stale: false,
             runtime,
             metrics,
             timeout: Duration::from_millis(kafka.connect_timeout_ms.min(5_000)),
@@ -1389,34 +1399,45 @@ impl<'a> Purger<'a> {
     }
 
     /// Deletes what was committed since the last purge. A failure is
-    /// logged and counted; the next purge covers it.
-    fn purge(&self, context: &RunContext) {
-        let Some((admin, topic)) = &self.target else {
+    /// logged and counted, and its offsets are kept for the next purge.
+    fn purge(&mut self, context: &RunContext) {
+        let Some((admin, topic)) = &mut self.target else {
             return;
         };
         let committed = std::mem::take(&mut *lock(&context.purgeable));
         if committed.is_empty() {
             return;
         }
-        let mut offsets = TopicPartitionList::with_capacity(committed.len());
-        for (partition, offset) in &committed {
-            // Cannot fail for a non-negative offset.
-            let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        let failed = match self.stale {
+            true => client_config(self.kafka, Role::Admin, &[])
+                .create()
+                .map(|fresh| *admin = fresh)
+                .err()
+                .map(|e| e.to_string()),
+            false => None,
         }
-        let options = rdkafka::admin::AdminOptions::new()
-            .request_timeout(Some(self.timeout))
-            .operation_timeout(Some(self.timeout));
-        let result = self
-            .runtime
-            .block_on(admin.delete_records(&offsets, &options));
-        let failed = match result {
-            Ok(list) => list.elements().iter().find_map(|tp| {
-                tp.error()
-                    .err()
-                    .map(|e| format!("partition {}: {e}", tp.partition()))
-            }),
-            Err(e) => Some(e.to_string()),
-        };
+        .or_else(|| {
+            let mut offsets = TopicPartitionList::with_capacity(committed.len());
+            for (partition, offset) in &committed {
+                // Cannot fail for a non-negative offset.
+                let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+            let options = rdkafka::admin::AdminOptions::new()
+                .request_timeout(Some(self.timeout))
+                .operation_timeout(Some(self.timeout));
+            match self
+                .runtime
+                .block_on(admin.delete_records(&offsets, &options))
+            {
+                Ok(list) => list.elements().iter().find_map(|tp| {
+                    tp.error()
+                        .err()
+                        .map(|e| format!("partition {}: {e}", tp.partition()))
+                }),
+                Err(e) => Some(e.to_string()),
+            }
+        });
+        self.stale = failed.is_some();
         let result = match failed {
             None => {
                 debug!(
@@ -1428,6 +1449,11 @@ impl<'a> Purger<'a> {
             }
             Some(error) => {
                 warn!(topic, %error, "cannot purge the repartition topic; will retry");
+                // A later commit of a partition covers its earlier one.
+                let mut purgeable = lock(&context.purgeable);
+                for (partition, offset) in committed {
+                    purgeable.entry(partition).or_insert(offset);
+                }
                 "failed"
             }
         };
@@ -1523,9 +1549,13 @@ fn restore_assigned(
     let mut assignment = TopicPartitionList::new();
     let mut remaining = BTreeSet::new();
     for partition in &partitions {
-        let (low, high) = restorer
-            .fetch_watermarks(topology.changelog, *partition, delivery_timeout)
-            .map_err(|e| failed(format!("partition {partition}: {e}")))?;
+        let (low, high) = super::watermarks(
+            restorer.client(),
+            topology.changelog,
+            *partition,
+            delivery_timeout * 3,
+        )
+        .map_err(|e| failed(format!("partition {partition}: {e}")))?;
         if high > low {
             assignment
                 .add_partition_offset(topology.changelog, *partition, Offset::Beginning)

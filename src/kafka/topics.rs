@@ -108,7 +108,17 @@ pub fn topic_configs(role: TopicRole, max_record_bytes: usize) -> Vec<(&'static 
             configs.push(room());
             configs
         }
-        TopicRole::Changelog => fixed(&[("cleanup.policy", "compact")]),
+        TopicRole::Changelog => fixed(&[
+            ("cleanup.policy", "compact"),
+            // Every start reads the changelog back whole, and Kafka
+            // compacts only segments that have rolled: with the stock 1 GiB
+            // or 7 days, a soak's changelog held 4.4 million records for
+            // 200,000 keys after 45 minutes, and a restore took 18.5 s.
+            // Rolling every 10 minutes (or 50 MB) lets the cleaner keep it
+            // near the live keys.
+            ("segment.ms", "600000"),
+            ("segment.bytes", "52428800"),
+        ]),
     }
 }
 
@@ -468,6 +478,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_changelog_rolls_segments_often_enough_to_be_compacted() {
+        let configs = topic_configs(TopicRole::Changelog, LIMIT);
+        let value = |key: &str| {
+            configs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        };
+        // Kafka's stock 7 days (and 1 GiB) would leave a week of writes
+        // uncompacted for every restore to read.
+        assert!(value("segment.ms").is_some_and(|ms| ms <= 3_600_000));
+        assert!(value("segment.bytes").is_some_and(|b| b <= 64 << 20));
     }
 
     #[test]

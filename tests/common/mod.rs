@@ -599,6 +599,22 @@ pub fn group_members(group: &str) -> usize {
 /// The end of every partition of `topic` for a `read_committed` reader:
 /// its last stable offset, short of any open transaction.
 pub fn ends(topic: &str) -> BTreeMap<i32, i64> {
+    watermarks(topic)
+        .into_iter()
+        .map(|(p, (_, end))| (p, end))
+        .collect()
+}
+
+/// The first offset still in each partition of `topic` (its log start).
+pub fn starts(topic: &str) -> BTreeMap<i32, i64> {
+    watermarks(topic)
+        .into_iter()
+        .map(|(p, (start, _))| (p, start))
+        .collect()
+}
+
+/// Both watermarks of every partition of `topic`.
+fn watermarks(topic: &str) -> BTreeMap<i32, (i64, i64)> {
     let consumer = consumer(None, false);
     let deadline = Instant::now() + PATIENCE;
     partitions(&consumer, topic)
@@ -606,14 +622,14 @@ pub fn ends(topic: &str) -> BTreeMap<i32, i64> {
         .map(|p| {
             // A broker that just died fails a request or two (librdkafka
             // drops the handle of a broker gone from the metadata).
-            let end = loop {
+            let marks = loop {
                 match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-                    Ok((_, end)) => break end,
+                    Ok(marks) => break marks,
                     Err(e) => assert!(Instant::now() < deadline, "watermarks of {topic}/{p}: {e}"),
                 }
                 std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
             };
-            (p, end)
+            (p, marks)
         })
         .collect()
 }
@@ -715,20 +731,6 @@ pub fn delete_records(topic: &str, partition: i32, before: i64) {
         tp.error()
             .unwrap_or_else(|e| panic!("cannot delete records of {topic}/{partition}: {e}"));
     }
-}
-
-/// The first offset still in each partition of `topic` (its log start).
-pub fn starts(topic: &str) -> BTreeMap<i32, i64> {
-    let consumer = consumer(None, false);
-    partitions(&consumer, topic)
-        .into_iter()
-        .map(|p| {
-            let (low, _) = consumer
-                .fetch_watermarks(topic, p, PATIENCE)
-                .expect("watermarks");
-            (p, low)
-        })
-        .collect()
 }
 
 /// Sets topic-level configuration of `topic` (replacing what was set

@@ -12,7 +12,7 @@ use super::checker::{Feed, Writer};
 use super::cluster::{Cluster, replicas};
 use super::faults::{FAILOVER, leads, repartition, wait_for_progress};
 use super::ops::wait_for;
-use super::{Env, PATIENCE, Running, committed, ends, signal};
+use super::{Env, PATIENCE, Running, committed, ends, signal, starts};
 
 /// A fresh cluster, replicated topics for a test named `name`, a third of
 /// the test's leads written to its input, and more arriving steadily until
@@ -127,6 +127,34 @@ pub fn recovered(env: &Env, fault: Instant, alive: &mut [&mut Running]) -> Durat
         time.as_secs_f64()
     );
     time
+}
+
+/// Waits until leadflow has purged every partition of the repartition
+/// topic past `since` (its log starts, taken after a fault): a purge can
+/// fail while a leader is gone, and must work again once there is a new
+/// one. Before, librdkafka's admin client kept the dead leader for up to 5
+/// minutes, and every purge until then failed.
+pub fn purged_past(env: &Env, since: &BTreeMap<i32, i64>, alive: &mut [&mut Running]) {
+    let topic = repartition(env);
+    // Two purge intervals (30 s), one of them for a purge that fails.
+    wait_for(
+        "every repartition partition purged again",
+        Duration::from_secs(120),
+        || {
+            for running in alive.iter_mut() {
+                assert!(
+                    running.0.try_wait().expect("poll run").is_none(),
+                    "run exited: {}",
+                    running.log()
+                );
+            }
+            let now = starts(&topic);
+            since
+                .iter()
+                .all(|(p, start)| now.get(p).is_some_and(|now| now > start))
+                .then_some(())
+        },
+    );
 }
 
 /// SIGTERM to each, then each must exit 0.
