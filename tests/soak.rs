@@ -129,22 +129,28 @@ fn inject(cluster: &Cluster, runs: &mut Instances<'_>, pick: usize) -> (String, 
     let broker = match pick % 7 {
         0 => Some((
             busiest_leader(&[env.input.as_str(), &repartition(env), &changelog(env)]),
-            "kill -9",
+            true,
             "the busiest leader",
         )),
         1 => Some((
             coordinator("__transaction_state", &format!("{}-a", env.group)),
-            "kill -9",
+            true,
             "A's transaction coordinator",
         )),
-        2 => Some((NODES[pick / 7 % NODES.len()], "clean stop", "any node")),
+        2 => Some((NODES[pick / 7 % NODES.len()], false, "any node")),
         _ => None,
     };
-    if let Some((node, how, which)) = broker {
-        match how {
-            "kill -9" => cluster.kill(node),
-            _ => cluster.stop(node),
-        }
+    if let Some((node, killed, which)) = broker {
+        let how = match killed {
+            true => {
+                cluster.kill(node);
+                "kill -9"
+            }
+            false => {
+                cluster.stop(node);
+                "clean stop"
+            }
+        };
         let at = Instant::now();
         hold(at, held, &mut [&mut runs.a, &mut runs.b]);
         cluster.restart(node);
@@ -206,8 +212,7 @@ fn soak() {
     let every = Duration::from_secs(setting("LEADFLOW_SOAK_FAULT_EVERY", 180));
     let seed = setting("LEADFLOW_SOAK_SEED", 73);
     let csv = std::env::var("LEADFLOW_SOAK_CSV").unwrap_or_else(|_| "target/soak/soak.csv".into());
-    let extra = SOAK_CONFIG;
-    let (cluster, env, feed) = setup_with("soak", seed, extra, 0, 50);
+    let (cluster, env, feed) = setup_with("soak", seed, SOAK_CONFIG, 0, 50);
     let clients = cluster.clients();
     let mut runs = Instances {
         env: &env,

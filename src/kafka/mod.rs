@@ -63,7 +63,7 @@ pub const LEAD_RECORD_MAX: usize = 64 * 1024;
 
 /// The most a consumer prefetches, in KiB: leadflow's default for
 /// `queued.max.messages.kbytes`.
-pub const CONSUMER_PREFETCH_KIB: &str = "16384";
+const CONSUMER_PREFETCH_KIB: &str = "16384";
 
 /// Which kind of client a configuration is for; each reads the shared
 /// pass-through properties and then its own.

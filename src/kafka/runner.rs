@@ -1408,15 +1408,14 @@ impl<'a> Purger<'a> {
         if committed.is_empty() {
             return;
         }
-        let failed = match self.stale {
-            true => client_config(self.kafka, Role::Admin, &[])
-                .create()
-                .map(|fresh| *admin = fresh)
-                .err()
-                .map(|e| e.to_string()),
-            false => None,
+        let mut failed = None;
+        if self.stale {
+            match client_config(self.kafka, Role::Admin, &[]).create() {
+                Ok(fresh) => *admin = fresh,
+                Err(e) => failed = Some(e.to_string()),
+            }
         }
-        .or_else(|| {
+        let failed = failed.or_else(|| {
             let mut offsets = TopicPartitionList::with_capacity(committed.len());
             for (partition, offset) in &committed {
                 // Cannot fail for a non-negative offset.
@@ -1546,16 +1545,16 @@ fn restore_assigned(
     consumer
         .committed_offsets(stable, delivery_timeout * 3)
         .map_err(|e| failed(format!("committed offsets did not become stable: {e}")))?;
+    // An open transaction of a crashed owner holds the end back until it
+    // times out, and a leader that just moved answers with errors for a
+    // while: either is only a failure well past that.
+    let patience = delivery_timeout * 3;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = BTreeSet::new();
     for partition in &partitions {
-        let (low, high) = super::watermarks(
-            restorer.client(),
-            topology.changelog,
-            *partition,
-            delivery_timeout * 3,
-        )
-        .map_err(|e| failed(format!("partition {partition}: {e}")))?;
+        let (low, high) =
+            super::watermarks(restorer.client(), topology.changelog, *partition, patience)
+                .map_err(|e| failed(format!("partition {partition}: {e}")))?;
         if high > low {
             assignment
                 .add_partition_offset(topology.changelog, *partition, Offset::Beginning)
@@ -1569,9 +1568,6 @@ fn restore_assigned(
         restorer
             .assign(&assignment)
             .map_err(|e| failed(e.to_string()))?;
-        // An open transaction of a crashed owner holds the end back until
-        // it times out, so silence is only an error well past that.
-        let patience = delivery_timeout * 3;
         let mut last_progress = Instant::now();
         while !remaining.is_empty() {
             if last_progress.elapsed() > patience {

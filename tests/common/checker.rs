@@ -539,11 +539,7 @@ fn value_matches(env: &Env, input: &OwnedMessage, output: &Output) -> Result<(),
     }
 }
 
-/// The dedupe keys (hex) of the changelog's `s` records: those whose
-/// latest record is live, and those whose latest is a tombstone. The
-/// format is the one documented in `stages::dedupe`: a tag byte and the
-/// 128-bit key, big-endian.
-/// The changelog's dedupe keys, as the checker names them.
+/// The dedupe keys (hex) of the changelog's `s` records.
 struct ChangelogKeys {
     /// Keys whose latest record is a value.
     live: BTreeSet<String>,
@@ -553,6 +549,8 @@ struct ChangelogKeys {
     ever_forgotten: BTreeSet<String>,
 }
 
+/// Reads `changelog` whole. The format is the one documented in
+/// `stages::dedupe`: a tag byte and the 128-bit key, big-endian.
 fn changelog_keys(changelog: &str) -> ChangelogKeys {
     let mut latest: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
     let mut ever_forgotten = BTreeSet::new();
