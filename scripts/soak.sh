@@ -9,7 +9,9 @@
 #
 #   scripts/soak.sh 60m          DURATION as 90s, 60m or 2h
 #
-# LEADFLOW_SOAK_FAULT_EVERY (seconds, default 180) spaces the faults.
+# LEADFLOW_SOAK_FAULT_EVERY (seconds, default 180) spaces the faults;
+# LEADFLOW_SOAK_FAULTS (say 0,1: the broker kills) picks only those kinds
+# (numbered in tests/soak.rs, `inject`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

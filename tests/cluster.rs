@@ -21,7 +21,7 @@ use common::faults::{finish_and_check, leads, repartition};
 use common::ops::{free_port, get, listen_on, wait_for};
 use common::scenario::{
     changelog, goes_on, hold, instance, log_count, pause_and_wake, progress, purged_past,
-    recovered, report_restarts, setup, stop_all,
+    recovered, report_restarts, setup, stop_all, written_so_far,
 };
 use common::{Env, PATIENCE, Running, starts};
 use rdkafka::Message;
@@ -73,8 +73,9 @@ fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env)
     goes_on(&env, n / 5, &mut [&mut run]);
     let victim = victim(&env);
     eprintln!("killing node {victim}, {what}");
+    let written = written_so_far(&env);
     cluster.kill(victim);
-    recovered(&env, Instant::now(), &mut [&mut run]);
+    recovered(&env, Instant::now(), written, &mut [&mut run]);
     let since = starts(&repartition(&env));
     goes_on(&env, n / 5, &mut [&mut run]);
     purged_past(&env, &since, &mut [&mut run]);
@@ -97,8 +98,9 @@ fn a_rolling_restart_loses_and_doubles_nothing() {
     goes_on(&env, n / 10, &mut [&mut run]);
     for node in common::cluster::NODES {
         eprintln!("stopping node {node}");
+        let written = written_so_far(&env);
         cluster.stop(node);
-        recovered(&env, Instant::now(), &mut [&mut run]);
+        recovered(&env, Instant::now(), written, &mut [&mut run]);
         goes_on(&env, n / 20, &mut [&mut run]);
         cluster.restart(node);
     }
@@ -135,7 +137,12 @@ fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
     goes_on(&env, n / 5, &mut [&mut a, &mut c]);
     cluster.heal(cut);
     // Both go on once it heals.
-    recovered(&env, Instant::now(), &mut [&mut a, &mut c]);
+    recovered(
+        &env,
+        Instant::now(),
+        written_so_far(&env),
+        &mut [&mut a, &mut c],
+    );
     goes_on(&env, n / 5, &mut [&mut a, &mut c]);
     stop_all(&mut [&mut a, &mut c]);
     eprintln!(
@@ -187,7 +194,7 @@ fn a_slow_network_loses_and_doubles_nothing() {
         progress(&env) - started
     );
 
-    recovered(&env, Instant::now(), &mut [&mut run]);
+    recovered(&env, Instant::now(), written_so_far(&env), &mut [&mut run]);
     goes_on(&env, n / 5, &mut [&mut run]);
     stop_all(&mut [&mut run]);
     report_restarts(&run);
@@ -212,12 +219,13 @@ fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
     for round in 1..=3 {
         let mut a = instance(&env, &format!("a-{round}"), "a", None);
         goes_on(&env, n / 10, &mut [&mut a, &mut b]);
+        let written = written_so_far(&env);
         a.0.kill().expect("kill -9 a");
         a.0.wait().expect("reap a");
         let killed = Instant::now();
         eprintln!("round {round}: killed A");
         // B takes A's partitions once A's session expires.
-        recovered(&env, killed, &mut [&mut b]);
+        recovered(&env, killed, written, &mut [&mut b]);
         goes_on(&env, n / 20, &mut [&mut b]);
     }
     let mut a = instance(&env, "a-4", "a", None);

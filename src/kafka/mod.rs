@@ -9,6 +9,7 @@
 pub mod demo;
 pub mod headers;
 pub mod produce;
+mod purge;
 pub mod replay;
 pub mod runner;
 pub mod tail;
@@ -109,6 +110,11 @@ pub fn client_config(kafka: &KafkaConfig, role: Role, defaults: &[(&str, &str)])
 /// stale metadata for a moment ("Not leader for partition", "Broker handle
 /// destroyed"); in a soak, failing on the first such answer restarted the
 /// pipeline, and with it a restore of every partition.
+///
+/// Each ask waits at most [`WATERMARKS_ASK`]: one ask waits for the leader
+/// it started with, and after `kill -9` of that leader a restore's single
+/// 30 s ask went on waiting for it long after Kafka had elected another,
+/// and failed.
 pub fn watermarks<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
@@ -119,17 +125,28 @@ pub fn watermarks<C: ClientContext>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match client.fetch_watermarks(topic, partition, left.max(Duration::from_millis(100))) {
+        let ask = left.clamp(Duration::from_millis(100), WATERMARKS_ASK);
+        match client.fetch_watermarks(topic, partition, ask) {
             Ok(marks) => return Ok(marks),
             Err(e) if Instant::now() + backoff < deadline => {
                 tracing::debug!(topic, partition, error = %e, "watermarks; asking again");
                 std::thread::sleep(backoff);
+                // The ask itself looks the leader up only in the client's
+                // metadata cache, which kept a leader that died for good
+                // (the mock test below); asking for the topic's metadata
+                // refreshes it.
+                let _ = client.fetch_metadata(Some(topic), ask);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(e) => return Err(e),
         }
     }
 }
+
+/// How long one ask for a partition's watermarks waits: a few round trips
+/// of a slow network (connecting, metadata, the offsets), and short beside
+/// the 9 s in which KRaft replaces a leader that died.
+const WATERMARKS_ASK: Duration = Duration::from_secs(3);
 
 /// Logs a client error, except end of partition: leadflow asks for those
 /// events to learn where a partition ends, and they are no fault.
@@ -356,8 +373,11 @@ pub struct Wedged {
 }
 
 /// How long past its own timeout a librdkafka call may take before
-/// [`within`] gives it up.
-const WEDGED_AFTER: Duration = Duration::from_secs(5);
+/// [`within`] gives it up. librdkafka ends a call at its timeout on a
+/// timer, so a call still waiting 2 s later is stuck; every second more
+/// is a second of the pipeline stalled after a coordinator died (the soak
+/// measured 15 s of a 32 s recovery here, with 5 s).
+const WEDGED_AFTER: Duration = Duration::from_secs(2);
 
 /// Runs `call` (named `name`) on a thread of its own and waits at most
 /// `limit` for it: past that, `Err(Wedged)`, and the call is left running
@@ -512,6 +532,44 @@ mod tests {
         let started = Instant::now();
         assert!(watermarks(consumer.client(), "marks", 0, Duration::from_millis(500)).is_err());
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn watermarks_follow_a_leader_that_moved_while_they_were_asked() {
+        let cluster = MockCluster::new(2).expect("mock cluster");
+        cluster.create_topic("moved", 1, 1).expect("topic");
+        cluster
+            .partition_leader("moved", 0, Some(1))
+            .expect("leader");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("consumer");
+        assert!(
+            watermarks(consumer.client(), "moved", 0, Duration::from_secs(10)).is_ok(),
+            "the leader, up, answers"
+        );
+        // The leader dies, and Kafka elects the other broker a second
+        // later (the length of the fault, not a wait for anything).
+        cluster.broker_down(1).expect("leader down");
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let asked =
+                scope.spawn(|| watermarks(consumer.client(), "moved", 0, Duration::from_secs(60)));
+            std::thread::sleep(Duration::from_secs(1));
+            cluster
+                .partition_leader("moved", 0, Some(2))
+                .expect("new leader");
+            let asked = asked.join().expect("asked");
+            assert_eq!(asked.as_ref().ok(), Some(&(0, 0)), "{asked:?}");
+        });
+        // Before, asked again from the same stale cache, it failed after
+        // the 60 s with "Unknown partition".
+        assert!(
+            started.elapsed() < WATERMARKS_ASK * 4,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

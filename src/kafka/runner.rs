@@ -46,6 +46,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, info, warn};
 
+use super::purge::{Purgeable, Purger, delete_records};
 use super::{
     DeliveryTracker, LeadProducer, ReadToEnd, Role, SetupError, check_topics, client_config,
     copy_of, headers, lock, log_client_error, send,
@@ -168,6 +169,11 @@ struct RunContext {
     to_restore: Mutex<BTreeSet<i32>>,
     /// Processed partitions revoked, whose state the loop drops.
     revoked: Mutex<Vec<i32>>,
+    /// The partitions assigned now, kept from the rebalance events. A
+    /// callback must not ask librdkafka: `assignment()` inside the revoke
+    /// of a closing consumer waits forever (seen as a `kill -9` soak's run
+    /// that never stopped on SIGTERM).
+    assigned: Mutex<BTreeSet<(String, i32)>>,
     /// A fatal error raised inside a callback, for the loop to return.
     failure: Mutex<Option<RunError>>,
     /// This life of the pipeline failed (or a revoke's commit did): no
@@ -179,7 +185,7 @@ struct RunContext {
     /// Offset resets librdkafka reported, for the loop to report.
     resets: Mutex<Vec<OffsetReset>>,
     /// Committed offsets of repartition partitions not yet purged.
-    purgeable: Mutex<BTreeMap<i32, i64>>,
+    purgeable: Mutex<Purgeable>,
 }
 
 /// An offset reset on a consumed partition: the records from `from` on
@@ -367,9 +373,28 @@ impl ConsumerContext for RunContext {
                 Phase::Restoring
             });
         }
-        let assigned = consumer.assignment().map_or(0, |a| a.count());
+        let assigned = track_assignment(&mut lock(&self.assigned), rebalance);
         self.observed.health.set_assigned(assigned);
     }
+}
+
+/// Applies a rebalance to the partitions assigned (cooperative: an
+/// assignment adds, a revoke takes away); how many there are now.
+fn track_assignment(assigned: &mut BTreeSet<(String, i32)>, rebalance: &Rebalance<'_>) -> usize {
+    match rebalance {
+        Rebalance::Assign(added) => {
+            for tp in added.elements() {
+                assigned.insert((tp.topic().to_owned(), tp.partition()));
+            }
+        }
+        Rebalance::Revoke(taken) => {
+            for tp in taken.elements() {
+                assigned.remove(&(tp.topic().to_owned(), tp.partition()));
+            }
+        }
+        Rebalance::Error(_) => {}
+    }
+    assigned.len()
 }
 
 impl RunContext {
@@ -821,6 +846,7 @@ fn run_once(
         pending: Mutex::default(),
         to_restore: Mutex::default(),
         revoked: Mutex::default(),
+        assigned: Mutex::default(),
         failure: Mutex::default(),
         observed: observed.clone(),
         lag_series: Mutex::default(),
@@ -929,7 +955,17 @@ fn run_once(
     let purged = repartition_topic
         .as_deref()
         .filter(|_| !options.mock_cluster);
-    let mut purger = Purger::new(kafka, purged, metrics)?;
+    let mut purger = match purged {
+        Some(topic) => Some(
+            Purger::new(
+                topic,
+                delete_records(kafka, topic, purge_timeout(kafka))?,
+                metrics.repartition_purges.clone(),
+            )
+            .map_err(|e| RunError::Delivery(format!("cannot start the purge's thread: {e}")))?,
+        ),
+        None => None,
+    };
     let mut last_purge = Instant::now();
     let mut batch_seq: u64 = 0;
     let mut meter = Meter {
@@ -1160,8 +1196,11 @@ fn run_once(
                 pipeline.commit_batch();
                 meter.committed(metrics, &mut pipeline);
                 tally.merge(batch_tally);
-                if last_purge.elapsed() >= PURGE_INTERVAL {
-                    purger.purge(consumer.context());
+                if let Some(purger) = purger
+                    .as_mut()
+                    .filter(|_| last_purge.elapsed() >= PURGE_INTERVAL)
+                {
+                    purger.purge(&consumer.context().purgeable);
                     last_purge = Instant::now();
                 }
                 reject_backoff = Duration::ZERO;
@@ -1241,7 +1280,9 @@ fn run_once(
     consumer.context().commit(&consumer)?;
     pipeline.commit_batch();
     meter.committed(metrics, &mut pipeline);
-    purger.purge(consumer.context());
+    if let Some(purger) = purger.as_mut() {
+        purger.finish(&consumer.context().purgeable, purge_timeout(kafka) * 2);
+    }
     consumer.unsubscribe();
     info!(?tally, "stopped");
     failure_guard.succeed();
@@ -1348,119 +1389,9 @@ impl Meter {
 /// (Kafka Streams' `repartition.purge.interval.ms`).
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Deletes committed records from the repartition topic, whose time-based
-/// retention is off (see `topics::TopicRole::Repartition`), as Kafka
-/// Streams does after its commits.
-struct Purger<'a> {
-    kafka: &'a crate::config::KafkaConfig,
-    target: Option<(
-        rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
-        &'a str,
-    )>,
-    /// Whether the last purge failed. librdkafka's admin client keeps a
-    /// partition's old leader in its metadata cache for up to
-    /// `topic.metadata.refresh.interval.ms` (5 minutes), and until then
-    /// every purge failed with "Not leader for partition" (seen for 4
-    /// minutes after a broker was killed); a fresh client looks the
-    /// leaders up again.
-    stale: bool,
-    runtime: tokio::runtime::Runtime,
-    metrics: &'a crate::metrics::Metrics,
-    timeout: Duration,
-}
-
-impl<'a> Purger<'a> {
-    fn new(
-        kafka: &'a crate::config::KafkaConfig,
-        repartition: Option<&'a str>,
-        metrics: &'a crate::metrics::Metrics,
-    ) -> Result<Purger<'a>, RunError> {
-        let target = match repartition {
-            Some(topic) => Some((
-                client_config(kafka, Role::Admin, &[])
-                    .create()
-                    .map_err(SetupError::Client)?,
-                topic,
-            )),
-            None => None,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| RunError::Delivery(format!("cannot start the purge runtime: {e}")))?;
-        Ok(Purger {
-            kafka,
-            target,
-            stale: false,
-            runtime,
-            metrics,
-            timeout: Duration::from_millis(kafka.connect_timeout_ms.min(5_000)),
-        })
-    }
-
-    /// Deletes what was committed since the last purge. A failure is
-    /// logged and counted, and its offsets are kept for the next purge.
-    fn purge(&mut self, context: &RunContext) {
-        let Some((admin, topic)) = &mut self.target else {
-            return;
-        };
-        let committed = std::mem::take(&mut *lock(&context.purgeable));
-        if committed.is_empty() {
-            return;
-        }
-        let mut failed = None;
-        if self.stale {
-            match client_config(self.kafka, Role::Admin, &[]).create() {
-                Ok(fresh) => *admin = fresh,
-                Err(e) => failed = Some(e.to_string()),
-            }
-        }
-        let failed = failed.or_else(|| {
-            let mut offsets = TopicPartitionList::with_capacity(committed.len());
-            for (partition, offset) in &committed {
-                // Cannot fail for a non-negative offset.
-                let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-            }
-            let options = rdkafka::admin::AdminOptions::new()
-                .request_timeout(Some(self.timeout))
-                .operation_timeout(Some(self.timeout));
-            match self
-                .runtime
-                .block_on(admin.delete_records(&offsets, &options))
-            {
-                Ok(list) => list.elements().iter().find_map(|tp| {
-                    tp.error()
-                        .err()
-                        .map(|e| format!("partition {}: {e}", tp.partition()))
-                }),
-                Err(e) => Some(e.to_string()),
-            }
-        });
-        self.stale = failed.is_some();
-        let result = match failed {
-            None => {
-                debug!(
-                    topic,
-                    partitions = committed.len(),
-                    "repartition topic purged"
-                );
-                "purged"
-            }
-            Some(error) => {
-                warn!(topic, %error, "cannot purge the repartition topic; will retry");
-                // A later commit of a partition covers its earlier one.
-                let mut purgeable = lock(&context.purgeable);
-                for (partition, offset) in committed {
-                    purgeable.entry(partition).or_insert(offset);
-                }
-                "failed"
-            }
-        };
-        self.metrics
-            .repartition_purges
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
+/// How long one purge waits for the brokers.
+fn purge_timeout(kafka: &crate::config::KafkaConfig) -> Duration {
+    Duration::from_millis(kafka.connect_timeout_ms.min(5_000))
 }
 
 /// Reports the offset resets librdkafka logged since the last call: a
@@ -2348,5 +2279,43 @@ impl<'a> Sink<'a> {
         }
         batch.output_of(timestamp_ms);
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(partitions: &[(&str, i32)]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        list
+    }
+
+    #[test]
+    fn the_assignment_is_kept_from_the_rebalances_alone() {
+        let mut assigned = BTreeSet::new();
+        let first = list(&[("raw", 0), ("raw", 1), ("repartition", 0)]);
+        assert_eq!(
+            track_assignment(&mut assigned, &Rebalance::Assign(&first)),
+            3
+        );
+        // Cooperative: a later assignment adds, a revoke takes away.
+        let more = list(&[("repartition", 1)]);
+        assert_eq!(
+            track_assignment(&mut assigned, &Rebalance::Assign(&more)),
+            4
+        );
+        let taken = list(&[("raw", 1), ("repartition", 0)]);
+        assert_eq!(
+            track_assignment(&mut assigned, &Rebalance::Revoke(&taken)),
+            2
+        );
+        assert!(assigned.contains(&("raw".to_owned(), 0)));
+        assert!(assigned.contains(&("repartition".to_owned(), 1)));
+        let error = Rebalance::Error(KafkaError::Canceled);
+        assert_eq!(track_assignment(&mut assigned, &error), 2);
     }
 }

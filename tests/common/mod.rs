@@ -497,20 +497,38 @@ fn consumer(group: Option<&str>, report_end: bool) -> BaseConsumer {
 }
 
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let deadline = Instant::now() + PATIENCE;
-    // Retried as in `ends`, for a broker that just died.
-    let metadata = loop {
-        match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-            Ok(metadata) => break metadata,
-            Err(e) => assert!(Instant::now() < deadline, "metadata of {topic}: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
-    };
-    metadata.topics()[0]
+    retried(|| try_partitions(consumer, topic, Duration::from_secs(10)))
+}
+
+/// The partitions of `topic`, asked once, waiting at most `timeout`.
+fn try_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, String> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    Ok(metadata.topics()[0]
         .partitions()
         .iter()
         .map(|p| p.id())
-        .collect()
+        .collect())
+}
+
+/// `attempt` until it succeeds: a broker that just died fails a request
+/// or two (librdkafka drops the handle of a broker gone from the
+/// metadata), and one that just started answers "not coordinator" or
+/// "coordinator loading" for a while.
+fn retried<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match attempt() {
+            Ok(value) => return value,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
+    }
 }
 
 /// Every record in `topic`, read with `read_committed`, in partition then
@@ -556,6 +574,15 @@ pub fn read_all(topic: &str) -> Vec<OwnedMessage> {
 /// (a `read_committed` client would wait until no transaction with offsets
 /// is pending, which under steady exactly-once traffic is rarely).
 pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    retried(|| try_committed(group, topic, Duration::from_secs(10)))
+}
+
+/// [`committed`], asked once, each request waiting at most `timeout`.
+pub fn try_committed(
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, String> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap())
@@ -564,27 +591,20 @@ pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
         .set("group.id", group);
     let consumer: BaseConsumer = config.create().expect("consumer");
     let mut list = TopicPartitionList::new();
-    for partition in partitions(&consumer, topic) {
+    for partition in try_partitions(&consumer, topic, timeout)? {
         list.add_partition(topic, partition);
     }
-    // A broker that just started (or restarted) answers "not coordinator"
-    // or "coordinator loading" for a while.
-    let deadline = Instant::now() + PATIENCE;
-    let committed = loop {
-        match consumer.committed_offsets(list.clone(), PATIENCE) {
-            Ok(committed) => break committed,
-            Err(e) => assert!(Instant::now() < deadline, "committed offsets: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
-    };
-    committed
+    let committed = consumer
+        .committed_offsets(list, timeout)
+        .map_err(|e| format!("committed offsets: {e}"))?;
+    Ok(committed
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {
             Offset::Offset(o) => Some((e.partition(), o)),
             _ => None,
         })
-        .collect()
+        .collect())
 }
 
 /// How many members the consumer group has now.
@@ -615,21 +635,19 @@ pub fn starts(topic: &str) -> BTreeMap<i32, i64> {
 
 /// Both watermarks of every partition of `topic`.
 fn watermarks(topic: &str) -> BTreeMap<i32, (i64, i64)> {
+    retried(|| try_watermarks(topic, Duration::from_secs(10)))
+}
+
+/// [`watermarks`], asked once, each request waiting at most `timeout`.
+pub fn try_watermarks(topic: &str, timeout: Duration) -> Result<BTreeMap<i32, (i64, i64)>, String> {
     let consumer = consumer(None, false);
-    let deadline = Instant::now() + PATIENCE;
-    partitions(&consumer, topic)
+    try_partitions(&consumer, topic, timeout)?
         .into_iter()
         .map(|p| {
-            // A broker that just died fails a request or two (librdkafka
-            // drops the handle of a broker gone from the metadata).
-            let marks = loop {
-                match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-                    Ok(marks) => break marks,
-                    Err(e) => assert!(Instant::now() < deadline, "watermarks of {topic}/{p}: {e}"),
-                }
-                std::thread::sleep(Duration::from_millis(200)); // retry interval of a condition wait
-            };
-            (p, marks)
+            consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map(|marks| (p, marks))
+                .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))
         })
         .collect()
 }
