@@ -182,16 +182,14 @@ pub(crate) fn delete_records(
             .operation_timeout(Some(timeout));
         // Made on the purge's thread, where it runs; a failure to make it
         // fails this purge, not the run.
-        if runtime.is_none() {
-            runtime = Some(
+        let runtime = match &mut runtime {
+            Some(runtime) => runtime,
+            None => runtime.insert(
                 tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build()
                     .map_err(|e| format!("cannot start the purge's runtime: {e}"))?,
-            );
-        }
-        let Some(runtime) = &runtime else {
-            return Err("no runtime for the purge".into());
+            ),
         };
         let failed = match runtime.block_on(client.delete_records(&offsets, &options)) {
             Ok(list) => list.elements().iter().find_map(|tp| {

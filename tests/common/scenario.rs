@@ -100,11 +100,15 @@ pub fn lag(env: &Env) -> i64 {
         .iter()
         .map(|topic| {
             let done = committed(&env.group, topic);
-            ends(topic)
-                .iter()
-                .map(|(partition, end)| end - done.get(partition).copied().unwrap_or(0))
-                .sum::<i64>()
+            behind(ends(topic).iter(), &done)
         })
+        .sum()
+}
+
+/// How many records up to `ends` (each partition's end) are past the
+/// commits in `done`.
+fn behind<'a>(ends: impl Iterator<Item = (&'a i32, &'a i64)>, done: &BTreeMap<i32, i64>) -> i64 {
+    ends.map(|(partition, end)| end - done.get(partition).copied().unwrap_or(0))
         .sum()
 }
 
@@ -123,10 +127,10 @@ fn lags_now(env: &Env) -> Option<Lags> {
         let of = |topic: &str| -> Option<(i64, i64)> {
             let done = try_committed(&group, topic, timeout).ok()?;
             let marks = try_watermarks(topic, timeout).ok()?;
-            let lag = marks
-                .iter()
-                .map(|(partition, (_, end))| end - done.get(partition).copied().unwrap_or(0))
-                .sum();
+            let lag = behind(
+                marks.iter().map(|(partition, (_, end))| (partition, end)),
+                &done,
+            );
             Some((lag, done.values().sum()))
         };
         let lags =
