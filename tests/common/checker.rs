@@ -21,15 +21,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use leadflow::domain::Storefront;
 use leadflow::generate::{Expected, Generator, GeneratorOptions};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Env, PATIENCE, bootstrap, header, read_all};
+use super::{Env, PATIENCE, bootstrap, consumer, header, partitions, read_all};
 
 /// What the generator wrote: each record's timestamp and value, and where
 /// it must end. (A lead without an envelope carries its event time only in
@@ -303,6 +308,15 @@ struct Output {
 
 /// Reads everything back and checks it against what was written.
 pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
+    check_with(env, written, window_ms, Watched::default())
+}
+
+/// [`check`], with the changelog as `watch` saw it written during the run.
+pub fn check_watched(env: &Env, written: &Written, window_ms: i64, watch: Watch) -> Report {
+    check_with(env, written, window_ms, watch.finish())
+}
+
+fn check_with(env: &Env, written: &Written, window_ms: i64, watched: Watched) -> Report {
     let mut report = Report::default();
     let inputs = read_all(&env.input);
     report.inputs = inputs.len();
@@ -373,7 +387,13 @@ pub fn check(env: &Env, written: &Written, window_ms: i64) -> Report {
         }
     }
 
-    let changelog = changelog_keys(&format!("{}-dedupe-changelog", env.group));
+    let changelog = changelog_keys(&format!("{}-dedupe-changelog", env.group), watched);
+    report.changelog.extend(
+        changelog
+            .vanished
+            .iter()
+            .map(|key| format!("changelog key {key} vanished: live when last watched")),
+    );
     // Dedupe keys of campaign and suppressed records.
     let mut output_keys: BTreeSet<String> = BTreeSet::new();
     for m in &inputs {
@@ -543,31 +563,121 @@ fn value_matches(env: &Env, input: &OwnedMessage, output: &Output) -> Result<(),
 struct ChangelogKeys {
     /// Keys whose latest record is a value.
     live: BTreeSet<String>,
-    /// Keys whose latest record is a tombstone.
+    /// Keys whose latest record is a tombstone, or was when watched (the
+    /// cleaner has removed it since).
     tombstoned: BTreeSet<String>,
     /// Keys with a tombstone anywhere: forgotten at some point.
     ever_forgotten: BTreeSet<String>,
+    /// Keys live when watched, and gone from the changelog since: no
+    /// compaction removes a key without a tombstone.
+    vanished: Vec<String>,
 }
 
-/// Reads `changelog` whole. The format is the one documented in
+/// A changelog key: the tag `s` and the 128-bit dedupe key.
+type SeenKey = [u8; 17];
+
+fn seen_key(m: &OwnedMessage) -> Option<SeenKey> {
+    m.key()
+        .filter(|key| key.first() == Some(&b's'))
+        .and_then(|key| SeenKey::try_from(key).ok())
+}
+
+/// Reads `changelog` whole, and adds what `watched` saw of records the
+/// cleaner has removed since. The format is the one documented in
 /// `stages::dedupe`: a tag byte and the 128-bit key, big-endian.
-fn changelog_keys(changelog: &str) -> ChangelogKeys {
-    let mut latest: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
-    let mut ever_forgotten = BTreeSet::new();
+fn changelog_keys(changelog: &str, watched: Watched) -> ChangelogKeys {
+    let mut now = Watched::default();
     for m in read_all(changelog) {
-        if let Some(key) = m.key().filter(|key| key.len() == 17 && key[0] == b's') {
-            if m.payload().is_none() {
-                ever_forgotten.insert(changelog_key_hex(key));
+        now.note(&m);
+    }
+    merged(now, watched)
+}
+
+/// What the changelog holds `now`, completed by what was `watched`.
+fn merged(mut now: Watched, watched: Watched) -> ChangelogKeys {
+    let mut vanished = Vec::new();
+    for (key, live) in watched.latest {
+        if let std::collections::hash_map::Entry::Vacant(gone) = now.latest.entry(key) {
+            match live {
+                true => vanished.push(changelog_key_hex(&key)),
+                false => {
+                    gone.insert(false);
+                }
             }
-            latest.insert(key.to_vec(), m.payload().is_some());
         }
     }
-    let (live, tombstoned): (Vec<_>, Vec<_>) = latest.into_iter().partition(|(_, live)| *live);
-    let hex = |keys: Vec<(Vec<u8>, bool)>| keys.iter().map(|(k, _)| changelog_key_hex(k)).collect();
+    let (live, tombstoned): (Vec<_>, Vec<_>) = now.latest.into_iter().partition(|(_, live)| *live);
+    let hex = |keys: Vec<(SeenKey, bool)>| keys.iter().map(|(k, _)| changelog_key_hex(k)).collect();
+    let mut ever_forgotten = now.ever_forgotten;
+    ever_forgotten.extend(watched.ever_forgotten);
     ChangelogKeys {
         live: hex(live),
         tombstoned: hex(tombstoned),
         ever_forgotten,
+        vanished,
+    }
+}
+
+/// What a read of the changelog saw: each key's latest record (a value or
+/// a tombstone), and the keys with a tombstone anywhere.
+#[derive(Default)]
+struct Watched {
+    latest: HashMap<SeenKey, bool>,
+    ever_forgotten: BTreeSet<String>,
+}
+
+impl Watched {
+    fn note(&mut self, m: &OwnedMessage) {
+        if let Some(key) = seen_key(m) {
+            if m.payload().is_none() {
+                self.ever_forgotten.insert(changelog_key_hex(&key));
+            }
+            self.latest.insert(key, m.payload().is_some());
+        }
+    }
+}
+
+/// The changelog read as it is written, for a run long enough that Kafka's
+/// cleaner removes tombstones (leadflow's changelog keeps them 10 minutes):
+/// a read at the end alone could not tell a key that was forgotten from
+/// one that was never written.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    reader: std::thread::JoinHandle<Watched>,
+}
+
+impl Watch {
+    /// Starts reading `env`'s changelog from its beginning.
+    pub fn start(env: &Env) -> Watch {
+        let topic = format!("{}-dedupe-changelog", env.group);
+        let consumer = consumer(None, false);
+        let mut assignment = TopicPartitionList::new();
+        for partition in partitions(&consumer, &topic) {
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Beginning)
+                .expect("assign");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let reader = std::thread::spawn(move || {
+            let mut watched = Watched::default();
+            while !stopped.load(Ordering::Relaxed) {
+                // A broker down or moving: librdkafka goes on by itself, and
+                // what it misses meanwhile the final read has, unless it falls
+                // 10 minutes behind (then keys "vanish").
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+                    watched.note(&m.detach());
+                }
+            }
+            watched
+        });
+        Watch { stop, reader }
+    }
+
+    fn finish(self) -> Watched {
+        self.stop.store(true, Ordering::Relaxed);
+        self.reader.join().expect("changelog watch")
     }
 }
 
@@ -620,4 +730,58 @@ pub fn write_changelog(topic: &str, records: impl IntoIterator<Item = (i32, (Vec
         }
     }
     producer.flush(PATIENCE).expect("changelog written");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &SeenKey, live: bool) -> OwnedMessage {
+        OwnedMessage::new(
+            live.then(|| vec![0; 16]),
+            Some(key.to_vec()),
+            "changelog".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        )
+    }
+
+    fn key(i: u64) -> SeenKey {
+        SeenKey::try_from(changelog_record(i, 0).0.as_slice()).expect("17 bytes")
+    }
+
+    #[test]
+    fn tombstones_the_cleaner_removed_still_count_as_forgotten() {
+        let _deadline = crate::common::deadline(Duration::from_secs(5));
+        let (forgotten, kept, lost, dropped) = (key(1), key(2), key(3), key(4));
+        let mut watched = Watched::default();
+        for (k, live) in [
+            (forgotten, true),
+            (forgotten, false),
+            (kept, true),
+            (lost, true),
+            (dropped, true),
+            (dropped, false),
+        ] {
+            watched.note(&record(&k, live));
+        }
+        // At the end the cleaner has removed `forgotten`'s tombstone (and
+        // its value), and `dropped` came back; `lost` is gone without one.
+        let mut now = Watched::default();
+        now.note(&record(&kept, true));
+        now.note(&record(&dropped, true));
+        let keys = merged(now, watched);
+        let hex = |k: &SeenKey| changelog_key_hex(k);
+        assert!(keys.tombstoned.contains(&hex(&forgotten)));
+        assert!(keys.ever_forgotten.contains(&hex(&forgotten)));
+        assert!(keys.ever_forgotten.contains(&hex(&dropped)));
+        assert_eq!(
+            keys.live,
+            BTreeSet::from([hex(&kept), hex(&dropped)]),
+            "the changelog's end decides what is live"
+        );
+        assert_eq!(keys.vanished, vec![hex(&lost)]);
+    }
 }
