@@ -20,8 +20,8 @@ use common::cluster::{busiest_leader, coordinator};
 use common::faults::{finish_and_check, leads, repartition};
 use common::ops::{free_port, get, listen_on, wait_for};
 use common::scenario::{
-    changelog, goes_on, hold, instance, log_count, pause_and_wake, progress, purged_past,
-    recovered, report_restarts, setup, stop_all, written_so_far,
+    caught_up, changelog, goes_on, hold, instance, log_count, pause_and_wake, progress,
+    purged_past, recovered, report_restarts, setup, stop_all, written_so_far,
 };
 use common::{Env, PATIENCE, Running, starts};
 use rdkafka::Message;
@@ -71,6 +71,7 @@ fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env)
     let n = leads() as i64;
     let mut run = instance(&env, "run", "a", None);
     goes_on(&env, n / 5, &mut [&mut run]);
+    caught_up(&env, &mut [&mut run]);
     let victim = victim(&env);
     eprintln!("killing node {victim}, {what}");
     let written = written_so_far(&env);
@@ -97,6 +98,7 @@ fn a_rolling_restart_loses_and_doubles_nothing() {
     let mut run = env.spawn("run", &["run"], Stdio::null());
     goes_on(&env, n / 10, &mut [&mut run]);
     for node in common::cluster::NODES {
+        caught_up(&env, &mut [&mut run]);
         eprintln!("stopping node {node}");
         let written = written_so_far(&env);
         cluster.stop(node);
@@ -132,6 +134,7 @@ fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
         "cutting A off node {cut}, which coordinates its transactions (and the group's: {})",
         coordinator("__consumer_offsets", &env.group) == cut
     );
+    caught_up(&env, &mut [&mut a, &mut c]);
     cluster.cut(cut);
     // C goes on meanwhile.
     goes_on(&env, n / 5, &mut [&mut a, &mut c]);
@@ -171,6 +174,7 @@ fn a_slow_network_loses_and_doubles_nothing() {
     let mut run = instance(&env, "run", "a", Some(&clients));
     goes_on(&env, n / 5, &mut [&mut run]);
 
+    caught_up(&env, &mut [&mut run]);
     eprintln!("slowing: 500 ms of latency each way for 60 s");
     cluster.slow(500);
     let started = progress(&env);
@@ -219,6 +223,7 @@ fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
     for round in 1..=3 {
         let mut a = instance(&env, &format!("a-{round}"), "a", None);
         goes_on(&env, n / 10, &mut [&mut a, &mut b]);
+        caught_up(&env, &mut [&mut a, &mut b]);
         let written = written_so_far(&env);
         a.0.kill().expect("kill -9 a");
         a.0.wait().expect("reap a");

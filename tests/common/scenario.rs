@@ -93,6 +93,24 @@ pub fn goes_on(env: &Env, more: i64, alive: &mut [&mut Running]) {
     wait_for_progress(env, &repartition(env), target, alive, PATIENCE);
 }
 
+/// Waits until the pipeline has caught up (its lag under one batch), with
+/// every one of `alive` still running: a fault injected next then finds it
+/// steady, and the recovery measured after it is the fault's, not that of
+/// the backlog a scenario writes up front (at full size, 66,666 leads that
+/// took over 100 s to drain with a broker down).
+pub fn caught_up(env: &Env, alive: &mut [&mut Running]) {
+    wait_for("the pipeline caught up", PATIENCE, || {
+        for running in alive.iter_mut() {
+            assert!(
+                running.0.try_wait().expect("poll run").is_none(),
+                "run exited: {}",
+                running.log()
+            );
+        }
+        (lag(env) < 500).then_some(())
+    });
+}
+
 /// Records of the whole pipeline read by no commit yet: the input's and
 /// the repartition topic's.
 pub fn lag(env: &Env) -> i64 {
@@ -174,7 +192,8 @@ pub fn recovered(env: &Env, fault: Instant, written: i64, alive: &mut [&mut Runn
     hold(fault, after, alive);
     let mut trace = String::new();
     let mut traced = None;
-    let time = wait_for("the lag back under one batch", PATIENCE, || {
+    let deadline = Instant::now() + PATIENCE;
+    let time = loop {
         for running in alive.iter_mut() {
             assert!(
                 running.0.try_wait().expect("poll run").is_none(),
@@ -191,9 +210,24 @@ pub fn recovered(env: &Env, fault: Instant, written: i64, alive: &mut [&mut Runn
                 None => write!(trace, " {second}s:?"),
             };
         }
-        lags.filter(|lags| lags.input + lags.repartition < 500 && lags.committed >= written)
-            .map(|_| fault.elapsed())
-    });
+        if lags.is_some_and(|lags| lags.input + lags.repartition < 500 && lags.committed >= written)
+        {
+            break fault.elapsed();
+        }
+        // A failure says where the time went: the lag by second, and what
+        // each instance logged last.
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = alive
+                .iter()
+                .map(|running| tail(&running.log(), 40))
+                .collect();
+            panic!(
+                "timed out waiting for the lag back under one batch\nlag (input+repartition) by second:{trace}\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait
+    };
     eprintln!(
         "recovered: lag under one batch {:.1} s after the fault",
         time.as_secs_f64()
@@ -202,6 +236,12 @@ pub fn recovered(env: &Env, fault: Instant, written: i64, alive: &mut [&mut Runn
         eprintln!("recovered: lag (input+repartition) by second:{trace}");
     }
     time
+}
+
+/// The last `lines` lines of `log`.
+fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Waits until leadflow has purged every partition of the repartition
