@@ -134,7 +134,6 @@ fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
         "cutting A off node {cut}, which coordinates its transactions (and the group's: {})",
         coordinator("__consumer_offsets", &env.group) == cut
     );
-    caught_up(&env, &mut [&mut a, &mut c]);
     cluster.cut(cut);
     // C goes on meanwhile.
     goes_on(&env, n / 5, &mut [&mut a, &mut c]);
@@ -174,7 +173,6 @@ fn a_slow_network_loses_and_doubles_nothing() {
     let mut run = instance(&env, "run", "a", Some(&clients));
     goes_on(&env, n / 5, &mut [&mut run]);
 
-    caught_up(&env, &mut [&mut run]);
     eprintln!("slowing: 500 ms of latency each way for 60 s");
     cluster.slow(500);
     let started = progress(&env);
@@ -223,7 +221,6 @@ fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
     for round in 1..=3 {
         let mut a = instance(&env, &format!("a-{round}"), "a", None);
         goes_on(&env, n / 10, &mut [&mut a, &mut b]);
-        caught_up(&env, &mut [&mut a, &mut b]);
         let written = written_so_far(&env);
         a.0.kill().expect("kill -9 a");
         a.0.wait().expect("reap a");
