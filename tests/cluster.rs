@@ -20,8 +20,8 @@ use common::cluster::{busiest_leader, coordinator};
 use common::faults::{finish_and_check, leads, repartition};
 use common::ops::{free_port, get, listen_on, wait_for};
 use common::scenario::{
-    caught_up, changelog, goes_on, hold, instance, log_count, pause_and_wake, progress,
-    purged_past, recovered, report_restarts, setup, stop_all, written_so_far,
+    changelog, goes_on, hold, instance, log_count, pause_and_wake, progress, purged_past,
+    recovered, report_restarts, setup, stop_all, written_so_far,
 };
 use common::{Env, PATIENCE, Running, starts};
 use rdkafka::Message;
@@ -71,7 +71,6 @@ fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env)
     let n = leads() as i64;
     let mut run = instance(&env, "run", "a", None);
     goes_on(&env, n / 5, &mut [&mut run]);
-    caught_up(&env, &mut [&mut run]);
     let victim = victim(&env);
     eprintln!("killing node {victim}, {what}");
     let written = written_so_far(&env);
@@ -98,7 +97,6 @@ fn a_rolling_restart_loses_and_doubles_nothing() {
     let mut run = env.spawn("run", &["run"], Stdio::null());
     goes_on(&env, n / 10, &mut [&mut run]);
     for node in common::cluster::NODES {
-        caught_up(&env, &mut [&mut run]);
         eprintln!("stopping node {node}");
         let written = written_so_far(&env);
         cluster.stop(node);

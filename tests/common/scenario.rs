@@ -93,26 +93,6 @@ pub fn goes_on(env: &Env, more: i64, alive: &mut [&mut Running]) {
     wait_for_progress(env, &repartition(env), target, alive, PATIENCE);
 }
 
-/// Waits until the pipeline has caught up (its lag under one batch), with
-/// every one of `alive` still running: a fault injected next then finds it
-/// steady, and the recovery measured after it is the fault's, not that of
-/// the backlog a scenario writes up front (at full size, 66,666 leads that
-/// took over 100 s to drain with a broker down). The single-instance
-/// scenarios wait for it; at full size two instances did not get under one
-/// batch within 120 s, which is still to be explained.
-pub fn caught_up(env: &Env, alive: &mut [&mut Running]) {
-    wait_for("the pipeline caught up", PATIENCE, || {
-        for running in alive.iter_mut() {
-            assert!(
-                running.0.try_wait().expect("poll run").is_none(),
-                "run exited: {}",
-                running.log()
-            );
-        }
-        (lag(env) < 500).then_some(())
-    });
-}
-
 /// Records of the whole pipeline read by no commit yet: the input's and
 /// the repartition topic's.
 pub fn lag(env: &Env) -> i64 {
