@@ -30,6 +30,40 @@ fn hangs_past_its_deadline() {
     }
 }
 
+/// Run only in a child process, by the test below: a test whose turn at
+/// a shared resource comes after its own deadline would have passed.
+#[test]
+#[ignore = "run in a child process by waiting_for_a_turn_does_not_count_against_the_deadline"]
+fn waits_its_turn_past_its_deadline() {
+    let _deadline = common::deadline(Duration::from_secs(2));
+    let turn = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let (taken, was_taken) = std::sync::mpsc::channel();
+    let other = {
+        let turn = std::sync::Arc::clone(&turn);
+        std::thread::spawn(move || {
+            let _held = turn.lock().expect("turn");
+            taken.send(()).expect("taken");
+            // Another test's turn, longer than this test's whole deadline.
+            std::thread::sleep(Duration::from_secs(4));
+        })
+    };
+    was_taken.recv().expect("the other test took its turn");
+    let _mine = common::deadline::not_counting(|| turn.lock().expect("turn"));
+    other.join().expect("the other test");
+}
+
+#[test]
+fn waiting_for_a_turn_does_not_count_against_the_deadline() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let out = Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--ignored", "--exact", "waits_its_turn_past_its_deadline"])
+        .output_within_patience("the waiting test");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
 #[test]
 fn a_test_past_its_deadline_fails_the_run() {
     let _deadline = common::deadline(Duration::from_secs(120));
