@@ -1090,3 +1090,56 @@ fn restore_includes_the_previous_owners_pending_transaction() {
         "the repeat reached its campaign: the restore missed the pending state"
     );
 }
+
+/// An input backlog does not starve the second hop. librdkafka delivers
+/// every assigned partition's records through one queue in the order it
+/// fetched them, and stops fetching while that queue is full (16 MiB of
+/// input), so re-keyed records waited behind the whole backlog: over a slow
+/// network, minutes. The repartition topic's records are read first, so
+/// the records re-keyed but not yet processed stay within a few batches.
+#[test]
+fn an_input_backlog_does_not_starve_the_second_hop() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let batch = 500;
+    let env = Env::new(
+        "second-hop",
+        4,
+        &format!("[pipeline]\ncommit_interval_ms = 50\nmax_batch_records = {batch}\n"),
+    );
+    let total: i64 = 40_000;
+    let produced = env.leadflow(&["produce", "--count", &total.to_string(), "--seed", "11"]);
+    assert!(produced.status.success(), "{produced:?}");
+    let repartition = format!("{}-repartition", env.group);
+    let mut run = env.spawn("run", &["run"], Stdio::null());
+    let deadline = Instant::now() + PATIENCE;
+    let mut widest = (0, 0);
+    loop {
+        // Re-keyed but not processed: the repartition topic's end (a few
+        // transaction markers included) past the group's commits on it.
+        let processed: i64 = committed(&env.group, &repartition).values().sum();
+        let waiting = ends(&repartition).values().sum::<i64>() - processed;
+        let rekeyed: i64 = committed(&env.group, &env.input).values().sum();
+        if waiting > widest.0 {
+            widest = (waiting, rekeyed);
+        }
+        if rekeyed >= total && waiting < batch {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rekeyed} of {total} re-keyed, {waiting} of them not processed yet"
+        );
+        assert!(
+            run.0.try_wait().expect("poll run").is_none(),
+            "run exited early: {}",
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait
+    }
+    let (gap, at) = widest;
+    eprintln!("at most {gap} records re-keyed but not processed, at {at} of {total} re-keyed");
+    assert!(
+        gap <= 10 * batch,
+        "{gap} records re-keyed but not processed (at {at} of {total} re-keyed): the second hop waited behind the input"
+    );
+}

@@ -12,6 +12,7 @@ pub mod produce;
 mod purge;
 pub mod replay;
 pub mod runner;
+mod second_hop;
 pub mod tail;
 pub mod topics;
 

@@ -47,6 +47,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, info, warn};
 
 use super::purge::{Purgeable, Purger, delete_records};
+use super::second_hop::SecondHop;
 use super::{
     DeliveryTracker, LeadProducer, ReadToEnd, Role, SetupError, check_topics, client_config,
     copy_of, headers, lock, log_client_error, send,
@@ -854,9 +855,13 @@ fn run_once(
         purgeable: Mutex::default(),
         failed: AtomicBool::new(false),
     };
-    let consumer: BaseConsumer<RunContext> = consumer_config
-        .create_with_context(context)
-        .map_err(SetupError::Client)?;
+    // Shared with the second hop's queues (`SecondHop`), which are
+    // declared later and so dropped first.
+    let consumer: Arc<BaseConsumer<RunContext>> = Arc::new(
+        consumer_config
+            .create_with_context(context)
+            .map_err(SetupError::Client)?,
+    );
     // Dropped before the consumer (declared after it): on any early return,
     // the consumer's closing revoke then commits nothing.
     let failure_guard = FailureGuard {
@@ -980,10 +985,11 @@ fn run_once(
     let mut poisoned: BTreeMap<Part, (i64, Failure)> = BTreeMap::new();
     let mut reject_backoff = Duration::ZERO;
     let mut lookups = SchemaLookups::new();
+    let mut second_hop = SecondHop::new();
 
     while !shutdown.load(Ordering::Relaxed) {
         restore_assigned(
-            &consumer,
+            (&consumer, &mut second_hop),
             &restorer,
             &topology,
             &mut pipeline,
@@ -1053,7 +1059,7 @@ fn run_once(
             if now >= deadline {
                 break;
             }
-            let polled = consumer.poll(deadline - now);
+            let polled = second_hop.poll(&consumer, deadline - now);
             let context = consumer.context();
             if context.committed_in_callback.swap(false, Ordering::Relaxed) {
                 // A revoke committed the batch so far inside `poll`.
@@ -1079,6 +1085,9 @@ fn run_once(
             }
             report_offset_resets(&consumer, &restorer, tally);
             match polled {
+                // With the second hop's own queues, a poll waits a moment
+                // only, not to the batch's deadline.
+                None if second_hop.is_split() && Instant::now() < deadline => {}
                 None => break,
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
                 Some(Ok(message)) => {
@@ -1440,13 +1449,18 @@ fn report_offset_resets(
 /// changelog and resumes them. Runs between batches, with no transaction
 /// open.
 fn restore_assigned(
-    consumer: &BaseConsumer<RunContext>,
+    (consumer, second_hop): (&Arc<BaseConsumer<RunContext>>, &mut SecondHop<RunContext>),
     restorer: &BaseConsumer<ReadToEnd>,
     topology: &Topology<'_>,
     pipeline: &mut Pipeline,
     delivery_timeout: Duration,
 ) -> Result<(), RunError> {
     let context = consumer.context();
+    {
+        let assigned = lock(&context.assigned);
+        let processed = context.processed_topic().to_owned();
+        second_hop.retain(|partition| assigned.contains(&(processed.clone(), partition)));
+    }
     let partitions: Vec<i32> = std::mem::take(&mut *lock(&context.to_restore))
         .into_iter()
         .collect();
@@ -1535,6 +1549,9 @@ fn restore_assigned(
             topic = topology.changelog,
             "skipped changelog records leadflow did not write"
         );
+    }
+    if topology.repartition.is_some() {
+        second_hop.split(consumer, context.processed_topic(), &partitions);
     }
     let mut resume = TopicPartitionList::new();
     for partition in &partitions {
