@@ -986,6 +986,10 @@ fn run_once(
     let mut reject_backoff = Duration::ZERO;
     let mut lookups = SchemaLookups::new();
     let mut second_hop = SecondHop::new();
+    // How long the last commit took: a batch reads for at least as long,
+    // so that slow commits (a cold or distant cluster) are spread over
+    // more records instead of leaving batches of a few.
+    let mut last_commit = Duration::ZERO;
 
     while !shutdown.load(Ordering::Relaxed) {
         restore_assigned(
@@ -1012,7 +1016,8 @@ fn run_once(
         meter.batch.clear();
         pipeline.set_now(crate::metrics::now_ms());
         lookups.expire(&mut pipeline);
-        let deadline = Instant::now() + commit_interval;
+        let deadline =
+            Instant::now() + batch_window(commit_interval, last_commit, delivery_timeout);
         let mut batch = 0;
         // First offset of each partition in this batch, to rewind to on abort.
         let mut batch_start: BTreeMap<Part, i64> = BTreeMap::new();
@@ -1172,6 +1177,7 @@ fn run_once(
                 break;
             }
         }
+        let commit_started = Instant::now();
         if batch > 0 && !span.is_disabled() {
             span.record("records", batch);
             span.record(
@@ -1271,6 +1277,7 @@ fn run_once(
             }
             Err(e) => return Err(e),
         }
+        last_commit = commit_started.elapsed();
         producer.poll(Duration::ZERO);
         if !eviction_logged && pipeline.dedupe().evicted() > 0 {
             eviction_logged = true;
@@ -1296,6 +1303,18 @@ fn run_once(
     info!(?tally, "stopped");
     failure_guard.succeed();
     Ok(())
+}
+
+/// How long a batch reads: `pipeline.commit_interval_ms`, or as long as
+/// the last commit took when that was longer (so that commits cost at
+/// most about half the time), but never more than a quarter of the
+/// transaction timeout, which the batch and its commit must stay within.
+fn batch_window(
+    commit_interval: Duration,
+    last_commit: Duration,
+    txn_timeout: Duration,
+) -> Duration {
+    commit_interval.max(last_commit.min(txn_timeout / 4))
 }
 
 /// Marks a life of the pipeline failed when it ends without
@@ -2309,6 +2328,20 @@ mod tests {
             list.add_partition(topic, *partition);
         }
         list
+    }
+
+    #[test]
+    fn a_batch_reads_at_least_as_long_as_the_last_commit_took() {
+        let ms = Duration::from_millis;
+        let timeout = ms(10_000);
+        // Fast commits: the configured interval.
+        assert_eq!(batch_window(ms(100), ms(20), timeout), ms(100));
+        // A commit slower than the interval: as long as it took.
+        assert_eq!(batch_window(ms(50), ms(900), timeout), ms(900));
+        // Never more than a quarter of the transaction timeout.
+        assert_eq!(batch_window(ms(50), ms(8_000), timeout), ms(2_500));
+        // A configured interval above that cap is the user's to keep.
+        assert_eq!(batch_window(ms(5_000), ms(8_000), timeout), ms(5_000));
     }
 
     #[test]
