@@ -71,6 +71,7 @@ impl Cluster {
             &direct,
             "one cluster address per test binary"
         );
+        warm_up();
         cluster
     }
 
@@ -178,6 +179,49 @@ impl Drop for Cluster {
             .arg("stop")
             .status();
     }
+}
+
+/// Has a fresh cluster create and load Kafka's own topics for transactions
+/// and consumer groups (50 partitions of 3 replicas each) with one small
+/// transaction that commits a group's offsets, and waits until every
+/// partition is in sync. A production cluster has long done this; here it
+/// kept the brokers busy for the first minutes, and a transaction then took
+/// up to a second, so a scenario's first faults hit a cluster still being
+/// born rather than one at work.
+fn warm_up() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = "warm-up";
+    super::create_topic_replicated(topic, 1, 3, &[]);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", super::bootstrap())
+        .set("transactional.id", "warm-up")
+        .create()
+        .expect("warm-up producer");
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", super::bootstrap())
+        .set("group.id", "warm-up")
+        .create()
+        .expect("warm-up consumer");
+    let metadata = group.group_metadata().expect("group metadata");
+    producer
+        .init_transactions(PATIENCE)
+        .expect("init transactions");
+    producer.begin_transaction().expect("begin");
+    producer
+        .send(BaseRecord::<(), str>::to(topic).payload("warm-up"))
+        .map_err(|(e, _)| e)
+        .expect("send");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(1))
+        .expect("offset");
+    producer
+        .send_offsets_to_transaction(&offsets, &metadata, PATIENCE)
+        .expect("send offsets");
+    producer.commit_transaction(PATIENCE).expect("commit");
+    super::ops::eventually("every partition fully replicated", || {
+        (under_replicated() == 0).then_some(())
+    });
 }
 
 fn proxy_name(node: i32) -> String {
