@@ -31,7 +31,7 @@ use rdkafka::Message;
 /// on, and goes on once the broker is back and in sync.
 #[test]
 fn a_killed_partition_leader_loses_and_doubles_nothing() {
-    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(420)));
     killed_and_restarted(
         "leader-killed",
         51,
@@ -91,7 +91,7 @@ fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env)
 /// leadflow goes on throughout.
 #[test]
 fn a_rolling_restart_loses_and_doubles_nothing() {
-    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
+    let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(480)));
     let (cluster, env, feed) = setup("rolling", 57);
     let n = leads() as i64;
     let mut run = env.spawn("run", &["run"], Stdio::null());

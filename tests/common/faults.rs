@@ -71,7 +71,9 @@ pub fn wait_for_progress(
                 running.log()
             );
         }
-        std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait
+        // Each probe is a new client of every broker: polled gently, so
+        // that the probing does not load the cluster it measures.
+        std::thread::sleep(Duration::from_millis(250)); // polling interval of a condition wait
     }
 }
 
