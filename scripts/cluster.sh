@@ -6,6 +6,7 @@
 #
 #   scripts/cluster.sh start          format if needed, start all nodes, wait for all three
 #   scripts/cluster.sh stop           stop all nodes (SIGTERM)
+#   scripts/cluster.sh kill           kill -9 of all nodes (for a cluster about to be reset)
 #   scripts/cluster.sh reset          stop all nodes and delete their data
 #   scripts/cluster.sh status         exit 0 if all three brokers answer
 #   scripts/cluster.sh bootstrap      the direct listeners, for tools and checkers
@@ -168,6 +169,13 @@ stop() {
   for n in $nodes; do stop_node "$n"; done
 }
 
+kill_all() {
+  local n
+  for n in $nodes; do
+    if running_pid "$(pidfile "$n")"; then kill_node "$n"; fi
+  done
+}
+
 node_arg() {
   case "${1:-}" in
     1|2|3) echo "$1" ;;
@@ -178,6 +186,7 @@ node_arg() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  kill) kill_all ;;
   reset) stop; rm -rf "$root" ;;
   status) for n in $nodes; do running_node "$n"; done; ready 5 >/dev/null ;;
   bootstrap) list direct_port ;;
@@ -185,5 +194,5 @@ case "${1:-}" in
   start-node) n=$(node_arg "${2:-}" start-node); "$here/kafka.sh" fetch; start_node "$n"; wait_ready "$n" ;;
   stop-node) stop_node "$(node_arg "${2:-}" stop-node)" ;;
   kill-node) kill_node "$(node_arg "${2:-}" kill-node)" ;;
-  *) echo "usage: $0 start|stop|reset|status|bootstrap|clients|start-node N|stop-node N|kill-node N" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|kill|reset|status|bootstrap|clients|start-node N|stop-node N|kill-node N" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@
 #
 #   scripts/registry.sh start    fetch (once), start, wait until it answers
 #   scripts/registry.sh stop     stop it by PID (its data is in memory only)
+#   scripts/registry.sh fetch    only fetch it and a Java to run it with
 #   scripts/registry.sh status   exit 0 if it answers
 #   scripts/registry.sh url      print the Confluent-compatible API's URL
 #
@@ -153,8 +154,9 @@ stop() { stop_pid "$pidfile" "the registry"; }
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  fetch) fetch; find_java >/dev/null ;;
   status) running && answers ;;
   url) echo "$url" ;;
   ca-file) echo "$certificate" ;;
-  *) echo "usage: $0 start|stop|status|url|ca-file" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|fetch|status|url|ca-file" >&2; exit 2 ;;
 esac

@@ -9,36 +9,62 @@ cd "$(dirname "$0")/.."
 export LEADFLOW_KAFKA_PORT=${LEADFLOW_KAFKA_PORT:-19092}
 export LEADFLOW_TEST_BOOTSTRAP="127.0.0.1:$LEADFLOW_KAFKA_PORT"
 
+# Each step's start, with the seconds since this script began: where CI's
+# time goes.
+step() { echo "test.sh: [$SECONDS s] $*" >&2; }
+
+step "tools"
 scripts/tools.sh
-# Network faults between leadflow and the broker (tests/network.rs).
-scripts/toxiproxy.sh install
 
-# Confluent's Python client: the standard Confluent-format producer and
+# What the tests run besides leadflow is fetched while leadflow builds:
+# Toxiproxy for network faults (tests/network.rs, tests/cluster.rs), the
+# Kafka jars, the schema registry (Apicurio) and a Java to run it, and
+# Confluent's Python client, the standard Confluent-format producer and
 # consumer that tests/registry.rs checks leadflow against (tests/interop/).
-if ! cmp -s tests/interop/requirements.txt .cache/python/.requirements 2>/dev/null; then
-  rm -rf .cache/python
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    --target .cache/python -r tests/interop/requirements.txt
-  cp tests/interop/requirements.txt .cache/python/.requirements
-fi
+fetch_parts() {
+  scripts/toxiproxy.sh install
+  scripts/kafka.sh fetch
+  scripts/registry.sh fetch
+  if ! cmp -s tests/interop/requirements.txt .cache/python/.requirements 2>/dev/null; then
+    rm -rf .cache/python
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      --target .cache/python -r tests/interop/requirements.txt
+    cp tests/interop/requirements.txt .cache/python/.requirements
+  fi
+}
+mkdir -p target
+fetch_parts > target/fetch.log 2>&1 &
+fetching=$!
+fetched() {
+  step "waiting for the fetched parts"
+  if ! wait "$fetching"; then cat target/fetch.log >&2; exit 1; fi
+  cat target/fetch.log >&2
+}
 
+step "fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --features kafka-tests -- -D warnings
+step "build the tests"
 cargo test --features kafka-tests --no-run
 # The fuzz target is built by cargo-fuzz only; checking it here keeps it
 # compiling as the library changes (with the library's locked versions,
 # so that it shares their build).
+step "check the fuzz target"
 cp Cargo.lock fuzz/Cargo.lock
 cargo check --quiet --manifest-path fuzz/Cargo.toml --target-dir target
 
 # docker/ is checked without a Docker engine (tests/docker.rs checks the
 # dashboard and the alert rules against the exported metrics).
+step "check docker/"
 docker-compose -f docker/compose.yaml config -q
 promtool check config docker/prometheus/prometheus.yml >/dev/null
 
 # The benchmark command, tiny, on a broker of its own (issue 7 keeps it working).
+fetched
+step "benchmark smoke run"
 LEADFLOW_KAFKA_PORT=$((LEADFLOW_KAFKA_PORT + 200)) scripts/bench.sh --smoke > /dev/null
 
+step "start the broker and the registry"
 scripts/kafka.sh reset
 trap 'scripts/kafka.sh stop; scripts/registry.sh stop' EXIT
 scripts/kafka.sh start
@@ -47,4 +73,5 @@ scripts/registry.sh start
 LEADFLOW_TEST_REGISTRY=$(scripts/registry.sh url)
 export LEADFLOW_TEST_REGISTRY
 
+step "run the tests"
 cargo test --features kafka-tests

@@ -30,7 +30,6 @@ use rdkafka::Message;
 /// (`kill -9`) mid-run; leadership moves to the other two, leadflow goes
 /// on, and goes on once the broker is back and in sync.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenario 3"]
 fn a_killed_partition_leader_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(420)));
     killed_and_restarted(
@@ -52,7 +51,7 @@ fn a_killed_partition_leader_loses_and_doubles_nothing() {
 /// Scenario 2: the broker coordinating leadflow's `transactional.id` is
 /// killed (`kill -9`) mid-run, and later restarted.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenario 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
 fn a_killed_transaction_coordinator_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     killed_and_restarted(
@@ -71,17 +70,17 @@ fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env)
     let (cluster, env, feed) = setup(name, seed);
     let n = leads() as i64;
     let mut run = instance(&env, "run", "a", None);
-    goes_on(&env, n / 5, &mut [&mut run]);
+    goes_on(&env, n / 10, &mut [&mut run]);
     let victim = victim(&env);
     eprintln!("killing node {victim}, {what}");
     let written = written_so_far(&env);
     cluster.kill(victim);
     recovered(&env, Instant::now(), written, &mut [&mut run]);
     let since = starts(&repartition(&env));
-    goes_on(&env, n / 5, &mut [&mut run]);
+    goes_on(&env, n / 10, &mut [&mut run]);
     purged_past(&env, &since, &mut [&mut run]);
     cluster.restart(victim);
-    goes_on(&env, n / 10, &mut [&mut run]);
+    goes_on(&env, n / 20, &mut [&mut run]);
     stop_all(&mut [&mut run]);
     report_restarts(&run);
     finish_and_check(&env, &feed.finish());
@@ -96,7 +95,7 @@ fn a_rolling_restart_loses_and_doubles_nothing() {
     let (cluster, env, feed) = setup("rolling", 57);
     let n = leads() as i64;
     let mut run = env.spawn("run", &["run"], Stdio::null());
-    goes_on(&env, n / 10, &mut [&mut run]);
+    goes_on(&env, n / 20, &mut [&mut run]);
     for node in common::cluster::NODES {
         eprintln!("stopping node {node}");
         let written = written_so_far(&env);
@@ -119,7 +118,7 @@ fn a_rolling_restart_loses_and_doubles_nothing() {
 /// heals both go on. Nothing is lost or doubled, and the changelog agrees
 /// with the outputs.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenario 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
 fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     let (cluster, env, feed) = setup("cut-off", 43);
@@ -163,7 +162,7 @@ fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
 /// bandwidth limit, and must go on at full speed once the network is
 /// fast again.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenario 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
 fn a_slow_network_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(480)));
     let (cluster, env, feed) = setup("slow", 59);
@@ -211,7 +210,7 @@ const SLOW_FOR: Duration = Duration::from_secs(60);
 /// back when A returns); then B is paused with SIGSTOP past its session,
 /// A takes everything over, and B, woken, writes nothing visible.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenario 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
 fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(600)));
     let (_cluster, env, feed) = setup("process-faults", 61);
@@ -247,7 +246,7 @@ fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
 /// random aborts, on the same cluster. Both come out exactly once: the
 /// copy holds each partition's input, in order, once; the checker passes.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenario 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
 fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(420)));
     let (cluster, env, feed) = setup("copier", 67);
@@ -362,7 +361,7 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
 /// left them); leadflow is killed with `kill -9` while restoring them,
 /// twice; the third run restores every key and goes on.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenario 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
 fn killed_twice_while_restoring_a_million_keys_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(600)));
     let (_cluster, env, feed) = setup("restore-kills", 71);
