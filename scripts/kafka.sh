@@ -7,6 +7,18 @@
 #   scripts/kafka.sh reset    stop and delete the broker's data
 #   scripts/kafka.sh status   exit 0 if the broker answers a metadata request
 #   scripts/kafka.sh fetch    only fetch the jars (scripts/cluster.sh uses them)
+#   scripts/kafka.sh tls      print the directory of the test CA, certificates and keys
+#   scripts/kafka.sh dir      print the broker's data directory (its logs are in kraft/)
+#
+# Besides PLAINTEXT on the port, the broker serves Kafka's secured listeners,
+# for tests of leadflow's security settings, with a test CA and certificates
+# for 127.0.0.1 that this script makes with openssl (in `kafka.sh tls`):
+#   port+2  SASL_SSL, SCRAM-SHA-512, user leadflow, password leadflow-secret
+#           (created when the data directory is formatted)
+#   port+3  SSL with client certificates (mTLS): client.pem, client-key.pem
+#   port+4  SASL_SSL, OAUTHBEARER, with Kafka's unsecured JWT validator
+#   port+5  SSL whose server certificate expired in 2020
+# The directory also holds other-ca.pem, a CA that signed none of these.
 #
 # Environment: LEADFLOW_KAFKA_PORT (default 9092), LEADFLOW_KAFKA_CONTROLLER_PORT
 # (default port+1), LEADFLOW_KAFKA_ADVERTISED_PORT (default the port: another
@@ -24,6 +36,7 @@ bootstrap="127.0.0.1:$port"
 libs="$home/libs"
 data="$home/data-$port"
 pidfile="$data/broker.pid"
+tls="$data/tls"
 # A fixed cluster id keeps a reused data dir valid across starts.
 cluster_id="TGVhZGZsb3dUZXN0QnJva2"
 
@@ -51,18 +64,79 @@ running() { running_pid "$pidfile"; }
 
 ready() { java -cp "$home/classes:$libs/*" WaitReady "$bootstrap" "$1"; }
 
+# A certificate for 127.0.0.1 signed by the test CA: NAME.pem, NAME-key.pem
+# (unencrypted PKCS#8, as Kafka's PEM key stores take it). Extra arguments
+# go to `openssl ca` (validity dates).
+certificate() {
+  local name=$1; shift
+  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$name" \
+    -addext "subjectAltName=IP:127.0.0.1" \
+    -keyout "$tls/$name-key.pem" -out "$tls/$name.csr" 2>/dev/null
+  openssl ca -batch -notext -config "$tls/ca.cnf" -cert "$tls/ca.pem" -keyfile "$tls/ca-key.pem" \
+    -in "$tls/$name.csr" -out "$tls/$name.pem" "$@" 2>/dev/null
+  rm "$tls/$name.csr"
+}
+
+make_tls() {
+  [ -f "$tls/.complete" ] && return
+  rm -rf "$tls"
+  mkdir -p "$tls"
+  touch "$tls/index.txt"
+  echo 01 > "$tls/serial"
+  cat > "$tls/ca.cnf" <<CNF
+[ca]
+default_ca = test
+[test]
+database = $tls/index.txt
+new_certs_dir = $tls
+serial = $tls/serial
+default_md = sha256
+default_days = 3650
+policy = any
+copy_extensions = copy
+unique_subject = no
+[any]
+commonName = supplied
+CNF
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=leadflow-test-ca \
+    -keyout "$tls/ca-key.pem" -out "$tls/ca.pem" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=leadflow-other-ca \
+    -keyout "$tls/other-ca-key.pem" -out "$tls/other-ca.pem" 2>/dev/null
+  certificate broker
+  certificate client
+  certificate expired -startdate 20200101000000Z -enddate 20200102000000Z
+  # Kafka's PEM key store: the key, then the certificate.
+  cat "$tls/broker-key.pem" "$tls/broker.pem" > "$tls/broker-keystore.pem"
+  cat "$tls/expired-key.pem" "$tls/expired.pem" > "$tls/expired-keystore.pem"
+  touch "$tls/.complete"
+}
+
 write_config() {
   mkdir -p "$data/logs"
+  make_tls
   cat > "$data/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$aport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SCRAM://127.0.0.1:$((port + 2)),MTLS://127.0.0.1:$((port + 3)),OAUTH://127.0.0.1:$((port + 4)),EXPIRED://127.0.0.1:$((port + 5))
+advertised.listeners=PLAINTEXT://127.0.0.1:$aport,SCRAM://127.0.0.1:$((port + 2)),MTLS://127.0.0.1:$((port + 3)),OAUTH://127.0.0.1:$((port + 4)),EXPIRED://127.0.0.1:$((port + 5))
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SCRAM:SASL_SSL,MTLS:SSL,OAUTH:SASL_SSL,EXPIRED:SSL
 log.dirs=$data/kraft
+# The secured listeners (see the top of this script).
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+listener.name.scram.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.scram.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.mtls.ssl.client.auth=required
+listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.oauth.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="leadflow";
+listener.name.oauth.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.internals.unsecured.OAuthBearerUnsecuredValidatorCallbackHandler
+listener.name.expired.ssl.keystore.type=PEM
+listener.name.expired.ssl.keystore.location=$tls/expired-keystore.pem
 # Everything else is Kafka's stock default (7 days of time-based retention,
 # message.timestamp.after.max.ms of 1 hour, ...), as on a user's cluster:
 # what leadflow needs of a topic, leadflow topics create sets on it.
@@ -88,7 +162,9 @@ start() {
     java -cp "$libs/*" -Dlog4j2.configurationFile="$here/kafka/log4j2.properties" \
       -Dkafka.logs.dir="$data/logs" \
       kafka.tools.StorageTool format --cluster-id "$cluster_id" \
-      --config "$data/server.properties" >"$data/logs/format.log" 2>&1 \
+      --config "$data/server.properties" \
+      --add-scram 'SCRAM-SHA-512=[name=leadflow,password=leadflow-secret]' \
+      >"$data/logs/format.log" 2>&1 \
       || { cat "$data/logs/format.log" >&2; exit 1; }
   fi
   log "starting broker on $bootstrap (data in $data)"
@@ -115,5 +191,7 @@ case "${1:-}" in
   status) running && ready 5 ;;
   bootstrap) echo "$bootstrap" ;;
   fetch) fetch ;;
-  *) echo "usage: $0 start|stop|reset|status|bootstrap|fetch" >&2; exit 2 ;;
+  tls) make_tls; echo "$tls" ;;
+  dir) echo "$data" ;;
+  *) echo "usage: $0 start|stop|reset|status|bootstrap|fetch|tls|dir" >&2; exit 2 ;;
 esac

@@ -6,16 +6,24 @@
 #
 #   scripts/quickstart.sh [COUNT]      default 100000 leads
 #
-# LEADFLOW_KEEP_BROKER=1 leaves the broker running afterwards.
+# LEADFLOW_KEEP_BROKER=1 leaves the broker running afterwards. For the test
+# of this script (tests/tools.rs): LEADFLOW_BIN runs that leadflow binary
+# instead of building the release one, and LEADFLOW_KAFKA_PORT puts the
+# broker on another port than the configuration's 9092.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 count=${1:-100000}
 config=config/quickstart.toml
-leadflow=target/release/leadflow
-export LEADFLOW_KAFKA_PORT=9092
+export LEADFLOW_KAFKA_PORT=${LEADFLOW_KAFKA_PORT:-9092}
+export LEADFLOW_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$LEADFLOW_KAFKA_PORT"
 
-cargo build --release --quiet
+if [ -n "${LEADFLOW_BIN:-}" ]; then
+  leadflow=$LEADFLOW_BIN
+else
+  leadflow=target/release/leadflow
+  cargo build --release --quiet
+fi
 scripts/kafka.sh reset
 if [ "${LEADFLOW_KEEP_BROKER:-0}" != 1 ]; then
   trap 'scripts/kafka.sh stop' EXIT

@@ -56,6 +56,8 @@ cargo check --quiet --manifest-path fuzz/Cargo.toml --target-dir target
 # docker/ is checked without a Docker engine (tests/docker.rs checks the
 # dashboard and the alert rules against the exported metrics).
 step "check docker/"
+# The image's build stage from exactly the files docker/Dockerfile copies.
+scripts/image-context.sh
 docker-compose -f docker/compose.yaml config -q
 promtool check config docker/prometheus/prometheus.yml >/dev/null
 

@@ -4,7 +4,8 @@
 # metrics exposition and the Prometheus config; docker-compose (v1, which
 # validates a compose file without a Docker engine) checks docker/; kcat,
 # a standard Kafka client, shows that clients other than leadflow's tools
-# can write raw leads and read what leadflow writes.
+# can write raw leads and read what leadflow writes; the build needs the
+# development files of OpenSSL and libcurl.
 set -euo pipefail
 
 missing=()
@@ -13,6 +14,12 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v kcat >/dev/null || missing+=(kcat)
 # scripts/registry.sh asks the registry whether it is up with curl.
 command -v curl >/dev/null || missing+=(curl)
+# librdkafka links the system's OpenSSL (TLS, SASL/SCRAM, OAUTHBEARER) and
+# libcurl (OAUTHBEARER's OIDC token requests), found with pkg-config: the
+# distribution keeps them patched, in the Docker image too.
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+pkg-config --exists libcurl 2>/dev/null || missing+=(libcurl4-openssl-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=()
@@ -24,4 +31,4 @@ export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
 # system runs; the tests need only its promtool.
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v kcat >/dev/null \
-  && command -v curl >/dev/null
+  && command -v curl >/dev/null && pkg-config --exists openssl libcurl

@@ -16,6 +16,49 @@ use crate::stages::enrich::{CatalogOffer, Reference};
 use crate::stages::route::{DisposablePolicy, MAX_ROUTES, Route, RoutingTable, default_routes};
 use crate::stages::score::ScoringRules;
 
+/// What a secret prints as.
+pub const HIDDEN: &str = "********";
+
+/// Whether librdkafka property `key` holds a secret: passwords, client
+/// secrets, key passphrases, private keys in PEM and bearer tokens
+/// (`sasl.password`, `ssl.key.password`, `ssl.keystore.password`,
+/// `sasl.oauthbearer.client.secret`, `ssl.key.pem`,
+/// `sasl.oauthbearer.assertion.private.key.pem`, ...). librdkafka's own
+/// list of sensitive properties is wider than its names say, so the rule
+/// is by words, erring towards hiding.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "passphrase",
+        "key.pem",
+        "token",
+        "sasl.jaas",
+        "credential",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// `text` with the password of a URL in it (`scheme://user:password@host`)
+/// hidden; anything else unchanged.
+pub fn without_password(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &text[authority_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return text.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{}{user}:{HIDDEN}{}", &text[..authority_start], &rest[at..]),
+        None => text.to_owned(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -342,6 +385,99 @@ pub struct Override {
 /// the levels of a key with `__`: `LEADFLOW_PIPELINE__COMMIT_INTERVAL_MS`.
 pub const ENV_PREFIX: &str = "LEADFLOW_";
 
+/// The tables of librdkafka properties, whose keys have dots.
+const PROPERTY_TABLES: [&str; 3] = ["kafka.client", "kafka.consumer", "kafka.producer"];
+
+/// The TOML key an environment variable's name (without the prefix)
+/// stands for. Below a table of librdkafka properties the rest of the name
+/// is one property, its `_` standing for `.`:
+/// `KAFKA__CLIENT__SASL_PASSWORD` is `kafka.client."sasl.password"`.
+/// librdkafka's string properties have no `_` of their own, and a name
+/// cannot hold a dot.
+fn env_key(name: &str) -> String {
+    let key = name.to_lowercase().replace("__", ".");
+    for table in PROPERTY_TABLES {
+        if let Some(property) = key.strip_prefix(table).and_then(|k| k.strip_prefix('.')) {
+            return format!("{table}.\"{}\"", property.replace(['.', '_'], "."));
+        }
+    }
+    key
+}
+
+/// Replaces `${NAME}` with environment variable `NAME`, and `${NAME:-word}`
+/// with it or, when it is unset or empty, with `word` (Vector's syntax);
+/// `$$` is one `$`. An unset variable without a default is an error, so a
+/// secret missing from the environment is never an empty password.
+pub fn interpolate(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+            continue;
+        }
+        let Some(body) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let end = body
+            .find('}')
+            .ok_or_else(|| "`${` without its `}` (write `$$` for a `$`)".to_owned())?;
+        let expression = &body[..end];
+        let (name, default) = match expression.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (expression, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{expression}}}` names no environment variable"));
+        }
+        match (var(name).filter(|value| !value.is_empty()), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// [`interpolate`] in every string of `value`, `key` naming it for errors.
+/// Only strings: a value is never parsed again as TOML, so a secret with
+/// quotes or line breaks in it cannot change the file's structure.
+fn interpolate_all(
+    value: &mut toml::Value,
+    key: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match value {
+        toml::Value::String(text) => {
+            *text = interpolate(text, var).map_err(|reason| (key.to_owned(), reason))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_all(item, &format!("{key}[{i}]"), var)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (name, item) in table.iter_mut() {
+                let key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                interpolate_all(item, &key, var)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 impl Override {
     /// The overrides among environment variables: `LEADFLOW_` names with a
     /// `__` in them, so `LEADFLOW_CONFIG` and the like are not keys.
@@ -351,7 +487,7 @@ impl Override {
             .filter_map(|(name, value)| {
                 let key = name.strip_prefix(ENV_PREFIX)?;
                 key.contains("__").then(|| Override {
-                    key: key.to_lowercase().replace("__", "."),
+                    key: env_key(key),
                     origin: name.clone(),
                     value,
                 })
@@ -420,12 +556,21 @@ impl Config {
     /// override's value is TOML (`5000`, `true`, `"x"`) or else a string;
     /// where the key wants a string, a number-like value is one too.
     pub fn load_with(path: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
-        if overrides.is_empty() {
-            return Config::load(path);
+        if path.is_none() && overrides.is_empty() {
+            return Ok(Config::default());
         }
-        let base = match path {
-            Some(path) => parse_toml(path, &read(path)?)?,
-            None => toml::Table::new(),
+        let mut base = toml::Value::Table(toml::Table::new());
+        if let Some(path) = path {
+            base = toml::Value::Table(parse_toml(path, &read(path)?)?);
+            let var = |name: &str| std::env::var(name).ok();
+            interpolate_all(&mut base, "", &var).map_err(|(key, reason)| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                key,
+                reason,
+            })?;
+        }
+        let toml::Value::Table(base) = base else {
+            unreachable!("a table stays a table")
         };
         let mut as_string = vec![false; overrides.len()];
         let config: Config = loop {
@@ -444,9 +589,9 @@ impl Config {
                 .iter()
                 .rposition(|o| o.key.replace('"', "") == key)
             else {
-                // The file's own fault: load it alone for the line number.
+                // The file's own fault: its text again, for the line number.
                 if let Some(path) = path {
-                    Config::load(Some(path))?;
+                    parse_toml::<Config>(path, &read(path)?)?;
                 }
                 return Err(ConfigError::Invalid {
                     origin: overrides
@@ -465,6 +610,7 @@ impl Config {
         };
         let origins: Vec<&str> = overrides.iter().map(|o| o.origin.as_str()).collect();
         let origin = match path {
+            Some(path) if origins.is_empty() => path.display().to_string(),
             Some(path) => format!("{} with {}", path.display(), origins.join(", ")),
             None => origins.join(", "),
         };
@@ -473,21 +619,25 @@ impl Config {
     }
 
     /// The configuration as TOML, every key with its effective value,
-    /// except secrets (the registry's password, librdkafka properties named
-    /// like a password or a secret), which print as `********`: this
-    /// output ends up in deploy logs.
+    /// except secrets, which print as `********`: this output ends up in
+    /// deploy logs. Secrets are the registry's password, the password of
+    /// any URL, and librdkafka properties that [`is_secret`] names.
     pub fn to_toml(&self) -> String {
-        const HIDDEN: &str = "********";
         let mut shown = self.clone();
         if shown.schema_registry.password.is_some() {
             shown.schema_registry.password = Some(HIDDEN.into());
         }
+        if let Some(url) = &mut shown.schema_registry.url {
+            *url = without_password(url);
+        }
         let kafka = &mut shown.kafka;
         for properties in [&mut kafka.client, &mut kafka.consumer, &mut kafka.producer] {
             for (key, value) in properties.iter_mut() {
-                if key.contains("password") || key.contains("secret") {
-                    *value = HIDDEN.into();
-                }
+                *value = if is_secret(key) {
+                    HIDDEN.into()
+                } else {
+                    without_password(value)
+                };
             }
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
@@ -495,12 +645,7 @@ impl Config {
 
     /// Loads a config file, or the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let Some(path) = path else {
-            return Ok(Config::default());
-        };
-        let config: Config = parse_toml(path, &read(path)?)?;
-        config.validate(&path.display().to_string())?;
-        Ok(config)
+        Config::load_with(path, &[])
     }
 
     /// Every topic leadflow reads or writes: input, campaign topics (once
@@ -739,7 +884,115 @@ mod tests {
             .into_iter()
             .map(|o| o.key)
             .collect();
-        assert_eq!(keys, ["kafka.client.socket_timeout_ms", "kafka.group_id"]);
+        assert_eq!(
+            keys,
+            ["kafka.client.\"socket.timeout.ms\"", "kafka.group_id"]
+        );
+    }
+
+    #[test]
+    fn environment_variables_set_librdkafka_properties_with_dots() {
+        let vars = [
+            ("LEADFLOW_KAFKA__CLIENT__SASL_PASSWORD", "from-env"),
+            ("LEADFLOW_KAFKA__PRODUCER__LINGER_MS", "7"),
+            ("LEADFLOW_KAFKA__CONSUMER__SESSION_TIMEOUT_MS", "6001"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = Config::load_with(None, &Override::from_env(vars)).expect("config");
+        assert_eq!(config.kafka.client["sasl.password"], "from-env");
+        assert_eq!(config.kafka.producer["linger.ms"], "7");
+        assert_eq!(config.kafka.consumer["session.timeout.ms"], "6001");
+    }
+
+    #[test]
+    fn interpolation_takes_variables_defaults_and_dollars() {
+        let var = |name: &str| match name {
+            "SET" => Some("s3cr\"t\n".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let cases = [
+            ("${SET}", Ok("s3cr\"t\n")),
+            ("a-${SET}-b", Ok("a-s3cr\"t\n-b")),
+            ("${UNSET:-fallback}", Ok("fallback")),
+            ("${EMPTY:-fallback}", Ok("fallback")),
+            ("${SET:-fallback}", Ok("s3cr\"t\n")),
+            ("$$5 and $HOME", Ok("$5 and $HOME")),
+            ("${UNSET}", Err("environment variable UNSET is not set")),
+            ("${SET", Err("`${` without its `}` (write `$$` for a `$`)")),
+            (
+                "${bad-name}",
+                Err("`${bad-name}` names no environment variable"),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                interpolate(text, &var).as_deref(),
+                expected.map_err(str::to_owned).as_deref(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_takes_secrets_from_the_environment_in_strings_only() {
+        // Setting a variable is unsafe in edition 2024 (and unsafe code is
+        // forbidden here): the test reads PATH, which every process has,
+        // and a variable nothing sets.
+        let name = "LEADFLOW_TEST_INTERPOLATION_UNSET";
+        let home = std::env::var("PATH").expect("PATH is set");
+        let (_dir, path) = write(&format!(
+            "[kafka]\nbootstrap_servers = \"${{{name}:-broker:9093}}\"\n\n\
+             [kafka.client]\n\"sasl.password\" = \"${{PATH}}\"\n"
+        ));
+        let config = Config::load(Some(&path)).expect("config");
+        assert_eq!(config.kafka.bootstrap_servers, "broker:9093");
+        assert_eq!(config.kafka.client["sasl.password"], home);
+        assert!(!config.to_toml().contains(&home), "the secret is hidden");
+
+        let (_dir, path) =
+            write("[kafka.client]\n\"sasl.password\" = \"${LEADFLOW_TEST_UNSET_SECRET}\"\n");
+        let error = Config::load(Some(&path)).expect_err("unset").to_string();
+        assert!(
+            error.ends_with(
+                "key `kafka.client.sasl.password`: environment variable LEADFLOW_TEST_UNSET_SECRET is not set"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_known_by_their_names_and_urls_lose_their_passwords() {
+        for key in [
+            "sasl.password",
+            "sasl.oauthbearer.client.secret",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "ssl.keystore.password",
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+        ] {
+            assert!(is_secret(key), "{key}");
+        }
+        for key in [
+            "sasl.username",
+            "ssl.ca.location",
+            "ssl.certificate.pem",
+            "linger.ms",
+        ] {
+            assert!(!is_secret(key), "{key}");
+        }
+        assert_eq!(
+            without_password("https://user:pa:ss@registry:8081/apis?x=@"),
+            "https://user:********@registry:8081/apis?x=@"
+        );
+        for unchanged in [
+            "https://user@registry",
+            "https://registry/a@b",
+            "plain:text@x",
+        ] {
+            assert_eq!(without_password(unchanged), unchanged);
+        }
     }
 
     #[test]

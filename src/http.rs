@@ -3,18 +3,22 @@
 //! `/readyz` (200 when [`Health`] says ready, else 503 with the reason).
 //!
 //! It runs on tokio, apart from the processing loop's thread, and only
-//! reads shared state, so a slow scrape never slows processing.
+//! reads shared state, so a slow scrape never slows processing. Clients
+//! get bounded room ([`Limits`]): a few slow or idle connections cannot
+//! take the endpoint, or the process's file descriptors, away.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -26,16 +30,49 @@ pub struct Observed {
     pub health: Arc<Health>,
 }
 
-/// Serves connections until the runtime stops. Errors on one connection
-/// are that connection's; the server goes on.
+/// How much of the process the endpoint may take, whoever connects: it
+/// often listens on every interface, and a scraper is a client like any.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more wait in the listen backlog, so
+    /// clients that never finish cannot use up the file descriptors.
+    pub connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_read: Duration,
+    /// How long a connection may stay open at all, kept alive or not.
+    pub lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 64,
+            header_read: Duration::from_secs(5),
+            lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves connections until the runtime stops, within [`Limits::default`].
 pub async fn serve(listener: TcpListener, observed: Observed) {
+    serve_within(listener, observed, Limits::default()).await;
+}
+
+/// [`serve`] within `limits`. Errors on one connection are that
+/// connection's; the server goes on.
+pub async fn serve_within(listener: TcpListener, observed: Observed, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
     loop {
+        // A slot before accepting: at the cap, clients wait in the backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: back off rather than spin.
                 tracing::warn!(error = %e, "cannot accept an HTTP connection");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -45,12 +82,16 @@ pub async fn serve(listener: TcpListener, observed: Observed) {
                 let response = respond(&request, &observed);
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(limits.lifetime, connection).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+                Err(_) => tracing::debug!("HTTP connection closed at its lifetime"),
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }
@@ -176,6 +217,62 @@ mod tests {
             .map(|c| c.to_bytes())
             .unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Clients that connect and never send a request take every slot:
+    /// the server closes each after the header timeout, and a scrape that
+    /// waited in the backlog is answered then.
+    #[test]
+    fn idle_clients_are_closed_and_cannot_lock_out_a_scrape() {
+        use std::io::{Read as _, Write as _};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let observed = Observed {
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::default()),
+        };
+        let limits = Limits {
+            connections: 4,
+            header_read: Duration::from_millis(300),
+            lifetime: Duration::from_secs(30),
+        };
+        runtime.spawn(serve_within(listener, observed, limits));
+        let started = std::time::Instant::now();
+        let mut idle: Vec<std::net::TcpStream> = (0..limits.connections)
+            .map(|_| std::net::TcpStream::connect(address).expect("connect"))
+            .collect();
+        let mut scrape = std::net::TcpStream::connect(address).expect("connect");
+        scrape
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        scrape
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut answer = String::new();
+        scrape
+            .read_to_string(&mut answer)
+            .expect("the scrape is answered");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            started.elapsed() >= limits.header_read,
+            "answered before any slot was free: the cap did not hold"
+        );
+        for stream in &mut idle {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut rest = Vec::new();
+            // The server's answer to a silent client, if any, then its close.
+            stream.read_to_end(&mut rest).expect("closed by the server");
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -178,10 +178,11 @@ impl RegistryClient {
             .url
             .as_deref()
             .ok_or_else(|| RegistryError::Config("schema_registry.url is not set".into()))?;
-        let base = url.trim_end_matches('/').to_owned();
+        let (base, credentials) = split_credentials(url.trim_end_matches('/'));
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(RegistryError::Config(format!(
-                "schema_registry.url {url:?} is not an http:// or https:// URL"
+                "schema_registry.url {:?} is not an http:// or https:// URL",
+                crate::config::without_password(url)
             )));
         }
         let mut tls = ureq::tls::TlsConfig::builder();
@@ -214,8 +215,12 @@ impl RegistryClient {
             .tls_config(tls.build())
             .build()
             .new_agent();
-        let authorization = config.username.as_ref().map(|user| {
-            let password = config.password.as_deref().unwrap_or_default();
+        // `username` and `password` win over credentials in the URL.
+        let credentials = match &config.username {
+            Some(user) => Some((user.clone(), config.password.clone().unwrap_or_default())),
+            None => credentials,
+        };
+        let authorization = credentials.map(|(user, password)| {
             format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
         });
         Ok(RegistryClient {
@@ -420,6 +425,50 @@ fn message_of(body: &str) -> String {
 }
 
 /// Standard base64 with padding, for the basic-authentication header.
+/// The URL without the `user:password@` some registries' URLs carry (as
+/// Confluent's clients take them), and those credentials, percent-decoded:
+/// the URL is then safe to print in errors and logs.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return (url.to_owned(), None);
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    let base = format!("{}{}", &url[..scheme_end], &rest[at + 1..]);
+    (
+        base,
+        Some((percent_decoded(user), percent_decoded(password))),
+    )
+}
+
+/// `%XX` sequences decoded; anything else, malformed ones included, kept.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -560,6 +609,40 @@ mod tests {
             SubjectNameStrategy::RecordName.subject("campaign.appsource.nurture", record),
             record
         );
+    }
+
+    #[test]
+    fn credentials_in_the_url_authenticate_and_leave_the_url() {
+        let client = RegistryClient::new(&RegistryConfig {
+            url: Some("https://key:s%40cret@registry.example:8081/apis/".into()),
+            ..RegistryConfig::default()
+        })
+        .expect("client");
+        assert_eq!(client.url(), "https://registry.example:8081/apis");
+        assert_eq!(
+            client.authorization.as_deref(),
+            Some(format!("Basic {}", base64(b"key:s@cret")).as_str())
+        );
+        let explicit = RegistryClient::new(&RegistryConfig {
+            url: Some("https://key:url-secret@registry.example".into()),
+            username: Some("other".into()),
+            password: Some("given".into()),
+            ..RegistryConfig::default()
+        })
+        .expect("client");
+        assert_eq!(explicit.url(), "https://registry.example");
+        assert_eq!(
+            explicit.authorization.as_deref(),
+            Some(format!("Basic {}", base64(b"other:given")).as_str())
+        );
+        let error = RegistryClient::new(&RegistryConfig {
+            url: Some("ftp://key:ftp-secret@registry".into()),
+            ..RegistryConfig::default()
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(!error.contains("ftp-secret"), "{error}");
     }
 
     #[test]

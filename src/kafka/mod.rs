@@ -33,11 +33,13 @@ use crate::config::KafkaConfig;
 pub enum SetupError {
     #[error("cannot create Kafka client: {0}")]
     Client(KafkaError),
-    #[error("cannot reach Kafka at {servers} within {timeout_ms} ms: {source}")]
+    #[error("cannot reach Kafka at {servers} within {timeout_ms} ms: {cause}")]
     Unreachable {
         servers: String,
         timeout_ms: u64,
-        source: KafkaError,
+        /// What librdkafka said of the failed connection, or else of the
+        /// request that timed out.
+        cause: String,
     },
     #[error("topic {0:?} does not exist (create it, e.g. with `leadflow topics create`)")]
     MissingTopic(String),
@@ -156,8 +158,58 @@ pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
         error,
         KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
     ) {
+        remember_connection_error(&error, reason);
         tracing::warn!(%error, reason, "Kafka client error");
     }
+}
+
+/// Why a client could not connect, last seen, and when: librdkafka tells
+/// the error callback (a refused password, an untrusted certificate), while
+/// the request that waited on the connection only times out. Start-up
+/// errors name it ([`cluster_metadata`]).
+static CONNECTION_ERROR: Mutex<Option<(Instant, RDKafkaErrorCode, String)>> = Mutex::new(None);
+
+/// How telling a connection error is: an authentication or TLS failure
+/// says what to fix, a refused or dropped connection less, and "all
+/// brokers are down" nothing that the others have not said.
+fn specificity(code: RDKafkaErrorCode) -> Option<u8> {
+    match code {
+        RDKafkaErrorCode::Authentication
+        | RDKafkaErrorCode::SaslAuthenticationFailed
+        | RDKafkaErrorCode::SSL
+        | RDKafkaErrorCode::UnsupportedSASLMechanism
+        | RDKafkaErrorCode::IllegalSASLState => Some(2),
+        RDKafkaErrorCode::BrokerTransportFailure
+        | RDKafkaErrorCode::Resolve
+        | RDKafkaErrorCode::BrokerNotAvailable => Some(1),
+        _ => None,
+    }
+}
+
+fn remember_connection_error(error: &KafkaError, reason: &str) {
+    let Some(code) = error.rdkafka_error_code() else {
+        return;
+    };
+    let Some(rank) = specificity(code) else {
+        return;
+    };
+    let mut last = lock(&CONNECTION_ERROR);
+    // A vaguer error right after a telling one (the dropped connection
+    // that follows a refused password) keeps the telling one.
+    let keep = last.as_ref().is_some_and(|(at, previous, _)| {
+        at.elapsed() < Duration::from_secs(10) && specificity(*previous).unwrap_or(0) > rank
+    });
+    if !keep {
+        *last = Some((Instant::now(), code, reason.to_owned()));
+    }
+}
+
+/// The connection error remembered since `since`, if any.
+fn connection_error_since(since: Instant) -> Option<String> {
+    lock(&CONNECTION_ERROR)
+        .as_ref()
+        .filter(|(at, _, _)| *at >= since)
+        .map(|(_, _, reason)| reason.clone())
 }
 
 /// Logs a librdkafka log line as rdkafka's default context does, through
@@ -178,28 +230,35 @@ pub(crate) fn log_client_message(
     }
 }
 
-/// The context of a consumer that reads partitions to their end.
-pub(crate) struct ReadToEnd;
+/// A client context that only logs what librdkafka reports (through
+/// `tracing`) and remembers why a connection failed.
+pub(crate) struct Logged;
 
-impl ClientContext for ReadToEnd {
+impl ClientContext for Logged {
     fn error(&self, error: KafkaError, reason: &str) {
         log_client_error(error, reason);
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for ReadToEnd {}
+impl rdkafka::consumer::ConsumerContext for Logged {}
 
-/// Metadata of every topic, or `Unreachable` within the connect timeout.
+/// Metadata of every topic, or `Unreachable` within the connect timeout,
+/// naming why when librdkafka said (wrong password, untrusted or expired
+/// certificate, refused connection).
 pub(crate) fn cluster_metadata<C: ClientContext>(
     client: &Client<C>,
     kafka: &KafkaConfig,
 ) -> Result<rdkafka::metadata::Metadata, SetupError> {
+    // The client may have tried (and failed) before this call.
+    let since = Instant::now()
+        .checked_sub(Duration::from_secs(10))
+        .unwrap_or_else(Instant::now);
     client
         .fetch_metadata(None, Duration::from_millis(kafka.connect_timeout_ms))
         .map_err(|source| SetupError::Unreachable {
             servers: kafka.bootstrap_servers.clone(),
             timeout_ms: kafka.connect_timeout_ms,
-            source,
+            cause: connection_error_since(since).unwrap_or_else(|| source.to_string()),
         })
 }
 
@@ -506,6 +565,54 @@ mod tests {
     use rdkafka::Offset;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::{MockCluster, MockCoordinator};
+
+    /// Managed clusters need TLS with SCRAM or OAuth (OIDC included), and
+    /// other producers may compress with any of Kafka's codecs: a build
+    /// without one of these features cannot connect or read at all.
+    #[test]
+    fn librdkafka_has_tls_sasl_oauth_and_every_codec() {
+        let native = ClientConfig::new()
+            .create_native_config()
+            .expect("a client configuration");
+        let features = native.get("builtin.features").expect("builtin.features");
+        for needed in [
+            "gzip",
+            "snappy",
+            "lz4",
+            "zstd",
+            "ssl",
+            "sasl_scram",
+            "sasl_oauthbearer",
+            "oidc",
+        ] {
+            assert!(
+                features.split(',').any(|feature| feature == needed),
+                "{needed} missing from librdkafka's builtin.features: {features}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_password_outranks_the_dropped_connection_after_it() {
+        let since = Instant::now();
+        remember_connection_error(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "SASL authentication error: Authentication failed: Invalid username or password",
+        );
+        remember_connection_error(
+            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "Disconnected",
+        );
+        remember_connection_error(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let remembered = connection_error_since(since).expect("an error since");
+        assert!(
+            remembered.contains("Invalid username or password"),
+            "{remembered}"
+        );
+    }
 
     #[test]
     fn watermarks_are_asked_again_while_the_leader_is_not_known() {

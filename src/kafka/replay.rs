@@ -25,8 +25,8 @@ use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    DeliveryTracker, LeadProducer, ReadToEnd, Role, SetupError, check_topics, client_config,
-    copy_of, headers, send,
+    DeliveryTracker, LeadProducer, Logged, Role, SetupError, check_topics, client_config, copy_of,
+    headers, send,
 };
 use crate::config::Config;
 
@@ -103,7 +103,7 @@ pub fn replay(
     let dlq = config.topics.dead_letter.as_str();
     let input = config.topics.input.as_str();
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    let consumer: BaseConsumer<ReadToEnd> = client_config(
+    let consumer: BaseConsumer<Logged> = client_config(
         kafka,
         Role::Consumer,
         &[("isolation.level", "read_committed")],
@@ -111,7 +111,7 @@ pub fn replay(
     .set("group.id", &options.name)
     .set("enable.auto.commit", "false")
     .set("enable.partition.eof", "true")
-    .create_with_context(ReadToEnd)
+    .create_with_context(Logged)
     .map_err(SetupError::Client)?;
     let partitions = check_topics(consumer.client(), kafka, &[dlq, input])?[0];
     let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
@@ -266,7 +266,7 @@ fn replayed_headers<H: Headers>(original: Option<&H>, from: &str) -> OwnedHeader
 /// one for a batch that chose nothing.
 fn commit(
     producer: &Arc<LeadProducer>,
-    consumer: &BaseConsumer<ReadToEnd>,
+    consumer: &BaseConsumer<Logged>,
     dlq: &str,
     pending: &BTreeMap<i32, i64>,
     in_transaction: bool,

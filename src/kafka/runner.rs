@@ -49,8 +49,8 @@ use tracing::{debug, info, warn};
 use super::purge::{Purgeable, Purger, delete_records};
 use super::second_hop::SecondHop;
 use super::{
-    DeliveryTracker, LeadProducer, ReadToEnd, Role, SetupError, check_topics, client_config,
-    copy_of, headers, lock, log_client_error, send,
+    DeliveryTracker, LeadProducer, Logged, Role, SetupError, check_topics, client_config, copy_of,
+    headers, lock, log_client_error, send,
 };
 use crate::config::{Config, ProcessingGuarantee};
 use crate::domain::{Lead, Score};
@@ -911,7 +911,7 @@ fn run_once(
         registry: registry.as_ref(),
         changes_after_outputs: !exactly_once,
     };
-    let restorer: BaseConsumer<ReadToEnd> = client_config(
+    let restorer: BaseConsumer<Logged> = client_config(
         kafka,
         Role::Consumer,
         &[("isolation.level", "read_committed")],
@@ -922,7 +922,7 @@ fn run_once(
     // wants a group to unassign.
     .set("group.id", format!("{}-restore", kafka.group_id))
     .set("statistics.interval.ms", "0")
-    .create_with_context(ReadToEnd)
+    .create_with_context(Logged)
     .map_err(SetupError::Client)?;
 
     if exactly_once {
@@ -1427,7 +1427,7 @@ fn purge_timeout(kafka: &crate::config::KafkaConfig) -> Duration {
 /// and the run's tally. The records in between are gone from the broker.
 fn report_offset_resets(
     consumer: &BaseConsumer<RunContext>,
-    lister: &BaseConsumer<ReadToEnd>,
+    lister: &BaseConsumer<Logged>,
     tally: &mut Tally,
 ) {
     let context = consumer.context();
@@ -1469,7 +1469,7 @@ fn report_offset_resets(
 /// open.
 fn restore_assigned(
     (consumer, second_hop): (&Arc<BaseConsumer<RunContext>>, &mut SecondHop<RunContext>),
-    restorer: &BaseConsumer<ReadToEnd>,
+    restorer: &BaseConsumer<Logged>,
     topology: &Topology<'_>,
     pipeline: &mut Pipeline,
     delivery_timeout: Duration,
@@ -1635,7 +1635,7 @@ fn rewind(
 /// the consumer's own connection is busy with long-polling fetches). A
 /// partition with no position delivered nothing since it was assigned: it
 /// is at its end if its committed offset is.
-fn drained(consumer: &BaseConsumer<RunContext>, lister: &BaseConsumer<ReadToEnd>) -> bool {
+fn drained(consumer: &BaseConsumer<RunContext>, lister: &BaseConsumer<Logged>) -> bool {
     let context = consumer.context();
     if !lock(&context.pending).is_empty() || !lock(&context.to_restore).is_empty() {
         return false;

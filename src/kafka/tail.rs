@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::{ReadToEnd, Role, SetupError, check_topics, client_config, headers};
+use super::{Logged, Role, SetupError, check_topics, client_config, headers};
 use crate::config::Config;
 use crate::stages::decode::{Format, raw_lead_schema};
 use crate::stages::encode::campaign_lead_schema;
@@ -81,7 +81,7 @@ pub fn tail(
     mut sink: impl FnMut(TailRecord) -> std::io::Result<()>,
 ) -> Result<u64, TailError> {
     let kafka = &config.kafka;
-    let consumer: BaseConsumer<ReadToEnd> = client_config(
+    let consumer: BaseConsumer<Logged> = client_config(
         kafka,
         Role::Consumer,
         &[("isolation.level", "read_committed")],
@@ -89,7 +89,7 @@ pub fn tail(
     .set("group.id", format!("{}-tail", kafka.group_id))
     .set("enable.auto.commit", "false")
     .set("enable.partition.eof", "true")
-    .create_with_context(ReadToEnd)
+    .create_with_context(Logged)
     .map_err(SetupError::Client)?;
     let partitions = check_topics(consumer.client(), kafka, &[topic])?[0];
     let start = if options.from_beginning {

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{ReadToEnd, Role, SetupError, check_topics, client_config, cluster_metadata};
+use super::{Logged, Role, SetupError, check_topics, client_config, cluster_metadata};
 use crate::config::{Config, KafkaConfig};
 
 /// What leadflow uses a topic for, which decides the configuration it
@@ -211,8 +210,8 @@ pub async fn create(
     layout: Layout,
     max_record_bytes: usize,
 ) -> Result<Vec<String>, SetupError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
-        .create()
+    let admin: AdminClient<Logged> = client_config(kafka, Role::Admin, &[])
+        .create_with_context(Logged)
         .map_err(SetupError::Client)?;
     // Fail fast on an unreachable broker rather than waiting on the admin call.
     cluster_metadata(admin.inner(), kafka)?;
@@ -270,8 +269,8 @@ pub async fn configs(
     kafka: &KafkaConfig,
     names: &[&str],
 ) -> Result<Vec<HashMap<String, String>>, SetupError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka, Role::Admin, &[])
-        .create()
+    let admin: AdminClient<Logged> = client_config(kafka, Role::Admin, &[])
+        .create_with_context(Logged)
         .map_err(SetupError::Client)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let options = AdminOptions::new().request_timeout(Some(timeout));
@@ -393,8 +392,8 @@ pub fn counts(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<u64>, SetupErro
         ("enable.partition.eof", "true"),
     ];
     let config = client_config(kafka, Role::Consumer, &defaults);
-    let probe: BaseConsumer<ReadToEnd> = config
-        .create_with_context(ReadToEnd)
+    let probe: BaseConsumer<Logged> = config
+        .create_with_context(Logged)
         .map_err(SetupError::Client)?;
     let partitions = check_topics(probe.client(), kafka, names)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
@@ -404,8 +403,8 @@ pub fn counts(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<u64>, SetupErro
             topic: (*name).to_owned(),
             reason,
         };
-        let consumer: BaseConsumer<ReadToEnd> = config
-            .create_with_context(ReadToEnd)
+        let consumer: BaseConsumer<Logged> = config
+            .create_with_context(Logged)
             .map_err(SetupError::Client)?;
         let mut assignment = TopicPartitionList::new();
         let mut remaining = HashSet::new();
