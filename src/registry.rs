@@ -185,34 +185,14 @@ impl RegistryClient {
                 crate::config::without_password(url)
             )));
         }
-        let mut tls = ureq::tls::TlsConfig::builder();
         // An empty path (`--set schema_registry.ca_file=`) is no file.
-        if let Some(path) = config.ca_file.as_ref().filter(|p| !p.is_empty()) {
-            let pem = std::fs::read(path).map_err(|e| {
-                RegistryError::Config(format!("schema_registry.ca_file {path:?}: {e}"))
-            })?;
-            let certificates = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(certificate)) => Some(Ok(certificate)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    RegistryError::Config(format!("schema_registry.ca_file {path:?}: {e}"))
-                })?;
-            if certificates.is_empty() {
-                return Err(RegistryError::Config(format!(
-                    "schema_registry.ca_file {path:?} holds no certificate"
-                )));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certificates)));
-        }
+        let tls = trusting(config.ca_file.as_deref().filter(|p| !p.is_empty()))
+            .map_err(|e| RegistryError::Config(format!("schema_registry.ca_file {e}")))?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(config.timeout_ms.max(1))))
             // Statuses are answers here: 404 means "no such schema".
             .http_status_as_error(false)
-            .tls_config(tls.build())
+            .tls_config(tls)
             .build()
             .new_agent();
         // `username` and `password` win over credentials in the URL.
@@ -425,6 +405,28 @@ fn message_of(body: &str) -> String {
 }
 
 /// Standard base64 with padding, for the basic-authentication header.
+/// TLS that trusts the certificate authorities in the PEM file `ca_file`,
+/// or the built-in web roots without one. Errors name the file.
+pub fn trusting(ca_file: Option<&str>) -> Result<ureq::tls::TlsConfig, String> {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{path:?}: {e}"))?;
+        let certificates = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(certificate)) => Some(Ok(certificate)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{path:?}: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!("{path:?} holds no certificate"));
+        }
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certificates)));
+    }
+    Ok(tls.build())
+}
+
 /// The URL without the `user:password@` some registries' URLs carry (as
 /// Confluent's clients take them), and those credentials, percent-decoded:
 /// the URL is then safe to print in errors and logs.

@@ -2,7 +2,8 @@
 //! SASL_SSL with SCRAM-SHA-512, SSL with client certificates (mTLS), and
 //! SASL_SSL with OAUTHBEARER (Kafka's unsecured JWT validator). In each
 //! mode a mixed set of leads drains and the checker accounts for every
-//! one. A wrong password and an untrusted CA each end start-up within the connect timeout with exit
+//! one. A wrong password, an untrusted CA and an expired broker
+//! certificate each end start-up within the connect timeout with exit
 //! code 1 and one line that names the cause, and no log line carries a
 //! secret. The settings come the ways a deployment passes secrets:
 //! environment variables for librdkafka's dotted keys, and `${VAR}` in
@@ -25,6 +26,7 @@ use common::{Env, OutputWithin as _};
 const SCRAM: u16 = 2;
 const MTLS: u16 = 3;
 const OAUTH: u16 = 4;
+const EXPIRED: u16 = 5;
 
 /// The test broker's port.
 fn broker_port() -> u16 {
@@ -208,8 +210,21 @@ fn an_untrusted_ca_is_named_in_one_line() {
     refused(
         "untrusted-ca",
         scram("leadflow-secret", "other-ca.pem"),
-        &["certificate verify failed"],
+        &["invalid peer certificate: UnknownIssuer"],
     );
+}
+
+#[test]
+fn an_expired_certificate_is_named_in_one_line() {
+    let _deadline = common::deadline(Duration::from_secs(60));
+    let vars = [
+        ("LEADFLOW_KAFKA__BOOTSTRAP_SERVERS", listener(EXPIRED)),
+        ("LEADFLOW_KAFKA__CLIENT__SECURITY_PROTOCOL", "SSL".into()),
+        ("LEADFLOW_KAFKA__CLIENT__SSL_CA_LOCATION", file("ca.pem")),
+    ]
+    .map(|(name, value)| (name.to_owned(), value))
+    .to_vec();
+    refused("expired", vars, &["certificate expired"]);
 }
 
 /// With every log on, librdkafka's included, neither a refused password

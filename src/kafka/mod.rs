@@ -255,11 +255,48 @@ pub(crate) fn cluster_metadata<C: ClientContext>(
         .unwrap_or_else(Instant::now);
     client
         .fetch_metadata(None, Duration::from_millis(kafka.connect_timeout_ms))
-        .map_err(|source| SetupError::Unreachable {
-            servers: kafka.bootstrap_servers.clone(),
-            timeout_ms: kafka.connect_timeout_ms,
-            cause: connection_error_since(since).unwrap_or_else(|| source.to_string()),
+        .map_err(|source| {
+            let mut cause = connection_error_since(since).unwrap_or_else(|| source.to_string());
+            if cause.contains("certificate verify failed")
+                && let Some(why) = why_untrusted(kafka)
+            {
+                cause = format!("{cause}; the broker's certificate: {why}");
+            }
+            SetupError::Unreachable {
+                servers: kafka.bootstrap_servers.clone(),
+                timeout_ms: kafka.connect_timeout_ms,
+                cause,
+            }
         })
+}
+
+/// Why the first bootstrap server's certificate is not trusted (expired,
+/// signed by an unknown CA, made for another name), from a TLS handshake
+/// of leadflow's own that trusts what librdkafka was told to
+/// (`ssl.ca.location`, a PEM file, else the web roots). librdkafka only
+/// says that verification failed: OpenSSL ends the handshake before
+/// librdkafka can ask it why.
+fn why_untrusted(kafka: &KafkaConfig) -> Option<String> {
+    let property = |key: &str| {
+        kafka
+            .consumer
+            .get(key)
+            .or_else(|| kafka.client.get(key))
+            .map(String::as_str)
+    };
+    let ca_file = property("ssl.ca.location").filter(|path| std::path::Path::new(path).is_file());
+    let tls = crate::registry::trusting(ca_file).ok()?;
+    let server = kafka.bootstrap_servers.split(',').next()?.trim();
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .tls_config(tls)
+        .build()
+        .new_agent();
+    // The handshake is all that matters: past it, a broker does not speak HTTP.
+    let error = agent.get(format!("https://{server}/")).call().err()?;
+    let text = error.to_string();
+    let text = text.strip_prefix("io: ").unwrap_or(&text);
+    text.contains("certificate").then(|| text.to_owned())
 }
 
 /// Checks that the cluster answers and that every topic exists, returning
