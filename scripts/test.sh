@@ -51,7 +51,7 @@ cargo test --features kafka-tests --no-run
 # so that it shares their build).
 step "check the fuzz target"
 cp Cargo.lock fuzz/Cargo.lock
-cargo check --quiet --manifest-path fuzz/Cargo.toml --target-dir target
+cargo check --manifest-path fuzz/Cargo.toml --target-dir target
 
 # docker/ is checked without a Docker engine (tests/docker.rs checks the
 # dashboard and the alert rules against the exported metrics).
