@@ -344,7 +344,10 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
         "copier: {total} records copied exactly once; {}",
         copier.log().lines().last().unwrap_or_default()
     );
-    assert!(total as i64 >= n / 3, "copied only {total}");
+    // The copier started once n/10 leads had gone through, so its input
+    // held at least that many; it copied them while the zombie slept.
+    assert!(total as i64 >= n / 10, "copied only {total}");
+    assert!(overlapped, "the copier was done before the zombie woke");
     for (partition, values) in &copied {
         let source = &input[partition];
         assert!(
