@@ -18,6 +18,11 @@
 #   port+3  SSL with client certificates (mTLS): client.pem, client-key.pem
 #   port+4  SASL_SSL, OAUTHBEARER, with Kafka's unsecured JWT validator
 #   port+5  SSL whose server certificate expired in 2020
+#   port+6  SASL_SSL, OAUTHBEARER, with Kafka's JWT validator: tokens signed
+#           by the test identity provider's key (oidc-key.pem, published to
+#           the broker as jwks.json), issuer leadflow-test-idp, audience
+#           leadflow-test. oidc.jwt is such a token (subject leadflow,
+#           valid until 2100) for a test's token endpoint to hand out.
 # The directory also holds other-ca.pem, a CA that signed none of these.
 #
 # Environment: LEADFLOW_KAFKA_PORT (default 9092), LEADFLOW_KAFKA_CONTROLLER_PORT
@@ -77,8 +82,29 @@ certificate() {
   rm "$tls/$name.csr"
 }
 
+# base64url without padding, as JWTs and JWKs write their parts.
+b64url() { basenc --base64url -w0 | tr -d '='; }
+
+# The test identity provider: an RS256 key, its public half as a JWK set
+# (read by the broker from a file: Kafka takes file: URLs for its JWKS),
+# and one token signed with it.
+make_oidc() {
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tls/oidc-key.pem" 2>/dev/null
+  local n
+  n=$(openssl rsa -in "$tls/oidc-key.pem" -noout -modulus | cut -d= -f2 | xxd -r -p | b64url)
+  printf '{"keys":[{"kty":"RSA","kid":"leadflow-test","use":"sig","alg":"RS256","n":"%s","e":"AQAB"}]}\n' \
+    "$n" > "$tls/jwks.json"
+  local header payload signature
+  header=$(printf '{"alg":"RS256","typ":"JWT","kid":"leadflow-test"}' | b64url)
+  payload=$(printf '{"sub":"leadflow","iss":"leadflow-test-idp","aud":"leadflow-test","scope":"kafka","iat":%s,"exp":4102444800}' \
+    "$(date +%s)" | b64url)
+  signature=$(printf '%s.%s' "$header" "$payload" \
+    | openssl dgst -sha256 -sign "$tls/oidc-key.pem" -binary | b64url)
+  printf '%s.%s.%s' "$header" "$payload" "$signature" > "$tls/oidc.jwt"
+}
+
 make_tls() {
-  [ -f "$tls/.complete" ] && return
+  [ -f "$tls/.complete" ] && [ -f "$tls/oidc.jwt" ] && return
   rm -rf "$tls"
   mkdir -p "$tls"
   touch "$tls/index.txt"
@@ -108,6 +134,7 @@ CNF
   # Kafka's PEM key store: the key, then the certificate.
   cat "$tls/broker-key.pem" "$tls/broker.pem" > "$tls/broker-keystore.pem"
   cat "$tls/expired-key.pem" "$tls/expired.pem" > "$tls/expired-keystore.pem"
+  make_oidc
   touch "$tls/.complete"
 }
 
@@ -118,11 +145,11 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SCRAM://127.0.0.1:$((port + 2)),MTLS://127.0.0.1:$((port + 3)),OAUTH://127.0.0.1:$((port + 4)),EXPIRED://127.0.0.1:$((port + 5))
-advertised.listeners=PLAINTEXT://127.0.0.1:$aport,SCRAM://127.0.0.1:$((port + 2)),MTLS://127.0.0.1:$((port + 3)),OAUTH://127.0.0.1:$((port + 4)),EXPIRED://127.0.0.1:$((port + 5))
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SCRAM://127.0.0.1:$((port + 2)),MTLS://127.0.0.1:$((port + 3)),OAUTH://127.0.0.1:$((port + 4)),EXPIRED://127.0.0.1:$((port + 5)),OIDC://127.0.0.1:$((port + 6))
+advertised.listeners=PLAINTEXT://127.0.0.1:$aport,SCRAM://127.0.0.1:$((port + 2)),MTLS://127.0.0.1:$((port + 3)),OAUTH://127.0.0.1:$((port + 4)),EXPIRED://127.0.0.1:$((port + 5)),OIDC://127.0.0.1:$((port + 6))
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SCRAM:SASL_SSL,MTLS:SSL,OAUTH:SASL_SSL,EXPIRED:SSL
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SCRAM:SASL_SSL,MTLS:SSL,OAUTH:SASL_SSL,EXPIRED:SSL,OIDC:SASL_SSL
 log.dirs=$data/kraft
 # The secured listeners (see the top of this script).
 ssl.keystore.type=PEM
@@ -137,6 +164,12 @@ listener.name.oauth.oauthbearer.sasl.jaas.config=org.apache.kafka.common.securit
 listener.name.oauth.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.internals.unsecured.OAuthBearerUnsecuredValidatorCallbackHandler
 listener.name.expired.ssl.keystore.type=PEM
 listener.name.expired.ssl.keystore.location=$tls/expired-keystore.pem
+listener.name.oidc.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.oidc.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
+listener.name.oidc.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+listener.name.oidc.oauthbearer.sasl.oauthbearer.jwks.endpoint.url=file://$tls/jwks.json
+listener.name.oidc.oauthbearer.sasl.oauthbearer.expected.issuer=leadflow-test-idp
+listener.name.oidc.oauthbearer.sasl.oauthbearer.expected.audience=leadflow-test
 # Everything else is Kafka's stock default (7 days of time-based retention,
 # message.timestamp.after.max.ms of 1 hour, ...), as on a user's cluster:
 # what leadflow needs of a topic, leadflow topics create sets on it.
@@ -168,7 +201,9 @@ start() {
       || { cat "$data/logs/format.log" >&2; exit 1; }
   fi
   log "starting broker on $bootstrap (data in $data)"
+  # Kafka reads a JWKS only from URLs allowed by name.
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="file://$tls/jwks.json" \
     -Dlog4j2.configurationFile="$here/kafka/log4j2.properties" \
     -Dkafka.logs.dir="$data/logs" \
     -cp "$libs/*" kafka.Kafka "$data/server.properties" \

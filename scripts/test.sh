@@ -20,9 +20,11 @@ scripts/tools.sh
 # Toxiproxy for network faults (tests/network.rs, tests/cluster.rs), the
 # Kafka jars, the schema registry (Apicurio) and a Java to run it, and
 # Confluent's Python client, the standard Confluent-format producer and
-# consumer that tests/registry.rs checks leadflow against (tests/interop/).
+# consumer that tests/registry.rs checks leadflow against (tests/interop/),
+# and Helm with the Kubernetes API schemas for checking the chart.
 fetch_parts() {
   scripts/toxiproxy.sh install
+  scripts/helm.sh install
   scripts/kafka.sh fetch
   scripts/registry.sh fetch
   if ! cmp -s tests/interop/requirements.txt .cache/python/.requirements 2>/dev/null; then
@@ -63,8 +65,12 @@ scripts/image-context.sh
 docker-compose -f docker/compose.yaml config -q
 promtool check config docker/prometheus/prometheus.yml >/dev/null
 
-# The benchmark command, tiny, on a broker of its own (issue 7 keeps it working).
 fetched
+# The Helm chart: lint, render, and validate against Kubernetes' schemas.
+step "check helm/"
+scripts/helm.sh check
+
+# The benchmark command, tiny, on a broker of its own (issue 7 keeps it working).
 step "benchmark smoke run"
 LEADFLOW_KAFKA_PORT=$((LEADFLOW_KAFKA_PORT + 200)) scripts/bench.sh --smoke > /dev/null
 

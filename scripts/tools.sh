@@ -14,6 +14,8 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v kcat >/dev/null || missing+=(kcat)
 # scripts/registry.sh asks the registry whether it is up with curl.
 command -v curl >/dev/null || missing+=(curl)
+# scripts/kafka.sh writes the test identity provider's JWK with xxd.
+command -v xxd >/dev/null || missing+=(xxd)
 # librdkafka links the system's OpenSSL (TLS, SASL/SCRAM, OAUTHBEARER) and
 # libcurl (OAUTHBEARER's OIDC token requests), found with pkg-config: the
 # distribution keeps them patched, in the Docker image too.
@@ -31,4 +33,4 @@ export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
 # system runs; the tests need only its promtool.
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v kcat >/dev/null \
-  && command -v curl >/dev/null && pkg-config --exists openssl libcurl
+  && command -v curl >/dev/null && command -v xxd >/dev/null && pkg-config --exists openssl libcurl

@@ -582,6 +582,32 @@ fn run_refuses_internal_topics_whose_configuration_can_lose_data() {
     }
 }
 
+/// Internal topics that work but that a production cluster should not
+/// keep: a changelog an older leadflow made (compacted, with Kafka's stock
+/// week-long segments and day of tombstones), on one replica. `run` works,
+/// and says at start what to change, naming the topic and the setting.
+#[test]
+fn run_advises_on_internal_topics_made_otherwise_than_it_makes_them() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let id = format!("older-{}-{}", std::process::id(), common::now_ms());
+    let changelog = format!("{id}.changelog");
+    create_topic(&changelog, 2, &[("cleanup.policy", "compact")]);
+    let env = Env::with_topics("older", 2, &format!("changelog = \"{changelog}\""), "");
+    let out = env.leadflow(&["run", "--until-drained"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for advice in [
+        "segment.ms=604800000, where leadflow creates it with segment.ms=600000",
+        "delete.retention.ms=86400000, where leadflow creates it with delete.retention.ms=600000",
+        "1 replica(s)",
+    ] {
+        assert!(
+            log_line(&stderr, &["WARN", &changelog, advice]).is_some(),
+            "no warning {advice:?} on {changelog}: {stderr}"
+        );
+    }
+}
+
 /// `count` distinct AppSource leads numbered from `from`, 30 days old.
 fn numbered_leads(from: usize, count: usize) -> Vec<Vec<u8>> {
     let received = t0_rfc3339();

@@ -1,6 +1,8 @@
 //! leadflow on the test broker's secured listeners (`scripts/kafka.sh`):
 //! SASL_SSL with SCRAM-SHA-512, SSL with client certificates (mTLS), and
-//! SASL_SSL with OAUTHBEARER (Kafka's unsecured JWT validator). In each
+//! SASL_SSL with OAUTHBEARER, both with Kafka's unsecured JWT validator and
+//! with its JWKS validator, the token then fetched by librdkafka's OIDC
+//! client-credentials mode from a token endpoint the test serves. In each
 //! mode a mixed set of leads drains and the checker accounts for every
 //! one. A wrong password, an untrusted CA and an expired broker
 //! certificate each end start-up within the connect timeout with exit
@@ -13,8 +15,12 @@
 
 mod common;
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::checker::{check, write_generated};
@@ -27,6 +33,7 @@ const SCRAM: u16 = 2;
 const MTLS: u16 = 3;
 const OAUTH: u16 = 4;
 const EXPIRED: u16 = 5;
+const OIDC: u16 = 6;
 
 /// The test broker's port.
 fn broker_port() -> u16 {
@@ -146,8 +153,28 @@ fn client_certificates_drain_every_lead() {
 fn oauthbearer_over_tls_drains_every_lead() {
     let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("oauth", 2, "");
-    let vars = [
-        ("LEADFLOW_KAFKA__BOOTSTRAP_SERVERS", listener(OAUTH)),
+    let mut vars = oauthbearer(OAUTH);
+    vars.extend(
+        [
+            (
+                "LEADFLOW_KAFKA__CLIENT__ENABLE_SASL_OAUTHBEARER_UNSECURE_JWT",
+                "true".into(),
+            ),
+            (
+                "LEADFLOW_KAFKA__CLIENT__SASL_OAUTHBEARER_CONFIG",
+                "principal=leadflow".into(),
+            ),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
+    drains("oauth", 79, None, &env, &vars);
+}
+
+/// SASL_SSL with OAUTHBEARER on the listener at `offset`, trusting the
+/// test CA: what the token is and where it comes from is the caller's.
+fn oauthbearer(offset: u16) -> Vec<(String, String)> {
+    [
+        ("LEADFLOW_KAFKA__BOOTSTRAP_SERVERS", listener(offset)),
         (
             "LEADFLOW_KAFKA__CLIENT__SECURITY_PROTOCOL",
             "SASL_SSL".into(),
@@ -157,17 +184,126 @@ fn oauthbearer_over_tls_drains_every_lead() {
             "OAUTHBEARER".into(),
         ),
         ("LEADFLOW_KAFKA__CLIENT__SSL_CA_LOCATION", file("ca.pem")),
-        (
-            "LEADFLOW_KAFKA__CLIENT__ENABLE_SASL_OAUTHBEARER_UNSECURE_JWT",
-            "true".into(),
-        ),
-        (
-            "LEADFLOW_KAFKA__CLIENT__SASL_OAUTHBEARER_CONFIG",
-            "principal=leadflow".into(),
-        ),
     ]
-    .map(|(name, value)| (name.to_owned(), value));
-    drains("oauth", 79, None, &env, &vars);
+    .map(|(name, value)| (name.to_owned(), value))
+    .to_vec()
+}
+
+/// An identity provider's token endpoint, as OAuth 2.0's client-credentials
+/// grant has it: a POST with the client's id and secret in HTTP basic
+/// authentication gets the test provider's signed token (`kafka.sh tls`),
+/// anything else a 401. Counts the tokens it hands out.
+struct TokenEndpoint {
+    url: String,
+    issued: Arc<AtomicUsize>,
+}
+
+/// `Basic` authentication of client `leadflow` with secret `oidc-secret`.
+const CLIENT_AUTHORIZATION: &str = "Basic bGVhZGZsb3c6b2lkYy1zZWNyZXQ=";
+
+impl TokenEndpoint {
+    fn start() -> TokenEndpoint {
+        let token = std::fs::read_to_string(tls().join("oidc.jwt")).expect("oidc.jwt");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the token endpoint");
+        let url = format!(
+            "http://{}/oauth2/token",
+            listener.local_addr().expect("address")
+        );
+        let issued = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&issued);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let (mut authorized, mut length, mut post) = (false, 0, false);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let header = line.trim_end();
+                    if header.is_empty() {
+                        break;
+                    }
+                    post |= header.starts_with("POST /oauth2/token ");
+                    if let Some((name, value)) = header.split_once(':') {
+                        let value = value.trim();
+                        match name.to_ascii_lowercase().as_str() {
+                            "authorization" => authorized = value == CLIENT_AUTHORIZATION,
+                            "content-length" => length = value.parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                let grant = reader.read_exact(&mut body).is_ok()
+                    && String::from_utf8_lossy(&body).contains("grant_type=client_credentials");
+                let (status, json) = if post && authorized && grant {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    (
+                        "200 OK",
+                        format!(
+                            r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#
+                        ),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"error":"invalid_client"}"#.to_owned(),
+                    )
+                };
+                let mut stream = reader.into_inner();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+            }
+        });
+        TokenEndpoint { url, issued }
+    }
+
+    /// The OIDC listener's settings, with the client secret `secret`.
+    fn settings(&self, secret: &str) -> Vec<(String, String)> {
+        let mut settings = oauthbearer(OIDC);
+        settings.extend(
+            [
+                (
+                    "LEADFLOW_KAFKA__CLIENT__SASL_OAUTHBEARER_METHOD",
+                    "oidc".into(),
+                ),
+                (
+                    "LEADFLOW_KAFKA__CLIENT__SASL_OAUTHBEARER_CLIENT_ID",
+                    "leadflow".into(),
+                ),
+                (
+                    "LEADFLOW_KAFKA__CLIENT__SASL_OAUTHBEARER_CLIENT_SECRET",
+                    secret.into(),
+                ),
+                (
+                    "LEADFLOW_KAFKA__CLIENT__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+                    self.url.clone(),
+                ),
+                (
+                    "LEADFLOW_KAFKA__CLIENT__SASL_OAUTHBEARER_SCOPE",
+                    "kafka".into(),
+                ),
+            ]
+            .map(|(name, value)| (name.to_owned(), value)),
+        );
+        settings
+    }
+}
+
+/// The token comes from the endpoint, and the broker checks its signature,
+/// issuer and audience against the provider's published key.
+#[test]
+fn oidc_client_credentials_drain_every_lead() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let endpoint = TokenEndpoint::start();
+    let env = Env::new("oidc", 2, "");
+    drains("oidc", 83, None, &env, &endpoint.settings("oidc-secret"));
+    assert!(
+        endpoint.issued.load(Ordering::SeqCst) > 0,
+        "no token was fetched"
+    );
 }
 
 /// One line on stderr naming `cause`, exit code 1, within the connect
@@ -225,6 +361,18 @@ fn an_expired_certificate_is_named_in_one_line() {
     .map(|(name, value)| (name.to_owned(), value))
     .to_vec();
     refused("expired", vars, &["certificate expired"]);
+}
+
+#[test]
+fn a_refused_client_secret_is_named_in_one_line() {
+    let _deadline = common::deadline(Duration::from_secs(60));
+    let endpoint = TokenEndpoint::start();
+    refused(
+        "wrong-client-secret",
+        endpoint.settings("not-the-secret"),
+        &[r#"Failed to acquire SASL OAUTHBEARER token: {"error":"invalid_client"}"#],
+    );
+    assert_eq!(endpoint.issued.load(Ordering::SeqCst), 0);
 }
 
 /// With every log on, librdkafka's included, neither a refused password

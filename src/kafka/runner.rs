@@ -885,7 +885,11 @@ fn run_once(
         .map(|(name, role)| (name.as_str(), *role))
         .collect();
     if !options.mock_cluster {
-        super::topics::check_configs_blocking(kafka, &roles, config.pipeline.max_record_bytes)?;
+        let advice =
+            super::topics::check_configs_blocking(kafka, &roles, config.pipeline.max_record_bytes)?;
+        for (topic, advice) in advice {
+            tracing::warn!(topic, "{advice}");
+        }
     }
     let processed = repartition_topic.as_deref().unwrap_or(&topics.input);
     if partitions_of(&changelog_topic) != partitions_of(processed) {

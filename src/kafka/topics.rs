@@ -180,6 +180,53 @@ pub fn config_problem(
     }
 }
 
+/// What a production cluster should change on a topic that works as it
+/// is: a replica count or `min.insync.replicas` that loses acknowledged
+/// writes with one broker, or stops them while one is down, and, on the
+/// internal topics, a setting other than the one leadflow creates them
+/// with (a topic made by an older leadflow, or by hand). Logged at start,
+/// never refused: a development cluster of one broker has one replica of
+/// everything. Topics leadflow only reads (the input) get none.
+pub fn config_advice(
+    role: TopicRole,
+    max_record_bytes: usize,
+    replicas: usize,
+    config: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    if role == TopicRole::Input {
+        return Vec::new();
+    }
+    let mut advice = Vec::new();
+    let min_insync = config("min.insync.replicas").and_then(|v| v.parse::<usize>().ok());
+    if replicas < 3 {
+        advice.push(format!(
+            "{replicas} replica(s): a broker's loss can lose what leadflow wrote here; production clusters keep 3 (topics create --replication-factor 3 --min-insync-replicas 2)"
+        ));
+    } else if let Some(min) = min_insync.filter(|min| *min < 2) {
+        advice.push(format!(
+            "min.insync.replicas={min} with {replicas} replicas: a write one broker acknowledged is lost with that broker; use 2"
+        ));
+    }
+    if let Some(min) = min_insync.filter(|min| replicas >= 2 && *min >= replicas) {
+        advice.push(format!(
+            "min.insync.replicas={min} with {replicas} replicas: leadflow's writes stop while any replica is down; use {}",
+            replicas - 1
+        ));
+    }
+    if matches!(role, TopicRole::Repartition | TopicRole::Changelog) {
+        for (key, want) in topic_configs(role, max_record_bytes) {
+            let found = config(key);
+            if key != "max.message.bytes" && found.as_deref().is_some_and(|found| found != want) {
+                advice.push(format!(
+                    "{key}={}, where leadflow creates it with {key}={want} (kafka-configs --alter --entity-type topics --add-config {key}={want})",
+                    found.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    advice
+}
+
 /// How many partitions and replicas topics are created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -263,15 +310,19 @@ pub async fn create(
     Ok(created)
 }
 
-/// The topic-level configuration of each topic, by name (the broker's
-/// effective values, defaults included).
-pub async fn configs(
-    kafka: &KafkaConfig,
-    names: &[&str],
-) -> Result<Vec<HashMap<String, String>>, SetupError> {
+/// A topic as the broker describes it: its topic-level configuration (the
+/// effective values, defaults included) and its fewest replicas of any
+/// partition.
+struct Described {
+    config: HashMap<String, String>,
+    replicas: usize,
+}
+
+async fn describe(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<Described>, SetupError> {
     let admin: AdminClient<Logged> = client_config(kafka, Role::Admin, &[])
         .create_with_context(Logged)
         .map_err(SetupError::Client)?;
+    let metadata = cluster_metadata(admin.inner(), kafka)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let options = AdminOptions::new().request_timeout(Some(timeout));
     let specifiers: Vec<ResourceSpecifier<'_>> = names
@@ -290,11 +341,20 @@ pub async fn configs(
                 topic: (*name).to_owned(),
                 reason: format!("cannot describe its configuration: {code}"),
             })?;
-            Ok(resource
-                .entries
-                .into_iter()
-                .filter_map(|entry| Some((entry.name, entry.value?)))
-                .collect())
+            let replicas = metadata
+                .topics()
+                .iter()
+                .find(|topic| topic.name() == *name)
+                .and_then(|topic| topic.partitions().iter().map(|p| p.replicas().len()).min())
+                .unwrap_or(0);
+            Ok(Described {
+                config: resource
+                    .entries
+                    .into_iter()
+                    .filter_map(|entry| Some((entry.name, entry.value?)))
+                    .collect(),
+                replicas,
+            })
         })
         .collect()
 }
@@ -304,7 +364,7 @@ pub fn check_configs_blocking(
     kafka: &KafkaConfig,
     topics: &[(&str, TopicRole)],
     max_record_bytes: usize,
-) -> Result<(), SetupError> {
+) -> Result<Vec<(String, String)>, SetupError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -319,30 +379,37 @@ pub fn check_configs_blocking(
 
 /// Refuses, naming the topic and the setting, a topic whose configuration
 /// can lose what leadflow keeps in it or refuse what it writes there.
+/// Returns the [`config_advice`] for each topic, by topic name.
 pub async fn check_configs(
     kafka: &KafkaConfig,
     topics: &[(&str, TopicRole)],
     max_record_bytes: usize,
-) -> Result<(), SetupError> {
+) -> Result<Vec<(String, String)>, SetupError> {
     let names: Vec<&str> = topics.iter().map(|(name, _)| *name).collect();
-    let found = configs(kafka, &names).await?;
-    for ((name, role), config) in topics.iter().zip(found) {
+    let found = describe(kafka, &names).await?;
+    let mut advice = Vec::new();
+    for ((name, role), described) in topics.iter().zip(found) {
+        let config = &described.config;
         if config.is_empty() {
             return Err(SetupError::BadTopic {
                 topic: (*name).to_owned(),
                 reason: "the broker described no configuration for it".into(),
             });
         }
-        if let Some(reason) =
-            config_problem(*role, max_record_bytes, |key| config.get(key).cloned())
-        {
+        let value = |key: &str| config.get(key).cloned();
+        if let Some(reason) = config_problem(*role, max_record_bytes, value) {
             return Err(SetupError::BadTopic {
                 topic: (*name).to_owned(),
                 reason,
             });
         }
+        advice.extend(
+            config_advice(*role, max_record_bytes, described.replicas, value)
+                .into_iter()
+                .map(|text| ((*name).to_owned(), text)),
+        );
     }
-    Ok(())
+    Ok(advice)
 }
 
 /// Waits until every topic has a leader for each partition in the broker's
@@ -449,13 +516,18 @@ mod tests {
 
     const LIMIT: usize = 983_040;
 
-    fn check(role: TopicRole, pairs: &[(&str, &str)]) -> Option<String> {
-        config_problem(role, LIMIT, |key| {
+    /// A topic's configuration as the broker would describe it: `pairs`.
+    fn described<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        |key| {
             pairs
                 .iter()
                 .find(|(k, _)| *k == key)
                 .map(|(_, v)| (*v).to_owned())
-        })
+        }
+    }
+
+    fn check(role: TopicRole, pairs: &[(&str, &str)]) -> Option<String> {
+        config_problem(role, LIMIT, described(pairs))
     }
 
     #[test]
@@ -518,6 +590,61 @@ mod tests {
         let tiny = [("max.message.bytes", "10000")];
         assert!(check(TopicRole::Output, &tiny).is_some());
         assert_eq!(check(TopicRole::Input, &tiny), None);
+    }
+
+    fn advise(role: TopicRole, replicas: usize, pairs: &[(&str, &str)]) -> Vec<String> {
+        config_advice(role, LIMIT, replicas, described(pairs))
+    }
+
+    #[test]
+    fn weak_replication_is_advised_against_but_not_refused() {
+        let stock = [("min.insync.replicas", "1")];
+        let one = advise(TopicRole::Output, 1, &stock);
+        assert!(one.len() == 1 && one[0].contains("1 replica(s)"), "{one:?}");
+        let three = advise(TopicRole::Changelog, 3, &stock);
+        assert!(
+            three
+                .iter()
+                .any(|a| a.contains("min.insync.replicas=1 with 3")),
+            "{three:?}"
+        );
+        let stalls = advise(TopicRole::DeadLetter, 3, &[("min.insync.replicas", "3")]);
+        assert!(
+            stalls.len() == 1 && stalls[0].contains("writes stop") && stalls[0].ends_with("use 2"),
+            "{stalls:?}"
+        );
+        let sound = [("min.insync.replicas", "2")];
+        for role in [TopicRole::Output, TopicRole::DeadLetter] {
+            assert_eq!(advise(role, 3, &sound), Vec::<String>::new());
+        }
+        // leadflow reads the input only: its layout is the operator's.
+        assert_eq!(advise(TopicRole::Input, 1, &stock), Vec::<String>::new());
+    }
+
+    #[test]
+    fn internal_topics_made_otherwise_than_leadflow_makes_them_are_named() {
+        for role in [TopicRole::Repartition, TopicRole::Changelog] {
+            let mut configs = topic_configs(role, LIMIT);
+            configs.push(("min.insync.replicas", "2".into()));
+            let pairs: Vec<(&str, &str)> = configs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            assert_eq!(advise(role, 3, &pairs), Vec::<String>::new(), "{role:?}");
+        }
+        // A changelog an older leadflow made: compacted, but with Kafka's
+        // stock week-long segments and day of tombstones.
+        let older = [
+            ("cleanup.policy", "compact"),
+            ("min.insync.replicas", "2"),
+            ("segment.ms", "604800000"),
+            ("segment.bytes", "1073741824"),
+            ("delete.retention.ms", "86400000"),
+        ];
+        let advice = advise(TopicRole::Changelog, 3, &older);
+        assert_eq!(advice.len(), 3, "{advice:?}");
+        assert!(
+            advice[0].starts_with(
+                "segment.ms=604800000, where leadflow creates it with segment.ms=600000"
+            )
+        );
     }
 
     #[test]
