@@ -51,7 +51,7 @@ fn a_killed_partition_leader_loses_and_doubles_nothing() {
 /// Scenario 2: the broker coordinating leadflow's `transactional.id` is
 /// killed (`kill -9`) mid-run, and later restarted.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenario 1"]
 fn a_killed_transaction_coordinator_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     killed_and_restarted(
@@ -90,6 +90,7 @@ fn killed_and_restarted(name: &str, seed: u64, what: &str, victim: impl Fn(&Env)
 /// and started again, the next only once every partition is back in sync;
 /// leadflow goes on throughout.
 #[test]
+#[ignore = "in scripts/faults.sh; CI runs scenario 1"]
 fn a_rolling_restart_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(480)));
     let (cluster, env, feed) = setup("rolling", 57);
@@ -118,7 +119,7 @@ fn a_rolling_restart_loses_and_doubles_nothing() {
 /// heals both go on. Nothing is lost or doubled, and the changelog agrees
 /// with the outputs.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenario 1"]
 fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(300)));
     let (cluster, env, feed) = setup("cut-off", 43);
@@ -162,7 +163,7 @@ fn an_instance_cut_off_its_transaction_coordinator_loses_and_doubles_nothing() {
 /// bandwidth limit, and must go on at full speed once the network is
 /// fast again.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenario 1"]
 fn a_slow_network_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(480)));
     let (cluster, env, feed) = setup("slow", 59);
@@ -210,7 +211,7 @@ const SLOW_FOR: Duration = Duration::from_secs(60);
 /// back when A returns); then B is paused with SIGSTOP past its session,
 /// A takes everything over, and B, woken, writes nothing visible.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenario 1"]
 fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(600)));
     let (_cluster, env, feed) = setup("process-faults", 61);
@@ -246,7 +247,7 @@ fn killed_paused_and_rebalanced_instances_lose_and_double_nothing() {
 /// random aborts, on the same cluster. Both come out exactly once: the
 /// copy holds each partition's input, in order, once; the checker passes.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenario 1"]
 fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(420)));
     let (cluster, env, feed) = setup("copier", 67);
@@ -364,7 +365,7 @@ fn a_paused_zombie_beside_kafkas_own_copier_loses_and_doubles_nothing() {
 /// left them); leadflow is killed with `kill -9` while restoring them,
 /// twice; the third run restores every key and goes on.
 #[test]
-#[ignore = "in scripts/faults.sh; CI runs scenarios 1 and 3"]
+#[ignore = "in scripts/faults.sh; CI runs scenario 1"]
 fn killed_twice_while_restoring_a_million_keys_loses_and_doubles_nothing() {
     let _deadline = common::deadline(common::faults::scaled(Duration::from_secs(600)));
     let (_cluster, env, feed) = setup("restore-kills", 71);
