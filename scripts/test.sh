@@ -37,12 +37,6 @@ mkdir -p target
 # idle (while it links, say) rather than slow that build down.
 ( renice -n 19 -p "$BASHPID" >/dev/null; fetch_parts ) > target/fetch.log 2>&1 &
 fetching=$!
-# Helm, built from source (about 4 minutes of CPU from a clean Go cache),
-# and the Kubernetes API schemas are needed only for the chart's check at
-# the end: they build at the lowest priority beside the build and the
-# tests, in the time those leave idle.
-( renice -n 19 -p "$BASHPID" >/dev/null; scripts/helm.sh install ) > target/helm.log 2>&1 &
-helm_fetching=$!
 fetched() {
   step "waiting for the fetched parts"
   if ! wait "$fetching"; then cat target/fetch.log >&2; exit 1; fi
@@ -54,6 +48,12 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --features kafka-tests -- -D warnings
 step "build the tests"
 cargo test --features kafka-tests --no-run
+# Helm, built from source (about 4 minutes of CPU from a clean Go cache),
+# and the Kubernetes API schemas are needed only for the chart's check at
+# the end: they build at the lowest priority while the tests run, in the
+# time those leave idle (beside leadflow's build they slowed it by minutes).
+( renice -n 19 -p "$BASHPID" >/dev/null; scripts/helm.sh install ) > target/helm.log 2>&1 &
+helm_fetching=$!
 # The fuzz target is built by cargo-fuzz only; checking it here keeps it
 # compiling as the library changes (with the library's locked versions,
 # so that it shares their build). A check links nothing, so libFuzzer's
