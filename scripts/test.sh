@@ -33,9 +33,24 @@ fetch_parts() {
   fi
 }
 mkdir -p target
+# Background jobs run in process groups of their own, so that however this
+# script ends, nothing it started (a Go build, say) outlives it; nor do the
+# broker and the registry.
+export -f fetch_parts
+jobs_started=()
+in_background() {
+  setsid bash -c 'renice -n 19 -p $$ >/dev/null; "$@"' bash "$@" &
+  jobs_started+=($!)
+}
+cleanup() {
+  for job in "${jobs_started[@]}"; do kill -- "-$job" 2>/dev/null || true; done
+  scripts/kafka.sh stop
+  scripts/registry.sh stop
+}
+trap cleanup EXIT
 # At the lowest priority, so as to fill the cores leadflow's build leaves
 # idle (while it links, say) rather than slow that build down.
-( renice -n 19 -p "$BASHPID" >/dev/null; fetch_parts ) > target/fetch.log 2>&1 &
+in_background fetch_parts > target/fetch.log 2>&1
 fetching=$!
 fetched() {
   step "waiting for the fetched parts"
@@ -52,7 +67,7 @@ cargo test --features kafka-tests --no-run
 # and the Kubernetes API schemas are needed only for the chart's check at
 # the end: they build at the lowest priority while the tests run, in the
 # time those leave idle (beside leadflow's build they slowed it by minutes).
-( renice -n 19 -p "$BASHPID" >/dev/null; scripts/helm.sh install ) > target/helm.log 2>&1 &
+in_background scripts/helm.sh install > target/helm.log 2>&1
 helm_fetching=$!
 # The fuzz target is built by cargo-fuzz only; checking it here keeps it
 # compiling as the library changes (with the library's locked versions,
@@ -79,7 +94,6 @@ LEADFLOW_KAFKA_PORT=$((LEADFLOW_KAFKA_PORT + 200)) scripts/bench.sh --smoke > /d
 
 step "start the broker and the registry"
 scripts/kafka.sh reset
-trap 'scripts/kafka.sh stop; scripts/registry.sh stop' EXIT
 scripts/kafka.sh start
 # The schema registry keeps its data in memory: every start is fresh.
 scripts/registry.sh start
