@@ -11,13 +11,14 @@ use divan::counter::ItemsCount;
 use leadflow::config::Config;
 use leadflow::domain::{DedupeKey, Lead, Score};
 use leadflow::generate::{Generator, GeneratorOptions};
-use leadflow::pipeline::{Input, Pipeline, PipelineSettings, SourcePosition};
+use leadflow::pipeline::{Pipeline, PipelineSettings};
 use leadflow::stages::decode::{Decoder, Format};
 use leadflow::stages::dedupe::Deduper;
 use leadflow::stages::encode::Encoder;
 use leadflow::stages::enrich::{Reference, enrich};
 use leadflow::stages::route::{Destination, RoutingTable, route};
 use leadflow::stages::score::{ScoringRules, score};
+use leadflow::testkit;
 
 fn main() {
     divan::main();
@@ -31,10 +32,7 @@ const WHOLE_PATH_LEADS: usize = 100_000;
 const WINDOW_MS: i64 = 180 * 86_400_000;
 
 fn config() -> Config {
-    Config {
-        catalog: leadflow::generate::catalog(),
-        ..Config::default()
-    }
+    testkit::generated_config(Format::Json)
 }
 
 /// Generated records: (value, record timestamp).
@@ -182,16 +180,7 @@ fn whole_path(bencher: Bencher, (input, output): (Format, Format)) {
     bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
         let (value, ts) = next();
         offset += 1;
-        let outcome = pipeline.process(Input {
-            value: Some(value),
-            timestamp_ms: Some(*ts),
-            source: SourcePosition {
-                topic: "bench",
-                partition: 0,
-                offset,
-            },
-            shard: 0,
-        });
+        let outcome = pipeline.process(testkit::input(value, *ts, offset));
         if let leadflow::pipeline::Outcome::Routed {
             destination,
             lead,

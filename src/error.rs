@@ -4,6 +4,9 @@
 //! breaking change for operators' alerts.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
 
 /// A pipeline stage, as named in dead-letter headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,4 +116,60 @@ mod tests {
             assert!(cut.ends_with('…'));
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}, key `{key}`: {reason}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    #[error("config {origin}, key `{key}`: {reason}")]
+    Override {
+        origin: String,
+        key: String,
+        reason: String,
+    },
+    #[error("config {origin}, key `{key}`: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        reason: String,
+    },
+}
+
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses TOML into `T`, turning a parse error into one line that names the
+/// file, the line and the key.
+pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |span| span.start);
+        let before = text.get(..offset).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let key = text
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.split_once('='))
+            .map_or_else(|| "?".to_owned(), |(k, _)| k.trim().to_owned());
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            key,
+            reason: e.message().replace('\n', " "),
+        }
+    })
 }

@@ -8,7 +8,18 @@
 //! has nothing to restore and takes partitions over the moment a rebalance
 //! gives it some.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use crate::metrics::Metrics;
+
+/// What the process reports on: its metrics and its health, served by
+/// `http` and fed by the engine.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
 
 /// Where the processing loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

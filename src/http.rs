@@ -1,6 +1,6 @@
 //! The operations endpoint: `/metrics` (Prometheus text format),
 //! `/healthz` (the process is alive: 200 while it serves at all) and
-//! `/readyz` (200 when [`Health`] says ready, else 503 with the reason).
+//! `/readyz` (200 when [`crate::health::Health`] says ready, else 503 with the reason).
 //!
 //! It runs on tokio, apart from the processing loop's thread, and only
 //! reads shared state, so a slow scrape never slows processing. Clients
@@ -20,15 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::health::Health;
-use crate::metrics::Metrics;
-
-/// What the endpoint reports on.
-#[derive(Debug, Clone)]
-pub struct Observed {
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-}
+use crate::health::Observed;
 
 /// How much of the process the endpoint may take, whoever connects: it
 /// often listens on every interface, and a scraper is a client like any.
@@ -190,7 +182,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::Phase;
+    use crate::health::{Health, Phase};
+    use crate::metrics::Metrics;
 
     fn get(path: &str, observed: &Observed) -> (StatusCode, String) {
         get_accepting(path, "*/*", observed)

@@ -8,7 +8,9 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod config;
+pub mod demo;
 pub mod domain;
+pub mod engine;
 pub mod error;
 #[cfg(feature = "kafka-tests")]
 pub mod failpoint;
@@ -22,6 +24,7 @@ pub mod reference;
 pub mod registry;
 pub mod reload;
 pub mod stages;
+pub mod testkit;
 pub mod validate;
 
 /// leadflow's name and version, the first half of `leadflow.pipeline.version`.

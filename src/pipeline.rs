@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{DedupeKey, Lead, Score};
 use crate::error::{Failure, Stage};
+use crate::stages::StageClock;
 use crate::stages::decode::{Decoder, Format, WriterAnswer};
 use crate::stages::dedupe::{Change, Deduper};
 use crate::stages::enrich::{Reference, enrich, identify};
@@ -65,18 +66,6 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// Told as each stage ends, to time stages without the stages knowing.
-/// `()` is the clock that does nothing, compiled away.
-pub trait StageClock {
-    /// `stage` has just finished (a stage may finish more than once per lead).
-    fn lap(&mut self, stage: Stage);
-}
-
-impl StageClock for () {
-    #[inline]
-    fn lap(&mut self, _stage: Stage) {}
-}
-
 /// A lead dated further ahead of processing time than `dedupe.max_future_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -115,7 +104,7 @@ impl PipelineSettings {
     /// Everything from a validated configuration.
     pub fn from_config(
         config: &crate::config::Config,
-    ) -> Result<PipelineSettings, crate::config::ConfigError> {
+    ) -> Result<PipelineSettings, crate::error::ConfigError> {
         Ok(PipelineSettings {
             input_format: config.topics.input_format,
             reference: config.reference("config")?,
@@ -466,20 +455,11 @@ mod tests {
             storefront = "azure-marketplace"
         "#;
         let config: Config = toml::from_str(text).expect("config");
-        Pipeline::new(PipelineSettings::from_config(&config).expect("settings"))
+        crate::testkit::pipeline(&config)
     }
 
     fn input(value: &str, offset: i64) -> Input<'_> {
-        Input {
-            value: Some(value.as_bytes()),
-            timestamp_ms: Some(1_741_000_000_000),
-            source: SourcePosition {
-                topic: "leads.raw",
-                partition: 0,
-                offset,
-            },
-            shard: 0,
-        }
+        crate::testkit::input(value.as_bytes(), 1_741_000_000_000, offset)
     }
 
     /// Where an outcome sends a lead, in words.
@@ -571,7 +551,7 @@ mod tests {
             "[[routes]]\ncampaign = \"nurture\"\nstorefront = \"appsource\"\ntopic = \"n\"\n",
         )
         .expect("config");
-        let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
+        let mut pipeline = crate::testkit::pipeline(&config);
         let azure = r#"{"LeadSource":"AzurePortal-Create|contoso.gw","UserDetails":{"Email":"ops@litware.com"}}"#;
         for offset in 0..2 {
             let outcome = pipeline.process(input(azure, offset));

@@ -18,75 +18,10 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::config::RegistryConfig;
 use crate::error::ErrorClass;
-
-/// How leadflow reaches the schema registry (`[schema_registry]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// Base URL of the Confluent-compatible API, e.g.
-    /// `http://registry:8081` or `http://apicurio:8080/apis/ccompat/v7`.
-    /// Required when a topic uses the `confluent-avro` format.
-    pub url: Option<String>,
-    /// Which subject leadflow's output schemas are registered under.
-    pub subject_name_strategy: SubjectNameStrategy,
-    /// Register leadflow's output schemas at start (`true`), or only look
-    /// them up and refuse to start if they are not registered (`false`,
-    /// for registries where deploy pipelines register schemas).
-    pub auto_register: bool,
-    /// Longest one request may take, connecting included.
-    pub timeout_ms: u64,
-    /// Retries of a request that failed in a way a retry can fix.
-    pub retries: u32,
-    /// First wait before a retry; it doubles each time, up to 5 s.
-    pub retry_backoff_ms: u64,
-    /// HTTP basic authentication (Confluent Cloud: API key and secret).
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// PEM file of the certificate authorities to trust for `https`,
-    /// instead of the built-in web roots.
-    pub ca_file: Option<String>,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig {
-            url: None,
-            subject_name_strategy: SubjectNameStrategy::TopicName,
-            auto_register: true,
-            timeout_ms: 5_000,
-            retries: 2,
-            retry_backoff_ms: 200,
-            username: None,
-            password: None,
-            ca_file: None,
-        }
-    }
-}
-
-/// Confluent's subject name strategies for record values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SubjectNameStrategy {
-    /// `<topic>-value`: one schema history per topic (Confluent's default).
-    TopicName,
-    /// The record's full name, e.g. `dev.leadflow.CampaignLead`: one
-    /// schema history per record type, whatever topic it is on.
-    RecordName,
-}
-
-impl SubjectNameStrategy {
-    /// The subject for values of `topic` written with a schema whose
-    /// record's full name is `record_name`.
-    pub fn subject(self, topic: &str, record_name: &str) -> String {
-        match self {
-            SubjectNameStrategy::TopicName => format!("{topic}-value"),
-            SubjectNameStrategy::RecordName => record_name.to_owned(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -493,7 +428,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// A record schema's full name, e.g. `dev.leadflow.RawLead`, for
-/// [`SubjectNameStrategy::RecordName`].
+/// [`crate::config::SubjectNameStrategy::RecordName`].
 pub fn record_name(schema: Option<&apache_avro::Schema>) -> String {
     match schema {
         Some(apache_avro::Schema::Record(record)) => record.name.fullname(None),
@@ -554,6 +489,7 @@ pub fn topic_schemas(config: &crate::config::Config) -> Vec<TopicSchema> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SubjectNameStrategy;
 
     #[test]
     fn confluent_topics_get_their_schemas_subjects() {

@@ -8,14 +8,15 @@
 //! is scored and routed by one version. A configuration that does not load
 //! or validate is refused where it is loaded, and the rules in use stay.
 //!
-//! Only `routes`, `policy` and `scoring` take effect on reload; any other
-//! changed key is reported and waits for a restart.
+//! Each section declares what a reload does with it
+//! (`config::Section::ON_RELOAD`): `routes`, `policy` and `scoring` take
+//! effect; any other changed section is reported and waits for a restart.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::config::{Config, OnReload};
 
 /// The latest configuration offered for reload and not yet taken.
 #[derive(Debug, Default)]
@@ -43,36 +44,17 @@ impl ReloadSlot {
     }
 }
 
-/// Keys of `new` that differ from `old` and need a restart: everything
-/// outside `routes`, `policy` and `scoring`.
+/// Sections of `new` that differ from `old` and wait for a restart
+/// (see [`crate::config::Section::ON_RELOAD`]).
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    let sections: [(&'static str, String, String); 7] = [
-        ("kafka", toml(&old.kafka), toml(&new.kafka)),
-        ("topics", toml(&old.topics), toml(&new.topics)),
-        ("pipeline", toml(&old.pipeline), toml(&new.pipeline)),
-        ("dedupe", toml(&old.dedupe), toml(&new.dedupe)),
-        ("http", toml(&old.http), toml(&new.http)),
-        ("log", toml(&old.log), toml(&new.log)),
-        ("catalog", toml(&old.catalog), toml(&new.catalog)),
-    ];
-    for (name, before, after) in sections {
-        if before != after {
-            changed.push(name);
-        }
-    }
-    changed
-}
-
-fn toml<T: serde::Serialize>(value: &T) -> String {
-    // Compared, never shown: an unprintable section compares as empty.
-    toml::to_string(&Wrapped { value }).unwrap_or_default()
-}
-
-/// TOML needs a table at the top.
-#[derive(serde::Serialize)]
-struct Wrapped<'a, T> {
-    value: &'a T,
+    old.sections()
+        .into_iter()
+        .zip(new.sections())
+        .filter(|((_, on_reload, before), (_, _, after))| {
+            *on_reload == OnReload::Restart && before != after
+        })
+        .map(|((name, ..), _)| name)
+        .collect()
 }
 
 /// The files whose change triggers a reload: the config file and the
@@ -109,6 +91,21 @@ mod tests {
         new.pipeline.commit_interval_ms = 7;
         new.kafka.group_id = "other".into();
         assert_eq!(needs_restart(&old, &new), ["kafka", "pipeline"]);
+    }
+
+    /// It was once left out of a hand-kept list, and a changed registry
+    /// was silently ignored on reload.
+    #[test]
+    fn a_changed_schema_registry_waits_for_a_restart() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.schema_registry.url = Some("http://registry:8081".into());
+        new.catalog.push(crate::config::CatalogEntry {
+            offer: "contoso.crm".into(),
+            title: "Contoso CRM".into(),
+            storefront: crate::domain::Storefront::AppSource,
+        });
+        assert_eq!(needs_restart(&old, &new), ["schema_registry", "catalog"]);
     }
 
     #[test]

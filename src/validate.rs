@@ -196,15 +196,10 @@ pub fn describe(v: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::PipelineSettings;
 
     fn run(text: &str) -> Vec<Verdict> {
-        let config = Config {
-            catalog: crate::generate::catalog(),
-            ..Config::default()
-        };
-        let mut pipeline =
-            Pipeline::new(PipelineSettings::from_config(&config).expect("default settings"));
+        let config = crate::testkit::generated_config(crate::stages::decode::Format::Json);
+        let mut pipeline = crate::testkit::pipeline(&config);
         validate(&config, &mut pipeline, text.as_bytes(), 1_760_000_000_000)
     }
 

@@ -10,77 +10,9 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
-use leadflow::metrics::{
-    DeadLetterLabels, KindLabels, Metrics, PartitionLabels, RejectionLabels, StageLabels,
-    TopicLabels,
-};
+use common::metrics::exported;
 
 const DOCKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker");
-
-/// Every series name leadflow can export: counters with `_total`,
-/// histograms with `_bucket`, `_sum` and `_count`.
-fn exported() -> BTreeSet<String> {
-    // Labelled families show only once they have a series: give each one.
-    let metrics = Metrics::new();
-    let topic = TopicLabels {
-        topic: "leads.raw".into(),
-    };
-    metrics.records_in.get_or_create(&topic).inc();
-    metrics.records_out.get_or_create(&topic).inc();
-    metrics.offset_resets.get_or_create(&topic).inc();
-    metrics
-        .produce_rejections
-        .get_or_create(&RejectionLabels {
-            topic: "campaign.x".into(),
-            error: "MessageSizeTooLarge".into(),
-        })
-        .inc();
-    metrics
-        .dead_letters
-        .get_or_create(&DeadLetterLabels {
-            stage: "decode",
-            class: "json_syntax",
-        })
-        .inc();
-    metrics
-        .consumer_lag
-        .get_or_create(&PartitionLabels {
-            topic: "leads.raw".into(),
-            partition: 0,
-        })
-        .set(0);
-    metrics
-        .rebalances
-        .get_or_create(&KindLabels { kind: "assign" })
-        .inc();
-    metrics
-        .stage_duration
-        .get_or_create(&StageLabels { stage: "decode" })
-        .observe(1e-6);
-    metrics.set_rules_version("v1");
-    let text = metrics.encode();
-    let mut names = BTreeSet::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("# TYPE ") else {
-            continue;
-        };
-        let (name, kind) = rest.split_once(' ').expect("TYPE line");
-        match kind {
-            "counter" => {
-                names.insert(format!("{name}_total"));
-            }
-            "histogram" => {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.insert(format!("{name}{suffix}"));
-                }
-            }
-            _ => {
-                names.insert(name.to_owned());
-            }
-        }
-    }
-    names
-}
 
 /// `leadflow_…` names in a query or rules text.
 fn referenced(text: &str) -> BTreeSet<String> {

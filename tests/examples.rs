@@ -7,42 +7,26 @@ mod common;
 
 use std::time::Duration;
 
-use leadflow::config::Config;
-use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition};
+use leadflow::pipeline::Outcome;
 use leadflow::stages::decode::Format;
 use leadflow::stages::encode::{CAMPAIGN_LEAD_SCHEMA, Encoder};
 use leadflow::stages::route::Destination;
-
-const RECORD_TIMESTAMP_MS: i64 = 1_741_083_302_000;
-
-fn quickstart_pipeline() -> Pipeline {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/quickstart.toml");
-    let config = Config::load(Some(std::path::Path::new(path))).expect("quickstart config");
-    Pipeline::new(PipelineSettings::from_config(&config).expect("settings"))
-}
+use leadflow::testkit;
 
 #[test]
 fn example_outputs_in_json_and_avro() {
     let _deadline = common::deadline(Duration::from_secs(60));
-    let mut pipeline = quickstart_pipeline();
+    let mut pipeline = testkit::pipeline(&testkit::quickstart_config());
     let json = Encoder::new(Format::Json);
     let avro = Encoder::new(Format::Avro);
     let schema = apache_avro::Schema::parse_str(CAMPAIGN_LEAD_SCHEMA).expect("schema");
     let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
         .build()
         .expect("reader");
-    for (i, line) in include_str!("data/raw-leads.jsonl").lines().enumerate() {
+    for (i, line) in testkit::EXAMPLE_LEADS.lines().enumerate() {
         let name = format!("example_{:02}", i + 1);
-        let outcome = pipeline.process(Input {
-            value: Some(line.as_bytes()),
-            timestamp_ms: Some(RECORD_TIMESTAMP_MS),
-            source: SourcePosition {
-                topic: "leads.raw",
-                partition: 0,
-                offset: i as i64,
-            },
-            shard: 0,
-        });
+        let input = testkit::input(line.as_bytes(), testkit::EXAMPLE_TIMESTAMP_MS, i as i64);
+        let outcome = pipeline.process(input);
         let Outcome::Routed {
             destination,
             lead,

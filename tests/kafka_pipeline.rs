@@ -1,6 +1,6 @@
 //! End-to-end tests of `leadflow run` against the real local broker
-//! (`scripts/kafka.sh`). Run with `--features kafka-tests`; the README's
-//! test command starts and stops the broker around them.
+//! (`scripts/kafka.sh`). Run with `--features kafka-tests`; the test
+//! command (docs/development.md) starts and stops the broker around them.
 
 #![cfg(feature = "kafka-tests")]
 
@@ -16,8 +16,10 @@ use common::{
     produce_values, read_all, source_of, t0_rfc3339,
 };
 use leadflow::config::Config;
-use leadflow::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition, Tally};
+use leadflow::pipeline::{Outcome, Tally};
+use leadflow::stages::decode::Format;
 use leadflow::stages::route::Destination;
+use leadflow::testkit;
 use rdkafka::Timestamp;
 use rdkafka::message::{Headers, Message};
 
@@ -218,22 +220,14 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
 /// the same outcomes as any interleaving the live run saw.
 fn oracle(env: &Env) -> (BTreeMap<(i32, i64), String>, Tally) {
     let config = Config::load(Some(&env.config)).expect("config");
-    let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
+    let mut pipeline = testkit::pipeline(&config);
     let mut tally = Tally::default();
     let places = read_all(&env.input)
         .iter()
         .map(|m| {
-            let source = SourcePosition {
-                topic: &env.input,
-                partition: m.partition(),
-                offset: m.offset(),
-            };
-            let outcome = pipeline.process(Input {
-                value: m.payload(),
-                timestamp_ms: m.timestamp().to_millis(),
-                source,
-                shard: 0,
-            });
+            let place = (env.input.as_str(), m.partition(), m.offset());
+            let input = testkit::input_at(m.payload(), m.timestamp().to_millis(), place);
+            let outcome = pipeline.process(input);
             tally.record(&outcome, pipeline.routing());
             let place = match outcome {
                 Outcome::Routed {
@@ -1038,21 +1032,13 @@ fn restore_includes_the_previous_owners_pending_transaction() {
     let changelog = format!("{}-dedupe-changelog", env.group);
     let lead = numbered_leads(0, 1).remove(0);
     // What leadflow's changelog holds once it has let this lead through.
-    let config = Config {
-        catalog: leadflow::generate::catalog(),
-        ..Config::default()
-    };
-    let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
-    let outcome = pipeline.process(Input {
-        value: Some(&lead),
-        timestamp_ms: Some(common::now_ms()),
-        source: SourcePosition {
-            topic: &env.input,
-            partition: 0,
-            offset: 0,
-        },
-        shard: 0,
-    });
+    let mut pipeline = testkit::pipeline(&testkit::generated_config(Format::Json));
+    let place = (env.input.as_str(), 0, 0);
+    let outcome = pipeline.process(testkit::input_at(
+        Some(&lead),
+        Some(common::now_ms()),
+        place,
+    ));
     assert!(matches!(outcome, Outcome::Routed { .. }), "{outcome:?}");
     let changes: Vec<_> = pipeline.take_changes().collect();
     assert!(!changes.is_empty());

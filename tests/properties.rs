@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use leadflow::config::Config;
 use leadflow::domain::{ActionCode, DedupeKey, Offer};
-use leadflow::pipeline::{Input, Pipeline, PipelineSettings, SourcePosition};
 use leadflow::reference;
 use leadflow::stages::decode::{Decoder, Format};
 use leadflow::stages::enrich::normalize_email;
 use leadflow::stages::score::{DEFAULT_RULES, ScoringRules, score};
+use leadflow::testkit;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -123,14 +122,8 @@ proptest! {
             "OfferTitle": "Contoso Gateway (BYOL)",
         });
         let bytes = serde_json::to_vec(&lead).unwrap_or_default();
-        let config = Config { catalog: leadflow::generate::catalog(), ..Config::default() };
-        let mut pipeline = Pipeline::new(PipelineSettings::from_config(&config).expect("settings"));
-        let _ = pipeline.process(Input {
-            value: Some(&bytes),
-            timestamp_ms: Some(0),
-            source: SourcePosition { topic: "t", partition: 0, offset: 0 },
-            shard: 0,
-        });
+        let mut pipeline = testkit::pipeline(&testkit::generated_config(Format::Json));
+        let _ = pipeline.process(testkit::input(&bytes, 0, 0));
     }
 
     #[test]
@@ -194,14 +187,8 @@ proptest! {
 fn the_fuzz_seed_corpus_decodes_without_panicking() {
     let _deadline = common::deadline(Duration::from_secs(60));
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/decode");
-    let mut pipelines = [Format::Json, Format::Avro].map(|format| {
-        let mut config = Config {
-            catalog: leadflow::generate::catalog(),
-            ..Config::default()
-        };
-        config.topics.input_format = format;
-        Pipeline::new(PipelineSettings::from_config(&config).expect("settings"))
-    });
+    let mut pipelines = [Format::Json, Format::Avro]
+        .map(|format| testkit::pipeline(&testkit::generated_config(format)));
     let mut routed = 0;
     let mut seeds = 0;
     for entry in std::fs::read_dir(dir).expect("seed corpus") {
@@ -210,16 +197,8 @@ fn the_fuzz_seed_corpus_decodes_without_panicking() {
             continue;
         };
         seeds += 1;
-        let outcome = pipelines[usize::from(selector % 2)].process(Input {
-            value: Some(value),
-            timestamp_ms: Some(1_741_083_302_000),
-            source: SourcePosition {
-                topic: "t",
-                partition: 0,
-                offset: 0,
-            },
-            shard: 0,
-        });
+        let input = testkit::input(value, testkit::EXAMPLE_TIMESTAMP_MS, 0);
+        let outcome = pipelines[usize::from(selector % 2)].process(input);
         if matches!(outcome, leadflow::pipeline::Outcome::Routed { .. }) {
             routed += 1;
         }

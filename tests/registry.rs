@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::OutputWithin as _;
 
 use common::{Env, header, produce_values, read_all, t0_rfc3339};
-use leadflow::registry::{Compatibility, Registration, RegistryClient, RegistryConfig};
+use leadflow::config::RegistryConfig;
+use leadflow::registry::{Compatibility, Registration, RegistryClient};
 use leadflow::stages::decode::{RAW_LEAD_SCHEMA, write_confluent_header};
 use leadflow::stages::encode::CAMPAIGN_LEAD_SCHEMA;
 use rdkafka::message::Message;

@@ -1,6 +1,6 @@
 //! The everyday tools against the real local broker: a standard Kafka
 //! client (kcat) writes raw leads and reads what leadflow writes, with the
-//! exact commands the README gives; `leadflow tail` decodes dead letters;
+//! exact commands docs/interop.md gives; `leadflow tail` decodes dead letters;
 //! `leadflow dlq replay` re-drives dead letters exactly once, even when
 //! killed halfway and run again.
 
@@ -17,7 +17,7 @@ use common::ops::wait_for;
 use common::{Env, PATIENCE, TestRecord, bootstrap, header, piped, produce, read_all};
 use rdkafka::message::Message;
 
-/// The README's lead for the kcat example: an AppSource trial.
+/// The lead of docs/interop.md's kcat example: an AppSource trial.
 const LEAD: &str = r#"{"event_id":"kcat-0001","received_at":"2025-03-04T10:15:02Z","UserDetails":{"FirstName":"Ana","LastName":"Silva","Email":"ana.silva@fabrikam.com","Country":"PT","Company":"Fabrikam","Title":"Head of Sales Ops"},"LeadSource":"SPZA-PLT|contoso.sales-insights","ActionCode":"PLT"}"#;
 
 /// Runs kcat with `args`, `input` on stdin; its stdout.
@@ -35,7 +35,7 @@ fn kcat(args: &[&str], input: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// README, "Interop": every committed record of `topic` as
+/// docs/interop.md: every committed record of `topic` as
 /// `KEY<tab>HEADERS<tab>VALUE` lines.
 fn read_committed(broker: &str, topic: &str) -> String {
     kcat(
@@ -63,7 +63,7 @@ fn a_standard_client_writes_raw_leads_and_reads_campaign_and_dead_letter_records
     let _deadline = common::deadline(Duration::from_secs(120));
     let env = Env::new("kcat", 1, "");
     let broker = bootstrap();
-    // README, "Interop": write a raw lead (and a broken one), keyed.
+    // docs/interop.md: write a raw lead (and a broken one), keyed.
     kcat(
         &["-P", "-b", &broker, "-t", &env.input, "-K", r"\t"],
         &format!("kcat-0001\t{LEAD}\nkcat-0002\tnot a lead\n"),

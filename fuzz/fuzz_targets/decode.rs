@@ -7,19 +7,13 @@
 
 use std::sync::{LazyLock, Mutex};
 
-use leadflow::config::Config;
-use leadflow::pipeline::{Input, Pipeline, PipelineSettings, SourcePosition};
+use leadflow::pipeline::Pipeline;
 use leadflow::stages::decode::Format;
+use leadflow::testkit;
 use libfuzzer_sys::fuzz_target;
 
 fn pipeline(format: Format) -> Mutex<Pipeline> {
-    let mut config = Config {
-        catalog: leadflow::generate::catalog(),
-        ..Config::default()
-    };
-    config.topics.input_format = format;
-    let settings = PipelineSettings::from_config(&config).expect("default settings are valid");
-    Mutex::new(Pipeline::new(settings))
+    Mutex::new(testkit::pipeline(&testkit::generated_config(format)))
 }
 
 static JSON: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| pipeline(Format::Json));
@@ -31,16 +25,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let pipeline = if selector % 2 == 0 { &JSON } else { &AVRO };
     let mut pipeline = pipeline.lock().unwrap_or_else(|e| e.into_inner());
-    let input = Input {
-        value: Some(value),
-        timestamp_ms: Some(1_741_083_302_000),
-        source: SourcePosition {
-            topic: "leads.raw",
-            partition: 0,
-            offset: 0,
-        },
-        shard: 0,
-    };
+    let input = testkit::input(value, testkit::EXAMPLE_TIMESTAMP_MS, 0);
     // Both hops: re-keying on the raw topic, the whole pipeline after it.
     let _ = pipeline.rekey(input);
     let _ = pipeline.process(input);

@@ -1,16 +1,29 @@
-//! `leadflow demo` on the terminal: a progress bar while it runs and a
-//! summary table at the end. The work itself is `leadflow::kafka::demo`.
+//! `leadflow demo` on the terminal: a progress bar, then a summary table;
+//! exit code 1 if any lead is unaccounted for. The work is `leadflow::demo`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use leadflow::config::Config;
+use leadflow::demo::{Demo, DemoOptions, DemoReport};
 use leadflow::health::Health;
-use leadflow::http::Observed;
-use leadflow::kafka::demo::{Demo, DemoOptions, DemoReport};
+use leadflow::health::Observed;
 use leadflow::metrics::{GradeLabels, Metrics, OutcomeLabels};
+
+use crate::cli::common::serve_http;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Number of generated leads.
+    #[arg(long, default_value_t = 100_000)]
+    pub leads: u64,
+    /// Random seed; the same seed gives the same leads.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
 
 /// Runs the demo; an error if anything does not add up.
 pub fn run_demo(
@@ -27,7 +40,7 @@ pub fn run_demo(
     // A busy port must not spoil a demo: fall back to any free one.
     let listener = std::net::TcpListener::bind(config.http.listen.trim())
         .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))?;
-    let address = crate::serve_http(runtime, listener, &observed)?;
+    let address = serve_http(runtime, listener, &observed)?;
 
     let demo = Demo::start(config, DemoOptions { leads, seed })?;
     println!(

@@ -1,31 +1,35 @@
-//! The Kafka edge: client configuration, start-up checks, the processing
-//! loop ([`runner`]), the lead producer ([`produce`]) and topic tools
-//! ([`topics`]). Stages never see anything from here.
+//! The Kafka edge: client configuration, start-up checks, transactions
+//! ([`txn`]), reading partitions to their end ([`read_to_end`]), the lead
+//! producer ([`produce`]), dead-letter replay ([`replay`]) and topic tools
+//! ([`topics`]). Stages never see anything from here; the processing loop
+//! is `crate::engine`.
 //!
 //! Start-up fails fast and says why in one line: an unreachable broker, a
 //! missing topic or an invalid client property ends the process with an
 //! error within the configured connect timeout, never a hang.
 
-pub mod demo;
 pub mod headers;
 pub mod produce;
-mod purge;
+mod producer;
+pub(crate) mod purge;
 pub mod replay;
-pub mod runner;
-mod second_hop;
 pub mod tail;
 pub mod topics;
+pub mod txn;
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+pub use producer::Wedged;
+pub(crate) use producer::{
+    DeliveryTracker, LeadProducer, any_broker_up, copy_of, flush, refusal, send,
+    send_offsets_to_transaction,
+};
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::TopicPartitionList;
 use rdkafka::client::{Client, ClientContext};
-use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use crate::config::KafkaConfig;
 
@@ -144,6 +148,62 @@ pub fn watermarks<C: ClientContext>(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Reads `partitions` of `topic` from their start to the end a reader of
+/// `consumer`'s isolation level sees now, calling `each` on every record;
+/// returns how many it read. `consumer` must have `enable.partition.eof`
+/// on, and is assigned those partitions meanwhile. Fails after `patience`
+/// without progress (an open transaction holding the end back, a leader
+/// that does not come back), naming the partitions left.
+pub fn read_to_end<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    (topic, partitions): (&str, &[i32]),
+    patience: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<u64, String> {
+    use rdkafka::consumer::Consumer;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = std::collections::BTreeSet::new();
+    for partition in partitions {
+        let (low, high) = watermarks(consumer.client(), topic, *partition, patience)
+            .map_err(|e| format!("partition {partition}: {e}"))?;
+        if high > low {
+            assignment
+                .add_partition_offset(topic, *partition, rdkafka::Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+            remaining.insert(*partition);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(0);
+    }
+    consumer.assign(&assignment).map_err(|e| e.to_string())?;
+    let mut records = 0_u64;
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
+        if last_progress.elapsed() > patience {
+            return Err(format!(
+                "no progress for {} s on partitions {remaining:?}",
+                patience.as_secs()
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(record)) => {
+                last_progress = Instant::now();
+                records += 1;
+                each(&record);
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                last_progress = Instant::now();
+                remaining.remove(&partition);
+            }
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "read error; retrying"),
+        }
+    }
+    consumer.unassign().map_err(|e| e.to_string())?;
+    Ok(records)
 }
 
 /// How long one ask for a partition's watermarks waits: a few round trips
@@ -333,271 +393,18 @@ pub fn check_topics<C: ClientContext>(
         .collect()
 }
 
-/// Collects delivery failures reported by the producer's callbacks, and
-/// tells `health` whether the broker answers. The producer polls on its
-/// own thread, so this keeps readiness true to the broker even while the
-/// processing loop is blocked in a transaction call.
-#[derive(Default)]
-pub(crate) struct DeliveryTracker {
-    failure: Mutex<Option<String>>,
-    /// The first record the broker refused for good since the last
-    /// [`DeliveryTracker::take_rejection`]: its topic and the refusal.
-    rejection: Mutex<Option<(String, RDKafkaErrorCode)>>,
-    pub(crate) health: Option<std::sync::Arc<crate::health::Health>>,
-    /// Delivery reports served so far, for [`flush`] to wait on.
-    delivered: Mutex<u64>,
-    delivery: Condvar,
-}
-
-impl ClientContext for DeliveryTracker {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(health) = &self.health
-            && matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown))
-        {
-            health.set_broker_reachable(false);
-        }
-        log_client_error(error, reason);
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        if let Some(health) = &self.health {
-            health.set_broker_reachable(any_broker_up(&statistics));
-        }
-    }
-}
-
-/// Whether librdkafka's statistics show a connection to any real broker
-/// (not a bootstrap or coordinator alias) up.
-pub(crate) fn any_broker_up(statistics: &rdkafka::Statistics) -> bool {
-    statistics
-        .brokers
-        .values()
-        .any(|b| b.nodeid >= 0 && b.state == "UP")
-}
-
-impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        *lock(&self.delivered) += 1;
-        self.delivery.notify_all();
-        if let Err((error, message)) = result {
-            if let Some(code) = refusal(error) {
-                lock(&self.rejection).get_or_insert((message.topic().to_owned(), code));
-            }
-            let mut failure = lock(&self.failure);
-            if failure.is_none() {
-                *failure = Some(format!(
-                    "{} [{}]: {error}",
-                    message.topic(),
-                    message.partition()
-                ));
-            }
-        }
-    }
-}
-
-impl DeliveryTracker {
-    pub(crate) fn take(&self) -> Option<String> {
-        lock(&self.failure).take()
-    }
-
-    /// Whether a delivery failed since the last [`DeliveryTracker::take`],
-    /// without taking it.
-    pub(crate) fn failed(&self) -> bool {
-        lock(&self.failure).is_some() || self.has_rejection()
-    }
-
-    /// Whether a record was refused for good, without taking it.
-    pub(crate) fn has_rejection(&self) -> bool {
-        lock(&self.rejection).is_some()
-    }
-
-    /// The record refused for good since the last call, if one was.
-    pub(crate) fn take_rejection(&self) -> Option<(String, RDKafkaErrorCode)> {
-        lock(&self.rejection).take()
-    }
-}
-
-/// Waits until every record produced so far is acknowledged or failed
-/// (failures are in [`DeliveryTracker::take`]), or `timeout` passes.
-///
-/// Use this, not rdkafka's `flush`: that one waits in 100 ms polls, and on
-/// a [`ThreadedProducer`] those polls see no events (its own thread serves
-/// them), so every flush with a record in flight took 100 ms, a whole
-/// commit interval per transaction (`commit_transaction` flushes the same
-/// way first, but finds nothing left after this). Here librdkafka is asked
-/// whether anything is still in flight (a flush that does not wait, which
-/// also wakes its broker threads), and the wait is on the delivery reports.
-pub(crate) fn flush(producer: &LeadProducer, timeout: Duration) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + timeout;
-    let tracker = producer.context();
-    loop {
-        let delivered = *lock(&tracker.delivered);
-        match producer.flush(Duration::ZERO) {
-            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
-            done => return done,
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
-        }
-        // Woken by the next report. librdkafka counts a record out of
-        // flight only after its report's callback returns, so the last
-        // wake-up can come early: the short bound re-asks soon after.
-        let wait = (deadline - now).min(Duration::from_millis(1));
-        let guard = lock(&tracker.delivered);
-        if *guard == delivered {
-            let _ = tracker
-                .delivery
-                .wait_timeout(guard, wait)
-                .map_err(PoisonError::into_inner);
-        }
-    }
-}
-
-/// A librdkafka call that had not returned long after its own timeout. The
-/// client it was called on must not be used again: the call may never
-/// return, and the client's transaction state is unknown.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error(
-    "librdkafka's {call} had not returned {waited_ms} ms later, past its own timeout \
-     (a coordinator broker that died is never looked up again: librdkafka issues 5456 and 5511)"
-)]
-pub struct Wedged {
-    pub call: &'static str,
-    pub waited_ms: u64,
-}
-
-/// How long past its own timeout a librdkafka call may take before
-/// [`within`] gives it up. librdkafka ends a call at its timeout on a
-/// timer, so a call still waiting 2 s later is stuck; every second more
-/// is a second of the pipeline stalled after a coordinator died (the soak
-/// measured 15 s of a 32 s recovery here, with 5 s).
-const WEDGED_AFTER: Duration = Duration::from_secs(2);
-
-/// Runs `call` (named `name`) on a thread of its own and waits at most
-/// `limit` for it: past that, `Err(Wedged)`, and the call is left running
-/// (it cannot be interrupted), holding whatever it captured.
-pub(crate) fn within<T: Send + 'static>(
-    name: &'static str,
-    limit: Duration,
-    call: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Wedged> {
-    let (done, result) = std::sync::mpsc::sync_channel(1);
-    let wedged = Wedged {
-        call: name,
-        waited_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-    };
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            // The receiver is gone once the call was given up.
-            let _ = done.send(call());
-        })
-        // Without a thread the call cannot be bounded; not making it
-        // leaves the client as unusable as a wedged call would.
-        .map_err(|_| wedged)?;
-    result.recv_timeout(limit).map_err(|_| wedged)
-}
-
-/// `send_offsets_to_transaction`, bounded: librdkafka's own timeout does
-/// not cover its wait for the group coordinator (librdkafka issue 5456),
-/// and when that coordinator's broker dies and leaves the cluster's
-/// metadata the wait never ends (issue 5511; both open in librdkafka 2.12,
-/// and seen here as a pipeline stalled for good after `kill -9` of a
-/// broker). Past `timeout` and a margin the producer is given up as
-/// [`Wedged`]: the caller must start again with fresh clients (whose
-/// `init_transactions` fences this producer's transaction).
-pub(crate) fn send_offsets_to_transaction(
-    producer: &Arc<LeadProducer>,
-    offsets: &TopicPartitionList,
-    metadata: ConsumerGroupMetadata,
-    timeout: Duration,
-) -> Result<Result<(), KafkaError>, Wedged> {
-    let producer = Arc::clone(producer);
-    let offsets = offsets.clone();
-    within(
-        "send_offsets_to_transaction",
-        timeout + WEDGED_AFTER,
-        move || producer.send_offsets_to_transaction(&offsets, &metadata, timeout),
-    )
-}
-
-/// Producers poll on their own thread: transactional aborts need delivery
-/// reports served while the caller blocks.
-pub(crate) type LeadProducer = ThreadedProducer<DeliveryTracker>;
-
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A record to `topic` with `message`'s value and the given key: how
-/// leadflow passes a record's bytes on unchanged (re-keyed, dead-lettered,
-/// replayed or copied). It is stamped when written, not with the source
-/// record's timestamp: an input stamped with an old event time or by a
-/// skewed clock would otherwise make a record that time-based retention
-/// deletes minutes after it is written, or that the broker refuses
-/// (`message.timestamp.after.max.ms`). The re-keying hop sets the source
-/// timestamp itself, on a topic leadflow creates to keep it.
-pub(crate) fn copy_of<'a>(
-    topic: &'a str,
-    message: &'a rdkafka::message::BorrowedMessage<'_>,
-    key: Option<&'a [u8]>,
-) -> BaseRecord<'a, [u8], [u8]> {
-    let mut record = BaseRecord::to(topic);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    if let Some(payload) = message.payload() {
-        record = record.payload(payload);
-    }
-    record
-}
-
-/// The broker's (or the client's) name for why it refused one record for
-/// good: too large, a timestamp out of range, invalid. Writing the same
-/// record again fails the same way, so it must be dead-lettered, not
-/// retried. `None` for everything else (timeouts, a broker down, a
-/// transaction that must abort, a missing permission or a policy, which
-/// would refuse every record alike), which is no fault of the record.
-pub(crate) fn refusal(error: &KafkaError) -> Option<RDKafkaErrorCode> {
-    let KafkaError::MessageProduction(code) = error else {
-        return None;
-    };
-    matches!(
-        code,
-        RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::MessageBatchTooLarge
-            | RDKafkaErrorCode::InvalidMessage
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::InvalidTimestamp
-            | RDKafkaErrorCode::InvalidRecord
-    )
-    .then_some(*code)
-}
-
-/// Enqueues a record, waiting for room when the producer's queue is full.
-pub(crate) fn send(
-    producer: &LeadProducer,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                // Serving delivery reports is what frees queue space.
-                producer.poll(Duration::from_millis(100));
-            }
-            Err((error, _)) => return Err(error),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use rdkafka::producer::{BaseRecord, Producer};
+
+    use super::producer::{WEDGED_AFTER, within};
     use super::*;
     use rdkafka::Offset;
     use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -1,5 +1,6 @@
 //! `leadflow dlq replay`: re-drives dead letters to the input topic after
-//! a fix, with their original key, value, timestamp and producer headers.
+//! a fix, with their original key, value and producer headers (stamped
+//! when written, like every copy: see `kafka::copy_of`).
 //!
 //! Records are chosen by error class, stage and time range, at an optional
 //! rate. Each batch of replayed records commits in one Kafka transaction
@@ -24,6 +25,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::txn::{Txn, TxnError};
 use super::{
     DeliveryTracker, LeadProducer, Logged, Role, SetupError, check_topics, client_config, copy_of,
     headers, send,
@@ -77,7 +79,7 @@ pub enum ReplayError {
     Delivery(String),
     /// A rerun replays what this one left uncommitted.
     #[error(transparent)]
-    Wedged(#[from] super::Wedged),
+    Txn(#[from] TxnError),
 }
 
 impl From<KafkaError> for ReplayError {
@@ -99,60 +101,16 @@ pub fn replay(
     shutdown: &AtomicBool,
     mut on_chosen: impl FnMut(&Chosen),
 ) -> Result<ReplayReport, ReplayError> {
-    let kafka = &config.kafka;
     let dlq = config.topics.dead_letter.as_str();
     let input = config.topics.input.as_str();
-    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    let consumer: BaseConsumer<Logged> = client_config(
-        kafka,
-        Role::Consumer,
-        &[("isolation.level", "read_committed")],
-    )
-    .set("group.id", &options.name)
-    .set("enable.auto.commit", "false")
-    .set("enable.partition.eof", "true")
-    .create_with_context(Logged)
-    .map_err(SetupError::Client)?;
-    let partitions = check_topics(consumer.client(), kafka, &[dlq, input])?[0];
-    let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
-
-    // Where the last replay under this name stopped.
-    let mut wanted = TopicPartitionList::new();
-    for partition in 0..partitions {
-        wanted.add_partition(dlq, partition);
-    }
-    let committed = consumer.committed_offsets(wanted, timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        let start = committed
-            .find_partition(dlq, partition)
-            .map(|tp| tp.offset())
-            .filter(|o| matches!(o, Offset::Offset(_)))
-            .unwrap_or(Offset::Beginning);
-        assignment.add_partition_offset(dlq, partition, start)?;
-    }
-    consumer.assign(&assignment)?;
-
-    let producer: Option<Arc<LeadProducer>> = if options.dry_run {
-        None
-    } else {
-        let producer: LeadProducer = client_config(
-            kafka,
-            Role::Producer,
-            &[("partitioner", "murmur2_random"), ("linger.ms", "5")],
-        )
-        .set("transactional.id", &options.name)
-        .create_with_context(DeliveryTracker::default())
-        .map_err(SetupError::Client)?;
-        // Fences an interrupted replay of the same name and aborts what it
-        // left open.
-        producer.init_transactions(timeout)?;
-        Some(Arc::new(producer))
+    let (consumer, partitions) = resume(config, options)?;
+    let txn: Option<Txn> = match options.dry_run {
+        true => None,
+        false => Some(transactions(config, options)?),
     };
 
     let mut report = ReplayReport::default();
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut in_transaction = false;
     let mut last_commit = Instant::now();
     let mut at_end = BTreeSet::new();
     // The rate's clock starts at the first chosen record.
@@ -161,10 +119,9 @@ pub fn replay(
         let due = last_commit.elapsed() >= COMMIT_INTERVAL;
         let finished = at_end.len() == partitions as usize || shutdown.load(Ordering::Relaxed);
         if (due || finished) && !pending.is_empty() {
-            if let Some(producer) = &producer {
-                commit(producer, &consumer, dlq, &pending, in_transaction, timeout)?;
+            if let Some(txn) = &txn {
+                commit(txn, &consumer, dlq, &pending)?;
                 report.replayed = report.chosen;
-                in_transaction = false;
             }
             pending.clear();
             last_commit = Instant::now();
@@ -189,17 +146,14 @@ pub fn replay(
         };
         on_chosen(&chosen);
         report.chosen += 1;
-        let Some(producer) = &producer else {
+        let Some(txn) = &txn else {
             continue;
         };
-        if !in_transaction {
-            producer.begin_transaction()?;
-            in_transaction = true;
-        }
+        txn.begin()?;
         let from = format!("{dlq}/{}/{}", message.partition(), message.offset());
         let record = copy_of(input, &message, message.key())
             .headers(replayed_headers(message.headers(), &from));
-        send(producer, record)?;
+        send(txn.producer(), record)?;
         if let Some(rate) = options.rate.filter(|r| *r > 0.0) {
             let started = *first_chosen.get_or_insert_with(Instant::now);
             let due = started + Duration::from_secs_f64(report.chosen as f64 / rate);
@@ -212,6 +166,62 @@ pub fn replay(
         }
     }
     Ok(report)
+}
+
+/// The replay's consumer, assigned every dead-letter partition from where
+/// the last replay under this name stopped; and how many there are.
+fn resume(
+    config: &Config,
+    options: &ReplayOptions,
+) -> Result<(BaseConsumer<Logged>, i32), ReplayError> {
+    let kafka = &config.kafka;
+    let dlq = config.topics.dead_letter.as_str();
+    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
+    let consumer: BaseConsumer<Logged> = client_config(
+        kafka,
+        Role::Consumer,
+        &[("isolation.level", "read_committed")],
+    )
+    .set("group.id", &options.name)
+    .set("enable.auto.commit", "false")
+    .set("enable.partition.eof", "true")
+    .create_with_context(Logged)
+    .map_err(SetupError::Client)?;
+    let partitions = check_topics(consumer.client(), kafka, &[dlq, &config.topics.input])?[0];
+    let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..partitions {
+        wanted.add_partition(dlq, partition);
+    }
+    let committed = consumer.committed_offsets(wanted, timeout)?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let start = committed
+            .find_partition(dlq, partition)
+            .map(|tp| tp.offset())
+            .filter(|o| matches!(o, Offset::Offset(_)))
+            .unwrap_or(Offset::Beginning);
+        assignment.add_partition_offset(dlq, partition, start)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok((consumer, partitions))
+}
+
+/// The replay's transactions, under its name.
+fn transactions(config: &Config, options: &ReplayOptions) -> Result<Txn, ReplayError> {
+    let timeout = Duration::from_millis(config.kafka.connect_timeout_ms);
+    let producer: LeadProducer = client_config(
+        &config.kafka,
+        Role::Producer,
+        &[("partitioner", "murmur2_random"), ("linger.ms", "5")],
+    )
+    .set("transactional.id", &options.name)
+    .create_with_context(DeliveryTracker::default())
+    .map_err(SetupError::Client)?;
+    // Fences an interrupted replay of the same name and aborts what it
+    // left open.
+    producer.init_transactions(timeout)?;
+    Ok(Txn::new(Arc::new(producer), true, timeout))
 }
 
 /// The dead letter's details, if the filters choose it.
@@ -265,35 +275,18 @@ fn replayed_headers<H: Headers>(original: Option<&H>, from: &str) -> OwnedHeader
 /// Commits the open transaction with the dead-letter offsets read, opening
 /// one for a batch that chose nothing.
 fn commit(
-    producer: &Arc<LeadProducer>,
+    txn: &Txn,
     consumer: &BaseConsumer<Logged>,
     dlq: &str,
     pending: &BTreeMap<i32, i64>,
-    in_transaction: bool,
-    timeout: Duration,
 ) -> Result<(), ReplayError> {
-    if !in_transaction {
-        producer.begin_transaction()?;
-    }
     let mut offsets = TopicPartitionList::new();
     for (partition, next) in pending {
         offsets.add_partition_offset(dlq, *partition, Offset::Offset(*next))?;
     }
-    let metadata = consumer.group_metadata().ok_or_else(|| {
-        ReplayError::Kafka(KafkaError::Global(
-            rdkafka::types::RDKafkaErrorCode::InvalidGroupId,
-        ))
-    })?;
-    let result = super::send_offsets_to_transaction(producer, &offsets, metadata, timeout)?
-        // See `kafka::flush`.
-        .and_then(|()| super::flush(producer, timeout))
-        .and_then(|()| producer.commit_transaction(timeout));
-    if let Err(error) = result {
-        // Nothing of this batch is visible; a rerun replays it.
-        let _ = producer.abort_transaction(timeout);
-        return Err(error.into());
-    }
-    if let Some(failure) = producer.context().take() {
+    // Nothing of an aborted batch is visible; a rerun replays it.
+    txn.commit(consumer, &offsets)?;
+    if let Some(failure) = txn.producer().context().take() {
         return Err(ReplayError::Delivery(failure));
     }
     Ok(())

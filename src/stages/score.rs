@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, parse_toml};
 use crate::domain::{ActionCode, EmailClass, Grade, Lead, Score, Seniority};
+use crate::error::{ConfigError, parse_toml};
 
 /// The default rules, compiled in so leadflow runs without a rules file.
 pub const DEFAULT_RULES: &str = include_str!("../../rules/scoring.toml");
@@ -147,16 +147,23 @@ impl ScoringRules {
     /// Parses and validates rules text; `path` names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<ScoringRules, ConfigError> {
         let file: RulesFile = parse_toml(path, text)?;
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        let other = Self::validate(&file).map_err(|(key, reason)| ConfigError::Invalid {
             origin: path.display().to_string(),
             key: key.to_owned(),
             reason,
-        };
+        })?;
+        Ok(Self::from_file(file, other))
+    }
+
+    /// Checks a rules file, in the order its errors are reported: the key
+    /// at fault and why. Returns the points for unknown action codes,
+    /// which must be set.
+    fn validate(file: &RulesFile) -> Result<i32, (&'static str, String)> {
         if file.version.trim().is_empty() {
-            return Err(invalid("version", "must not be empty".into()));
+            return Err(("version", "must not be empty".into()));
         }
         if file.behaviour.max < 0 || file.fit.max < 0 || file.behaviour.max + file.fit.max > 100 {
-            return Err(invalid(
+            return Err((
                 "fit.max",
                 format!(
                     "behaviour.max ({}) and fit.max ({}) must be non-negative and add up to at most 100",
@@ -166,16 +173,13 @@ impl ScoringRules {
         }
         let GradesFile { a, b, c } = file.grades;
         if !(a > b && b > c && a <= 100) {
-            return Err(invalid(
+            return Err((
                 "grades",
                 format!("need 100 >= a > b > c, got a={a} b={b} c={c}"),
             ));
         }
         if file.fit.incomplete_below > 100 {
-            return Err(invalid(
-                "fit.incomplete_below",
-                "is a percentage, 0 to 100".into(),
-            ));
+            return Err(("fit.incomplete_below", "is a percentage, 0 to 100".into()));
         }
         let other = file
             .behaviour
@@ -183,11 +187,25 @@ impl ScoringRules {
             .get("other")
             .copied()
             .ok_or_else(|| {
-                invalid(
+                (
                     "behaviour.actions.other",
-                    "must be set: points for unknown action codes".into(),
+                    "must be set: points for unknown action codes".to_owned(),
                 )
             })?;
+        for code in &file.fit.target_countries {
+            if crate::reference::country(code).is_none() {
+                return Err((
+                    "fit.target_countries",
+                    format!("{code:?} is not an ISO 3166 country code"),
+                ));
+            }
+        }
+        Ok(other)
+    }
+
+    /// The rules of a checked file; `other` is the points for unknown
+    /// action codes.
+    fn from_file(file: RulesFile, other: i32) -> ScoringRules {
         let actions = file
             .behaviour
             .actions
@@ -198,17 +216,9 @@ impl ScoringRules {
                 (code.clone(), Rule::new(&format!("action {code}"), *points))
             })
             .collect();
-        for code in &file.fit.target_countries {
-            if crate::reference::country(code).is_none() {
-                return Err(invalid(
-                    "fit.target_countries",
-                    format!("{code:?} is not an ISO 3166 country code"),
-                ));
-            }
-        }
         let s = &file.fit.seniority;
         let e = &file.fit.email;
-        Ok(ScoringRules {
+        ScoringRules {
             version: file.version.trim().into(),
             reasons: file.reasons,
             behaviour_max: file.behaviour.max,
@@ -242,7 +252,7 @@ impl ScoringRules {
             incomplete_below: file.fit.incomplete_below,
             grades: file.grades,
             mql: file.mql,
-        })
+        }
     }
 
     pub fn version(&self) -> &Arc<str> {

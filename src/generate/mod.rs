@@ -8,6 +8,9 @@
 //! generated record says where leadflow must put it, so a run can be checked
 //! against it. The same seed gives the same records, byte for byte.
 
+mod catalog;
+mod faulty;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
@@ -15,85 +18,15 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config::CatalogEntry;
 use crate::domain::{ActionCode, DedupeKey, Offer, Storefront};
 use crate::pipeline::Tally;
 use crate::stages::decode::Format;
 use crate::stages::enrich::normalize_email;
 use crate::stages::route::default_routes;
 
-/// Offers the generator's leads are for. A config whose catalog lists them
-/// (see [`catalog`]) lets leadflow resolve bare and test-drive leads.
-const OFFERS: &[(&str, &str, Storefront)] = &[
-    (
-        "contoso.sales-insights",
-        "Contoso Sales Insights",
-        Storefront::AppSource,
-    ),
-    (
-        "contoso.contoso-gateway-byol",
-        "Contoso Gateway (BYOL)",
-        Storefront::AzureMarketplace,
-    ),
-    (
-        "fabrikam.field-service-hub",
-        "Fabrikam Field Service Hub",
-        Storefront::AppSource,
-    ),
-    (
-        "litware.data-vault",
-        "Litware Data Vault",
-        Storefront::AzureMarketplace,
-    ),
-];
-
-const FIRST_NAMES: &[&str] = &[
-    "Ana", "Raj", "Lee", "Mia", "Omar", "Sam", "Kim", "Noah", "Aiko", "Lars",
-];
-const LAST_NAMES: &[&str] = &[
-    "Silva", "Mehta", "Wong", "Keller", "Haddad", "Rivera", "Park", "Okafor", "Sato", "Berg",
-];
-const COMPANIES: &[(&str, &str)] = &[
-    ("Fabrikam", "fabrikam.com"),
-    ("Northwind Traders", "northwindtraders.com"),
-    ("Adatum GmbH", "adatum.de"),
-    ("Tailspin Toys", "tailspintoys.com"),
-    ("Wingtip", "wingtiptoys.com"),
-    ("Litware", "litware.co.uk"),
-];
-const TITLES: &[&str] = &[
-    "CIO",
-    "CTO",
-    "VP Engineering",
-    "Head of Sales Ops",
-    "Director of Platform",
-    "IT Manager",
-    "Cloud Architect",
-    "Developer",
-    "Analyst",
-    "",
-];
-const COUNTRIES: &[(&str, &str)] = &[
-    ("US", "USA"),
-    ("DE", "DEU"),
-    ("PT", "PRT"),
-    ("GB", "GBR"),
-    ("IN", "IND"),
-    ("KR", "KOR"),
-    ("MX", "MEX"),
-];
-
-/// The catalog entries for the generator's offers, for a config file.
-pub fn catalog() -> Vec<CatalogEntry> {
-    OFFERS
-        .iter()
-        .map(|(offer, title, storefront)| CatalogEntry {
-            offer: (*offer).to_owned(),
-            title: (*title).to_owned(),
-            storefront: *storefront,
-        })
-        .collect()
-}
+pub use catalog::catalog;
+use catalog::{COMPANIES, COUNTRIES, FIRST_NAMES, LAST_NAMES, OFFERS, TITLES};
+pub use faulty::HOSTILE_CLASSES;
 
 /// Where leadflow must put a generated record, with the default routing
 /// table and policy.
@@ -164,42 +97,6 @@ impl Default for GeneratorOptions {
             schema_id: 0,
         }
     }
-}
-
-/// The dead-letter classes of hostile records ([`GeneratorOptions::hostile_ratio`]).
-pub const HOSTILE_CLASSES: [&str; 4] = [
-    "oversized",
-    "future_event_time",
-    "field_too_long",
-    "invalid_action",
-];
-
-/// `lead` serialized with a `Padding` field (which leadflow ignores) that
-/// brings it to `size` bytes.
-fn padded(lead: &Map<String, Value>, size: usize) -> Vec<u8> {
-    let mut lead = lead.clone();
-    lead.insert("Padding".into(), Value::String(String::new()));
-    let base = serde_json::to_vec(&Value::Object(lead.clone())).unwrap_or_default();
-    lead.insert(
-        "Padding".into(),
-        Value::String("p".repeat(size.saturating_sub(base.len()))),
-    );
-    serde_json::to_vec(&Value::Object(lead)).unwrap_or_default()
-}
-
-/// Sets a field of the lead's `UserDetails`, whatever the case of its name.
-fn set_user_field(lead: &mut Map<String, Value>, field: &str, value: &str) {
-    let name = lead
-        .keys()
-        .find(|k| k.eq_ignore_ascii_case("UserDetails"))
-        .cloned()
-        .unwrap_or_else(|| "UserDetails".into());
-    let mut details = match lead.remove(&name) {
-        Some(Value::Object(details)) => details,
-        _ => Map::new(),
-    };
-    details.insert(field.into(), Value::String(value.into()));
-    lead.insert(name, Value::Object(details));
 }
 
 /// Midnight (UTC) 30 days ago: generated leads are a month old, as a
@@ -504,111 +401,6 @@ impl Generator {
             expected,
         }
     }
-
-    /// A new person's lead as a JSON object, for hostile edits.
-    fn editable(&mut self, n: u64, time_ms: i64) -> (Person, Map<String, Value>) {
-        let person = self.new_person(n, false);
-        let value = self.render(&person, &person.email.clone(), time_ms, None);
-        let lead = match serde_json::from_slice(&value) {
-            Ok(Value::Object(lead)) => lead,
-            _ => Map::new(),
-        };
-        (person, lead)
-    }
-
-    /// A hostile record leadflow must dead-letter, and its class.
-    fn hostile(&mut self, n: u64, time_ms: i64) -> GeneratedLead {
-        let limit = self.options.max_record_bytes;
-        let (_, mut lead) = self.editable(n, time_ms);
-        let text = |s: String| Value::String(s);
-        let class = match self.rng.u8(..6) {
-            0 => {
-                let size = limit + 1 + self.rng.usize(..1_000);
-                return GeneratedLead {
-                    key: self.event_id(),
-                    value: padded(&lead, size),
-                    timestamp_ms: time_ms,
-                    expected: Expected::DeadLetter("oversized"),
-                };
-            }
-            1 => {
-                lead.insert("received_at".into(), text("9999-12-31T23:59:59Z".into()));
-                "future_event_time"
-            }
-            2 => {
-                let ahead = crate::metrics::now_ms() + 181 * 86_400_000;
-                lead.insert("received_at".into(), text(rfc3339(ahead)));
-                "future_event_time"
-            }
-            3 => {
-                let huge = "x".repeat((limit / 2).min(520_000));
-                lead.insert("LeadSource".into(), text(format!("SPZA-PLT|{huge}")));
-                "field_too_long"
-            }
-            4 => {
-                let garbage: String = (0..(limit / 4).min(100_000))
-                    .map(|_| self.rng.alphanumeric())
-                    .collect();
-                lead.insert("ActionCode".into(), text(format!("{garbage} !")));
-                "invalid_action"
-            }
-            _ => {
-                let email = format!("{}@fabrikam.com", "a".repeat(400));
-                set_user_field(&mut lead, "Email", &email);
-                "field_too_long"
-            }
-        };
-        GeneratedLead {
-            key: self.event_id(),
-            value: serde_json::to_vec(&Value::Object(lead)).unwrap_or_default(),
-            timestamp_ms: time_ms,
-            expected: Expected::DeadLetter(class),
-        }
-    }
-
-    /// A hostile-looking record that is a lead all the same: just under the
-    /// size limit, or with control and bidirectional characters in names.
-    fn hostile_but_valid(&mut self, n: u64, time_ms: i64) -> GeneratedLead {
-        let limit = self.options.max_record_bytes;
-        let (person, mut lead) = self.editable(n, time_ms);
-        let value = if self.rng.bool() {
-            padded(&lead, limit - self.rng.usize(..100))
-        } else {
-            set_user_field(&mut lead, "FirstName", "\u{202E}An\u{0007}a");
-            set_user_field(&mut lead, "Company", "Fab\u{0000}rikam\u{2066}");
-            serde_json::to_vec(&Value::Object(lead)).unwrap_or_default()
-        };
-        self.remembered(person, value, time_ms)
-    }
-
-    fn malformed(&mut self, n: u64, time_ms: i64) -> (Vec<u8>, &'static str) {
-        let mut person = self.new_person(n, false);
-        match self.rng.u8(..5) {
-            0 => {
-                let mut value = self.render(&person, &person.email.clone(), time_ms, None);
-                value.truncate(value.len() / 2);
-                (value, "json_syntax")
-            }
-            1 => (self.render(&person, "", time_ms, None), "missing_email"),
-            2 => {
-                person.email = format!("{}.at.nowhere{n}", person.first.to_lowercase());
-                let email = person.email.clone();
-                (self.render(&person, &email, time_ms, None), "invalid_email")
-            }
-            3 => {
-                let value = json!({
-                    "event_id": self.event_id(),
-                    "UserDetails": {"Email": person.email},
-                    "LeadSource": format!("Bing-INS|{}", OFFERS[person.offer].0),
-                });
-                (
-                    serde_json::to_vec(&value).unwrap_or_default(),
-                    "unknown_source",
-                )
-            }
-            _ => (br#"["not","a","lead"]"#.to_vec(), "json_shape"),
-        }
-    }
 }
 
 impl Iterator for Generator {
@@ -787,18 +579,12 @@ fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::pipeline::{Input, Outcome, Pipeline, PipelineSettings, SourcePosition};
+    use crate::pipeline::{Outcome, Pipeline};
     use crate::stages::route::Destination;
     use std::collections::HashMap;
 
     fn pipeline(input_format: Format) -> Pipeline {
-        let mut config = Config {
-            catalog: catalog(),
-            ..Config::default()
-        };
-        config.topics.input_format = input_format;
-        Pipeline::new(PipelineSettings::from_config(&config).expect("settings"))
+        crate::testkit::pipeline(&crate::testkit::generated_config(input_format))
     }
 
     /// Runs `count` generated leads through a pipeline, checks each lands
@@ -807,16 +593,8 @@ mod tests {
         let mut pipeline = pipeline(generator.options.format);
         let mut tally = Tally::default();
         for (offset, lead) in generator.by_ref().take(count).enumerate() {
-            let outcome = pipeline.process(Input {
-                value: Some(&lead.value),
-                timestamp_ms: Some(lead.timestamp_ms),
-                source: SourcePosition {
-                    topic: "t",
-                    partition: 0,
-                    offset: offset as i64,
-                },
-                shard: 0,
-            });
+            let input = crate::testkit::input(&lead.value, lead.timestamp_ms, offset as i64);
+            let outcome = pipeline.process(input);
             assert!(
                 outcome_matches(&outcome, &lead.expected),
                 "record {offset}: expected {:?}, got {outcome:?}: {}",
@@ -923,23 +701,6 @@ mod tests {
                 "{class} never generated"
             );
         }
-    }
-
-    #[test]
-    fn the_quickstart_config_lists_the_generated_offers() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/quickstart.toml");
-        let config = Config::load(Some(std::path::Path::new(path))).expect("quickstart config");
-        let listed: Vec<_> = config
-            .catalog
-            .iter()
-            .map(|e| (&e.offer, &e.title, e.storefront))
-            .collect();
-        let generated = catalog();
-        let wanted: Vec<_> = generated
-            .iter()
-            .map(|e| (&e.offer, &e.title, e.storefront))
-            .collect();
-        assert_eq!(listed, wanted);
     }
 
     #[test]

@@ -20,13 +20,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-use super::SetupError;
-use super::produce::{ProduceError, ProduceOptions, produce};
-use super::runner::{Controls, RunError, RunOptions, run};
-use super::topics;
 use crate::config::{Config, ProcessingGuarantee};
+use crate::engine::{Controls, RunError, RunOptions, run};
 use crate::generate::GeneratorOptions;
-use crate::http::Observed;
+use crate::health::Observed;
+use crate::kafka::SetupError;
+use crate::kafka::produce::{ProduceError, ProduceOptions, produce};
+use crate::kafka::topics;
 use crate::pipeline::Tally;
 use crate::reload::ReloadSlot;
 
@@ -224,7 +224,7 @@ impl Demo {
     /// Partitions whose log no longer starts at offset 0.
     fn truncated(&self, names: &[&str]) -> Result<Vec<String>, DemoError> {
         let consumer: BaseConsumer =
-            super::client_config(&self.config.kafka, super::Role::Consumer, &[])
+            crate::kafka::client_config(&self.config.kafka, crate::kafka::Role::Consumer, &[])
                 .create()
                 .map_err(SetupError::Client)?;
         let timeout = Duration::from_millis(self.config.kafka.connect_timeout_ms);

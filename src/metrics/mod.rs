@@ -4,11 +4,10 @@
 //! Counts of records and leads move only when a batch commits (see
 //! [`Batch`]): an aborted batch is processed again, and counting it twice
 //! would make the counters disagree with the topics. Latencies are
-//! observed as they happen. Every metric is listed, with its labels, in the
-//! README's metrics reference.
+//! observed as they happen. Every metric is listed, with its labels, in
+//! the metrics reference in docs/operations.md (a test holds the two equal).
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,8 +17,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::Grade;
-use crate::error::Stage;
-use crate::pipeline::StageClock;
+
+mod batch;
+
+pub use batch::{Batch, StageLaps, Stopwatch};
 
 /// A label set of one label with a fixed vocabulary.
 macro_rules! static_label {
@@ -190,165 +191,15 @@ impl Metrics {
             resident_memory: Gauge::default(),
             rules_lock: Mutex::new(()),
         };
-        let r = &mut registry;
-        r.register(
-            "records_in",
-            "Records consumed, per topic (counted when their batch commits)",
-            m.records_in.clone(),
-        );
-        r.register(
-            "records_out",
-            "Records produced, per topic (counted when their batch commits)",
-            m.records_out.clone(),
-        );
-        r.register(
-            "leads",
-            "Input records by where they ended: campaign, suppressed, duplicate, test or dead_letter",
-            m.leads.clone(),
-        );
-        r.register_with_unit(
-            "stage_duration",
-            "Time one stage takes on one lead, sampled on one record in 16",
-            Unit::Seconds,
-            m.stage_duration.clone(),
-        );
-        r.register_with_unit(
-            "end_to_end_latency",
-            "From an input record's timestamp to the commit that makes its output visible",
-            Unit::Seconds,
-            m.end_to_end.clone(),
-        );
-        r.register(
-            "dead_letters",
-            "Records sent to the dead-letter topic, by stage and error class",
-            m.dead_letters.clone(),
-        );
-        r.register(
-            "dedupe_hits",
-            "Leads dropped as duplicates",
-            m.dedupe_hits.clone(),
-        );
-        r.register(
-            "dedupe_misses",
-            "Leads checked by dedupe and let through",
-            m.dedupe_misses.clone(),
-        );
-        r.register(
-            "dedupe_keys",
-            "Dedupe keys held in memory",
-            m.dedupe_keys.clone(),
-        );
-        r.register_with_unit(
-            "dedupe",
-            "Memory held by the dedupe state",
-            Unit::Bytes,
-            m.dedupe_bytes.clone(),
-        );
-        r.register(
-            "dedupe_evictions",
-            "Dedupe keys forgotten to stay within dedupe.memory_budget_mib",
-            m.dedupe_evictions.clone(),
-        );
-        r.register(
-            "dedupe_expired",
-            "Dedupe keys forgotten after a window of event time without a lead",
-            m.dedupe_expired.clone(),
-        );
-        r.register(
-            "lead_score",
-            "Scores of leads scored and routed (0-100)",
-            m.score.clone(),
-        );
-        r.register(
-            "lead_grades",
-            "Leads scored and routed, by grade",
-            m.grades.clone(),
-        );
-        r.register(
-            "consumer_lag",
-            "Records between the consumer's position and the partition's last stable offset, per assigned partition, from librdkafka statistics",
-            m.consumer_lag.clone(),
-        );
-        r.register(
-            "transactions",
-            "Batch commits by result: committed or aborted",
-            m.transactions.clone(),
-        );
-        r.register_with_unit(
-            "commit_duration",
-            "Time to commit a batch: the transaction commit, or flush and offset commit",
-            Unit::Seconds,
-            m.commit_duration.clone(),
-        );
-        r.register(
-            "rebalances",
-            "Consumer group rebalance events, by kind: assign or revoke",
-            m.rebalances.clone(),
-        );
-        r.register_with_unit(
-            "restore_duration",
-            "Time to restore the dedupe state of newly assigned partitions",
-            Unit::Seconds,
-            m.restore_duration.clone(),
-        );
-        r.register(
-            "restored_records",
-            "Changelog records read while restoring dedupe state",
-            m.restored_records.clone(),
-        );
-        r.register(
-            "pipeline_restarts",
-            "Restarts of the pipeline from the last commit after a runtime failure",
-            m.pipeline_restarts.clone(),
-        );
-        r.register(
-            "offset_resets",
-            "Offset resets on a topic leadflow consumes: records deleted (retention, DeleteRecords) before leadflow read them",
-            m.offset_resets.clone(),
-        );
-        r.register(
-            "repartition_purges",
-            "Deletions of committed records from the repartition topic, by result: purged or failed",
-            m.repartition_purges.clone(),
-        );
-        r.register(
-            "produce_rejections",
-            "Records the broker refused for good (too large, timestamp out of range, not authorized), by topic and error; each aborts its batch, which is retried with the record isolated",
-            m.produce_rejections.clone(),
-        );
-        r.register(
-            "rules",
-            "The scoring rules and routing version in use (value 1)",
-            m.rules.clone(),
-        );
-        r.register(
-            "reloads",
-            "Reloads of the scoring rules and routing table, by result: applied or refused",
-            m.reloads.clone(),
-        );
-        r.register(
-            "schema_lookups",
-            "Writer schema lookups in the schema registry for confluent-avro input, by result: found, unknown (no schema has the id; its records are dead-lettered) or failed (the registry did not answer; the batch runs again from the last commit)",
-            m.schema_lookups.clone(),
-        );
-        r.register(
-            "ready",
-            "1 when partitions are assigned and restored and the broker is reachable",
-            m.ready.clone(),
-        );
-        r.register_with_unit(
-            "resident_memory",
-            "Resident set size of the process",
-            Unit::Bytes,
-            m.resident_memory.clone(),
-        );
+        m.register_flow(&mut registry);
+        m.register_state(&mut registry);
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
                 version: crate::LEADFLOW_VERSION.to_owned(),
             })
             .set(1);
-        r.register("build", "leadflow's version (value 1)", build);
+        registry.register("build", "leadflow's version (value 1)", build);
         // Zero-valued series exist from the start, so that rates and
         // ratios over them are defined before the first such lead.
         for outcome in LeadOutcome::ALL {
@@ -372,6 +223,165 @@ impl Metrics {
                 .get_or_create_owned(&ResultLabels { result });
         }
         Metrics { registry, ..m }
+    }
+
+    /// Records, leads and stages.
+    fn register_flow(&self, r: &mut Registry) {
+        r.register(
+            "records_in",
+            "Records consumed, per topic (counted when their batch commits)",
+            self.records_in.clone(),
+        );
+        r.register(
+            "records_out",
+            "Records produced, per topic (counted when their batch commits)",
+            self.records_out.clone(),
+        );
+        r.register(
+            "leads",
+            "Input records by where they ended: campaign, suppressed, duplicate, test or dead_letter",
+            self.leads.clone(),
+        );
+        r.register_with_unit(
+            "stage_duration",
+            "Time one stage takes on one lead, sampled on one record in 16",
+            Unit::Seconds,
+            self.stage_duration.clone(),
+        );
+        r.register_with_unit(
+            "end_to_end_latency",
+            "From an input record's timestamp to the commit that makes its output visible",
+            Unit::Seconds,
+            self.end_to_end.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Records sent to the dead-letter topic, by stage and error class",
+            self.dead_letters.clone(),
+        );
+        r.register(
+            "dedupe_hits",
+            "Leads dropped as duplicates",
+            self.dedupe_hits.clone(),
+        );
+        r.register(
+            "dedupe_misses",
+            "Leads checked by dedupe and let through",
+            self.dedupe_misses.clone(),
+        );
+        r.register(
+            "dedupe_keys",
+            "Dedupe keys held in memory",
+            self.dedupe_keys.clone(),
+        );
+        r.register_with_unit(
+            "dedupe",
+            "Memory held by the dedupe state",
+            Unit::Bytes,
+            self.dedupe_bytes.clone(),
+        );
+        r.register(
+            "dedupe_evictions",
+            "Dedupe keys forgotten to stay within dedupe.memory_budget_mib",
+            self.dedupe_evictions.clone(),
+        );
+        r.register(
+            "dedupe_expired",
+            "Dedupe keys forgotten after a window of event time without a lead",
+            self.dedupe_expired.clone(),
+        );
+        r.register(
+            "lead_score",
+            "Scores of leads scored and routed (0-100)",
+            self.score.clone(),
+        );
+        r.register(
+            "lead_grades",
+            "Leads scored and routed, by grade",
+            self.grades.clone(),
+        );
+    }
+
+    /// Dedupe state, commits, rebalances and the process.
+    fn register_state(&self, r: &mut Registry) {
+        r.register(
+            "consumer_lag",
+            "Records between the consumer's position and the partition's last stable offset, per assigned partition, from librdkafka statistics",
+            self.consumer_lag.clone(),
+        );
+        r.register(
+            "transactions",
+            "Batch commits by result: committed or aborted",
+            self.transactions.clone(),
+        );
+        r.register_with_unit(
+            "commit_duration",
+            "Time to commit a batch: the transaction commit, or flush and offset commit",
+            Unit::Seconds,
+            self.commit_duration.clone(),
+        );
+        r.register(
+            "rebalances",
+            "Consumer group rebalance events, by kind: assign or revoke",
+            self.rebalances.clone(),
+        );
+        r.register_with_unit(
+            "restore_duration",
+            "Time to restore the dedupe state of newly assigned partitions",
+            Unit::Seconds,
+            self.restore_duration.clone(),
+        );
+        r.register(
+            "restored_records",
+            "Changelog records read while restoring dedupe state",
+            self.restored_records.clone(),
+        );
+        r.register(
+            "pipeline_restarts",
+            "Restarts of the pipeline from the last commit after a runtime failure",
+            self.pipeline_restarts.clone(),
+        );
+        r.register(
+            "offset_resets",
+            "Offset resets on a topic leadflow consumes: records deleted (retention, DeleteRecords) before leadflow read them",
+            self.offset_resets.clone(),
+        );
+        r.register(
+            "repartition_purges",
+            "Deletions of committed records from the repartition topic, by result: purged or failed",
+            self.repartition_purges.clone(),
+        );
+        r.register(
+            "produce_rejections",
+            "Records the broker refused for good (too large, timestamp out of range, not authorized), by topic and error; each aborts its batch, which is retried with the record isolated",
+            self.produce_rejections.clone(),
+        );
+        r.register(
+            "rules",
+            "The scoring rules and routing version in use (value 1)",
+            self.rules.clone(),
+        );
+        r.register(
+            "reloads",
+            "Reloads of the scoring rules and routing table, by result: applied or refused",
+            self.reloads.clone(),
+        );
+        r.register(
+            "schema_lookups",
+            "Writer schema lookups in the schema registry for confluent-avro input, by result: found, unknown (no schema has the id; its records are dead-lettered) or failed (the registry did not answer; the batch runs again from the last commit)",
+            self.schema_lookups.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when partitions are assigned and restored and the broker is reachable",
+            self.ready.clone(),
+        );
+        r.register_with_unit(
+            "resident_memory",
+            "Resident set size of the process",
+            Unit::Bytes,
+            self.resident_memory.clone(),
+        );
     }
 
     /// The text exposition, with the resident memory read now.
@@ -478,124 +488,6 @@ impl Metrics {
     }
 }
 
-/// What a batch did, kept until it commits (and then added to the
-/// metrics) or aborts (and then forgotten). Topics are named by the
-/// caller's slot strings, cloned only at commit.
-#[derive(Debug, Default)]
-pub struct Batch {
-    consumed: Vec<(String, u64)>,
-    produced: Vec<(String, u64)>,
-    outcomes: [u64; 5],
-    dead_letters: std::collections::BTreeMap<(Stage, &'static str), u64>,
-    dedupe_hits: u64,
-    dedupe_misses: u64,
-    scores: Vec<(u8, Grade)>,
-    timestamps: Vec<i64>,
-}
-
-fn bump(counts: &mut Vec<(String, u64)>, topic: &str) {
-    // A handful of topics: a scan beats hashing.
-    match counts.iter_mut().find(|(t, _)| t == topic) {
-        Some((_, n)) => *n += 1,
-        None => counts.push((topic.to_owned(), 1)),
-    }
-}
-
-impl Batch {
-    pub fn consumed(&mut self, topic: &str) {
-        bump(&mut self.consumed, topic);
-    }
-
-    pub fn produced(&mut self, topic: &str) {
-        bump(&mut self.produced, topic);
-    }
-
-    /// An input's outcome. `checked_by_dedupe` says whether dedupe saw it
-    /// (a miss unless it is a duplicate).
-    pub fn outcome(&mut self, outcome: LeadOutcome, checked_by_dedupe: bool) {
-        if let Some(n) = self.outcomes.get_mut(outcome as usize) {
-            *n += 1;
-        }
-        match outcome {
-            LeadOutcome::Duplicate => self.dedupe_hits += 1,
-            _ if checked_by_dedupe => self.dedupe_misses += 1,
-            _ => {}
-        }
-    }
-
-    pub fn dead_letter(&mut self, stage: Stage, class: &'static str) {
-        *self.dead_letters.entry((stage, class)).or_default() += 1;
-    }
-
-    pub fn scored(&mut self, points: u8, grade: Grade) {
-        self.scores.push((points, grade));
-    }
-
-    /// An output whose input record had this timestamp, for end-to-end latency.
-    pub fn output_of(&mut self, timestamp_ms: Option<i64>) {
-        if let Some(ts) = timestamp_ms {
-            self.timestamps.push(ts);
-        }
-    }
-
-    /// Forgets everything: the batch was aborted.
-    pub fn clear(&mut self) {
-        self.consumed.clear();
-        self.produced.clear();
-        self.outcomes = [0; 5];
-        self.dead_letters.clear();
-        self.dedupe_hits = 0;
-        self.dedupe_misses = 0;
-        self.scores.clear();
-        self.timestamps.clear();
-    }
-}
-
-/// Time spent per stage on one lead, filled by
-/// [`crate::pipeline::StageClock`] laps.
-#[derive(Debug, Clone, Default)]
-pub struct StageLaps {
-    spent: [Option<Duration>; 6],
-}
-
-impl StageLaps {
-    pub fn add(&mut self, stage: Stage, duration: Duration) {
-        let slot = &mut self.spent[stage as usize];
-        *slot = Some(slot.unwrap_or_default() + duration);
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (Stage, Duration)> + '_ {
-        Stage::ALL
-            .iter()
-            .zip(&self.spent)
-            .filter_map(|(stage, spent)| Some((*stage, (*spent)?)))
-    }
-}
-
-/// A [`StageClock`] that measures: each lap is the time since the last.
-#[derive(Debug)]
-pub struct Stopwatch {
-    last: Instant,
-    pub laps: StageLaps,
-}
-
-impl Stopwatch {
-    pub fn start() -> Stopwatch {
-        Stopwatch {
-            last: Instant::now(),
-            laps: StageLaps::default(),
-        }
-    }
-}
-
-impl StageClock for Stopwatch {
-    fn lap(&mut self, stage: Stage) {
-        let now = Instant::now();
-        self.laps.add(stage, now - self.last);
-        self.last = now;
-    }
-}
-
 /// Wall-clock time in milliseconds since the Unix epoch, the clock of
 /// record timestamps.
 pub fn now_ms() -> i64 {
@@ -620,7 +512,10 @@ pub fn resident_memory_bytes() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::error::Stage;
 
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()

@@ -1,20 +1,26 @@
 //! Configuration: one TOML file, every key optional with a documented
-//! default (README, "Configuration"), with `LEADFLOW_…` environment
+//! default (docs/configuration.md), with `LEADFLOW_…` environment
 //! variables and `--set` flags over it, in that order. Unknown keys are
 //! errors, so a typo never silently falls back to a default. Errors name
 //! the file (or the variable or flag), the key and the reason on one line.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Offer, Storefront};
+use crate::domain::Offer;
+use crate::error::{ConfigError, parse_toml, read};
 use crate::stages::decode::Format;
 use crate::stages::enrich::{CatalogOffer, Reference};
-use crate::stages::route::{DisposablePolicy, MAX_ROUTES, Route, RoutingTable, default_routes};
+use crate::stages::route::{MAX_ROUTES, Route, RoutingTable, default_routes};
 use crate::stages::score::ScoringRules;
+
+mod overrides;
+mod sections;
+
+pub use overrides::{ENV_PREFIX, Override, interpolate};
+use overrides::{interpolate_all, merge};
+pub use sections::*;
 
 /// What a secret prints as.
 pub const HIDDEN: &str = "********";
@@ -59,34 +65,6 @@ pub fn without_password(text: &str) -> String {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}, line {line}, key `{key}`: {reason}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        key: String,
-        reason: String,
-    },
-    #[error("config {origin}, key `{key}`: {reason}")]
-    Override {
-        origin: String,
-        key: String,
-        reason: String,
-    },
-    #[error("config {origin}, key `{key}`: {reason}")]
-    Invalid {
-        origin: String,
-        key: String,
-        reason: String,
-    },
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -99,7 +77,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     /// The schema registry, for topics in the `confluent-avro` format.
-    pub schema_registry: crate::registry::RegistryConfig,
+    pub schema_registry: RegistryConfig,
     /// The routing table: storefront (and optionally grade and action) to
     /// campaign topics.
     pub routes: Vec<Route>,
@@ -119,438 +97,56 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
-            schema_registry: crate::registry::RegistryConfig::default(),
+            schema_registry: RegistryConfig::default(),
             routes: default_routes(),
             catalog: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoint; port 0
-    /// picks a free port (logged); empty turns the endpoint off.
-    pub listen: String,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: "0.0.0.0:9464".into(),
-        }
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    /// Human-readable on a terminal, JSON lines otherwise.
-    #[default]
-    Auto,
-    Json,
-    Text,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// A tracing filter, e.g. `info` or `leadflow=debug,rdkafka=warn`;
-    /// `RUST_LOG`, when set, takes precedence.
-    pub level: String,
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Auto,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScoringConfig {
-    /// A scoring rules file; without it the built-in `rules/scoring.toml` applies.
-    pub rules_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// `suppress`, `dead-letter` or `allow`.
-    pub disposable_email: DisposablePolicy,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaConfig {
-    pub bootstrap_servers: String,
-    pub group_id: String,
-    /// This process's stable name within the group. Under exactly-once the
-    /// `transactional.id` is `GROUP-INSTANCE`, so a restarted instance
-    /// fences its predecessor; every concurrently running process needs its
-    /// own. Defaults to the host name.
-    pub instance_id: Option<String>,
-    /// How long start-up waits for the broker before giving up.
-    pub connect_timeout_ms: u64,
-    /// librdkafka properties for every client, passed through unchanged.
-    pub client: BTreeMap<String, String>,
-    /// librdkafka properties for the consumer only.
-    pub consumer: BTreeMap<String, String>,
-    /// librdkafka properties for producers only.
-    pub producer: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            bootstrap_servers: "127.0.0.1:9092".into(),
-            group_id: "leadflow".into(),
-            instance_id: None,
-            connect_timeout_ms: 5_000,
-            client: BTreeMap::new(),
-            consumer: BTreeMap::new(),
-            producer: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Topics {
-    pub input: String,
-    pub suppressed: String,
-    pub dead_letter: String,
-    /// Encoding of the input topic: `json` or `avro`.
-    pub input_format: Format,
-    /// Encoding of campaign and suppressed records, unless a route sets its own.
-    pub output_format: Format,
-    /// Internal topic that re-keys raw leads by person and offer before
-    /// dedupe. Defaults to `GROUP-repartition`.
-    pub repartition: Option<String>,
-    /// Internal compacted topic that makes the dedupe state durable, one
-    /// partition per processed partition. Defaults to `GROUP-dedupe-changelog`.
-    pub changelog: Option<String>,
-}
-
-impl Default for Topics {
-    fn default() -> Self {
-        Topics {
-            input: "leads.raw".into(),
-            suppressed: "leads.suppressed".into(),
-            dead_letter: "leads.dlq".into(),
-            input_format: Format::Json,
-            output_format: Format::Json,
-            repartition: None,
-            changelog: None,
-        }
-    }
-}
-
-/// How outputs and consumed offsets are committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProcessingGuarantee {
-    /// Each batch's outputs and its consumed offsets commit in one Kafka
-    /// transaction: nothing lost, nothing repeated.
-    ExactlyOnce,
-    /// Offsets are committed after the outputs are acknowledged: nothing is
-    /// lost, but a crash between the two repeats the outputs of a batch.
-    AtLeastOnce,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PipelineConfig {
-    pub processing_guarantee: ProcessingGuarantee,
-    /// Longest time a batch stays open before its outputs are flushed and
-    /// its offsets committed.
-    pub commit_interval_ms: u64,
-    /// Largest number of input records in one batch.
-    pub max_batch_records: usize,
-    /// Records larger than this are dead-lettered as `oversized`. Every
-    /// record leadflow writes from an input (dead letter, re-keyed copy)
-    /// fits in this plus [`crate::kafka::RECORD_HEADROOM`]: the producer's
-    /// `message.max.bytes` and those topics' `max.message.bytes` must
-    /// allow that, which `run` checks at start. The default fits Kafka's
-    /// stock 1,048,588-byte topic limit.
-    pub max_record_bytes: usize,
-    /// How long a batch may wait for its outputs to be acknowledged before
-    /// leadflow stops with an error (and restarts from the last commit).
-    /// Also the transaction timeout under exactly-once: how long a crashed
-    /// instance's open transaction can hold back read_committed readers.
-    pub delivery_timeout_ms: u64,
-    /// Re-key the input by person and offer through the repartition topic
-    /// before dedupe. Turn off only when producers already key `leads.raw`
-    /// so that all leads of one person for one offer share a partition.
-    pub repartition: bool,
-    /// After SIGTERM or SIGINT, how long leadflow may take to finish and
-    /// commit its batch and leave the group before it exits anyway.
-    pub shutdown_timeout_ms: u64,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            processing_guarantee: ProcessingGuarantee::ExactlyOnce,
-            commit_interval_ms: 100,
-            max_batch_records: 10_000,
-            max_record_bytes: 983_040,
-            delivery_timeout_ms: 10_000,
-            repartition: true,
-            shutdown_timeout_ms: 30_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DedupeConfig {
-    /// A repeat of the same (email, offer, action) within this many days of
-    /// event time is a duplicate.
-    pub window_days: u32,
-    /// Memory the dedupe state may take; past it the least recently seen
-    /// keys are forgotten (and counted).
-    pub memory_budget_mib: u64,
-    /// A lead whose event time is further than this ahead of the processing
-    /// time is a dead letter (`future_event_time`): a broken clock, not a lead.
-    pub max_future_ms: u64,
-}
-
-impl Default for DedupeConfig {
-    fn default() -> Self {
-        DedupeConfig {
-            window_days: 180,
-            memory_budget_mib: 1_024,
-            max_future_ms: 3_600_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogEntry {
-    /// `publisher.offer`.
-    pub offer: String,
-    pub title: String,
-    pub storefront: Storefront,
-}
-
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Parses TOML into `T`, turning a parse error into one line that names the
-/// file, the line and the key.
-pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let offset = e.span().map_or(0, |span| span.start);
-        let before = text.get(..offset).unwrap_or_default();
-        let line = before.matches('\n').count() + 1;
-        let key = text
-            .lines()
-            .nth(line - 1)
-            .and_then(|l| l.split_once('='))
-            .map_or_else(|| "?".to_owned(), |(k, _)| k.trim().to_owned());
-        ConfigError::Parse {
-            path: path.to_owned(),
-            line,
-            key,
-            reason: e.message().replace('\n', " "),
-        }
-    })
-}
-
-/// One setting that overrides the file, from an environment variable or a
-/// `--set` flag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Override {
-    /// Where it came from, for errors: `LEADFLOW_…` or `--set`.
-    pub origin: String,
-    /// A dotted TOML key, e.g. `pipeline.commit_interval_ms` or
-    /// `kafka.client."linger.ms"`.
-    pub key: String,
-    /// A TOML value, or else taken as a string.
-    pub value: String,
-}
-
-/// Environment variables that override keys start with this and separate
-/// the levels of a key with `__`: `LEADFLOW_PIPELINE__COMMIT_INTERVAL_MS`.
-pub const ENV_PREFIX: &str = "LEADFLOW_";
-
-/// The tables of librdkafka properties, whose keys have dots.
-const PROPERTY_TABLES: [&str; 3] = ["kafka.client", "kafka.consumer", "kafka.producer"];
-
-/// The TOML key an environment variable's name (without the prefix)
-/// stands for. Below a table of librdkafka properties the rest of the name
-/// is one property, its `_` standing for `.`:
-/// `KAFKA__CLIENT__SASL_PASSWORD` is `kafka.client."sasl.password"`.
-/// librdkafka's string properties have no `_` of their own, and a name
-/// cannot hold a dot.
-fn env_key(name: &str) -> String {
-    let key = name.to_lowercase().replace("__", ".");
-    for table in PROPERTY_TABLES {
-        if let Some(property) = key.strip_prefix(table).and_then(|k| k.strip_prefix('.')) {
-            return format!("{table}.\"{}\"", property.replace(['.', '_'], "."));
-        }
-    }
-    key
-}
-
-/// Replaces `${NAME}` with environment variable `NAME`, and `${NAME:-word}`
-/// with it or, when it is unset or empty, with `word` (Vector's syntax);
-/// `$$` is one `$`. An unset variable without a default is an error, so a
-/// secret missing from the environment is never an empty password.
-pub fn interpolate(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-            continue;
-        }
-        let Some(body) = after.strip_prefix('{') else {
-            out.push('$');
-            rest = after;
-            continue;
-        };
-        let end = body
-            .find('}')
-            .ok_or_else(|| "`${` without its `}` (write `$$` for a `$`)".to_owned())?;
-        let expression = &body[..end];
-        let (name, default) = match expression.split_once(":-") {
-            Some((name, default)) => (name, Some(default)),
-            None => (expression, None),
-        };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{expression}}}` names no environment variable"));
-        }
-        match (var(name).filter(|value| !value.is_empty()), default) {
-            (Some(value), _) => out.push_str(&value),
-            (None, Some(default)) => out.push_str(default),
-            (None, None) => return Err(format!("environment variable {name} is not set")),
-        }
-        rest = &body[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// [`interpolate`] in every string of `value`, `key` naming it for errors.
-/// Only strings: a value is never parsed again as TOML, so a secret with
-/// quotes or line breaks in it cannot change the file's structure.
-fn interpolate_all(
-    value: &mut toml::Value,
-    key: &str,
-    var: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), (String, String)> {
-    match value {
-        toml::Value::String(text) => {
-            *text = interpolate(text, var).map_err(|reason| (key.to_owned(), reason))?;
-        }
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                interpolate_all(item, &format!("{key}[{i}]"), var)?;
-            }
-        }
-        toml::Value::Table(table) => {
-            for (name, item) in table.iter_mut() {
-                let key = if key.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{key}.{name}")
-                };
-                interpolate_all(item, &key, var)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-impl Override {
-    /// The overrides among environment variables: `LEADFLOW_` names with a
-    /// `__` in them, so `LEADFLOW_CONFIG` and the like are not keys.
-    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
-        let mut overrides: Vec<Override> = vars
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let key = name.strip_prefix(ENV_PREFIX)?;
-                key.contains("__").then(|| Override {
-                    key: env_key(key),
-                    origin: name.clone(),
-                    value,
-                })
-            })
-            .collect();
-        // Environment order is arbitrary; a stable order gives stable errors.
-        overrides.sort_by(|a, b| a.origin.cmp(&b.origin));
-        overrides
-    }
-
-    /// A `--set KEY=VALUE` flag.
-    pub fn from_flag(text: &str) -> Result<Override, ConfigError> {
-        let (key, value) = text.split_once('=').ok_or_else(|| ConfigError::Override {
-            origin: "--set".to_owned(),
-            key: text.to_owned(),
-            reason: "expected KEY=VALUE".to_owned(),
-        })?;
-        Ok(Override {
-            origin: "--set".to_owned(),
-            key: key.trim().to_owned(),
-            value: value.trim().to_owned(),
-        })
-    }
-
-    /// The override as a TOML table with just this key: the value as
-    /// TOML if it is valid TOML and `as_string` is false, else as a string.
-    fn table(&self, as_string: bool) -> Result<toml::Table, ConfigError> {
-        let string = format!("{} = {}", self.key, toml::Value::String(self.value.clone()));
-        let parsed = if as_string {
-            toml::from_str(&string)
-        } else {
-            toml::from_str(&format!("{} = {}", self.key, self.value))
-                .or_else(|_| toml::from_str(&string))
-        };
-        parsed.map_err(|e: toml::de::Error| self.error(e.message()))
-    }
-
-    fn is_quoted(&self) -> bool {
-        self.value.starts_with('"') || self.value.starts_with('\'')
-    }
-
-    fn error(&self, reason: &str) -> ConfigError {
-        ConfigError::Override {
-            origin: self.origin.clone(),
-            key: self.key.clone(),
-            reason: reason.replace('\n', " "),
-        }
-    }
-}
-
-/// Sets every key of `patch` in `table`, descending into tables both have.
-fn merge(table: &mut toml::Table, patch: toml::Table) {
-    for (key, value) in patch {
-        match (table.get_mut(&key), value) {
-            (Some(toml::Value::Table(inner)), toml::Value::Table(patch)) => merge(inner, patch),
-            (_, value) => {
-                table.insert(key, value);
-            }
-        }
-    }
-}
-
 impl Config {
+    /// Each section by name, with what a reload does with it and its
+    /// contents as TOML (for comparing). Every field is named here, so a
+    /// section added without a declared reload behaviour does not compile.
+    pub fn sections(&self) -> Vec<(&'static str, OnReload, String)> {
+        fn section<T: Section>(name: &'static str, value: &T) -> (&'static str, OnReload, String) {
+            // TOML needs a table at the top.
+            #[derive(Serialize)]
+            struct Wrapped<'a, T> {
+                value: &'a T,
+            }
+            // Compared, never shown: an unprintable section compares as empty.
+            let text = toml::to_string(&Wrapped { value }).unwrap_or_default();
+            (name, T::ON_RELOAD, text)
+        }
+        let Config {
+            kafka,
+            topics,
+            pipeline,
+            dedupe,
+            scoring,
+            policy,
+            http,
+            log,
+            schema_registry,
+            routes,
+            catalog,
+        } = self;
+        vec![
+            section("kafka", kafka),
+            section("topics", topics),
+            section("pipeline", pipeline),
+            section("dedupe", dedupe),
+            section("scoring", scoring),
+            section("policy", policy),
+            section("http", http),
+            section("log", log),
+            section("schema_registry", schema_registry),
+            section("routes", routes),
+            section("catalog", catalog),
+        ]
+    }
+
     /// Loads a config file (or the defaults) with overrides applied over
     /// it, later ones winning: the order is file, environment, flags. An
     /// override's value is TOML (`5000`, `true`, `"x"`) or else a string;
@@ -699,31 +295,43 @@ impl Config {
 
     /// Checks what the types cannot: non-empty, distinct names and sane numbers.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        let invalid = |(key, reason): (String, String)| ConfigError::Invalid {
             origin: origin.to_owned(),
-            key: key.to_owned(),
+            key,
             reason,
         };
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            return Err(invalid(
-                "kafka.bootstrap_servers",
-                "must not be empty".into(),
-            ));
-        }
-        if self.kafka.group_id.trim().is_empty() {
-            return Err(invalid("kafka.group_id", "must not be empty".into()));
-        }
-        let topics = [
+        self.check_names().map_err(invalid)?;
+        self.check_routes().map_err(invalid)?;
+        self.check_limits().map_err(invalid)?;
+        self.scoring_rules()?;
+        self.reference(origin).map(|_| ())
+    }
+
+    /// The topics whose names the routes must not reuse, by key.
+    fn named_topics(&self) -> [(&'static str, &String); 3] {
+        [
             ("topics.input", &self.topics.input),
             ("topics.suppressed", &self.topics.suppressed),
             ("topics.dead_letter", &self.topics.dead_letter),
-        ];
+        ]
+    }
+
+    /// Names and addresses: set, distinct, and well-formed.
+    fn check_names(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return invalid("kafka.bootstrap_servers", "must not be empty");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return invalid("kafka.group_id", "must not be empty");
+        }
+        let topics = self.named_topics();
         for (i, (key, name)) in topics.iter().enumerate() {
             if name.trim().is_empty() {
-                return Err(invalid(key, "must not be empty".into()));
+                return invalid(key, "must not be empty");
             }
             if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
-                return Err(invalid(key, format!("topic {name:?} is also {other}")));
+                return invalid(key, &format!("topic {name:?} is also {other}"));
             }
         }
         let confluent = [self.topics.input_format, self.topics.output_format]
@@ -731,82 +339,61 @@ impl Config {
             .chain(self.routes.iter().filter_map(|r| r.format))
             .any(|format| format == Format::ConfluentAvro);
         if confluent && self.schema_registry.url.is_none() {
-            return Err(invalid(
+            return invalid(
                 "schema_registry.url",
-                "must be set: a topic uses the confluent-avro format".into(),
-            ));
+                "must be set: a topic uses the confluent-avro format",
+            );
         }
         if let Some(url) = &self.schema_registry.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(invalid(
-                "schema_registry.url",
-                format!("{url:?} is not an http:// or https:// URL"),
-            ));
+            let reason = format!("{url:?} is not an http:// or https:// URL");
+            return invalid("schema_registry.url", &reason);
         }
+        Ok(())
+    }
+
+    /// The routing table: 1 to [`MAX_ROUTES`] routes, each with a campaign
+    /// and a topic of its own.
+    fn check_routes(&self) -> Result<(), (String, String)> {
         if self.routes.is_empty() || self.routes.len() > MAX_ROUTES {
-            return Err(invalid(
-                "routes",
-                format!("need 1 to {MAX_ROUTES} routes, got {}", self.routes.len()),
-            ));
+            let reason = format!("need 1 to {MAX_ROUTES} routes, got {}", self.routes.len());
+            return Err(("routes".to_owned(), reason));
         }
+        let topics = self.named_topics();
         for (i, route) in self.routes.iter().enumerate() {
+            let invalid =
+                |field: &str, reason: String| Err((format!("routes[{i}].{field}"), reason));
             if route.campaign.trim().is_empty() {
-                return Err(invalid(
-                    &format!("routes[{i}].campaign"),
-                    "must not be empty".into(),
-                ));
+                return invalid("campaign", "must not be empty".into());
             }
             if route.topic.trim().is_empty() {
-                return Err(invalid(
-                    &format!("routes[{i}].topic"),
-                    "must not be empty".into(),
-                ));
+                return invalid("topic", "must not be empty".into());
             }
             if let Some((key, _)) = topics.iter().find(|(_, name)| **name == route.topic) {
-                return Err(invalid(
-                    &format!("routes[{i}].topic"),
-                    format!("topic {:?} is also {key}", route.topic),
-                ));
+                return invalid("topic", format!("topic {:?} is also {key}", route.topic));
             }
         }
+        Ok(())
+    }
+
+    /// Timeouts, intervals, sizes and budgets: none may be 0.
+    fn check_limits(&self) -> Result<(), (String, String)> {
         let p = &self.pipeline;
-        for (key, value) in [
+        let limits = [
             ("pipeline.commit_interval_ms", p.commit_interval_ms),
             ("pipeline.delivery_timeout_ms", p.delivery_timeout_ms),
             ("kafka.connect_timeout_ms", self.kafka.connect_timeout_ms),
             ("pipeline.shutdown_timeout_ms", p.shutdown_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0".into()));
-            }
+            ("pipeline.max_batch_records", p.max_batch_records as u64),
+            ("pipeline.max_record_bytes", p.max_record_bytes as u64),
+            ("dedupe.memory_budget_mib", self.dedupe.memory_budget_mib),
+            ("dedupe.window_days", u64::from(self.dedupe.window_days)),
+        ];
+        match limits.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(((*key).to_owned(), "must be greater than 0".to_owned())),
+            None => Ok(()),
         }
-        if p.max_batch_records == 0 {
-            return Err(invalid(
-                "pipeline.max_batch_records",
-                "must be greater than 0".into(),
-            ));
-        }
-        if p.max_record_bytes == 0 {
-            return Err(invalid(
-                "pipeline.max_record_bytes",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.dedupe.memory_budget_mib == 0 {
-            return Err(invalid(
-                "dedupe.memory_budget_mib",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.dedupe.window_days == 0 {
-            return Err(invalid(
-                "dedupe.window_days",
-                "must be greater than 0".into(),
-            ));
-        }
-        self.scoring_rules()?;
-        self.reference(origin).map(|_| ())
     }
 
     /// Builds enrichment reference data from the catalog.
@@ -863,6 +450,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Storefront;
+    use std::path::PathBuf;
 
     fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");

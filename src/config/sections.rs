@@ -1,0 +1,354 @@
+//! The configuration's sections and their defaults, each declared with
+//! what a reload does with it ([`Section::ON_RELOAD`]): applied between
+//! two transactions, or reported and left for a restart.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Storefront;
+use crate::stages::decode::Format;
+use crate::stages::route::{DisposablePolicy, Route};
+
+/// What a reload (SIGHUP, or a changed config or rules file) does with a
+/// section whose contents changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReload {
+    /// Applied between two transactions: every lead of a transaction is
+    /// scored and routed by one version.
+    Apply,
+    /// Reported, and left for a restart.
+    Restart,
+}
+
+/// A section of the configuration.
+pub trait Section: Serialize {
+    const ON_RELOAD: OnReload;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoint; port 0
+    /// picks a free port (logged); empty turns the endpoint off.
+    pub listen: String,
+}
+
+impl Section for HttpConfig {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `leadflow=debug,rdkafka=warn`;
+    /// `RUST_LOG`, when set, takes precedence.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Section for LogConfig {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoringConfig {
+    /// A scoring rules file; without it the built-in `rules/scoring.toml` applies.
+    pub rules_file: Option<PathBuf>,
+}
+
+impl Section for ScoringConfig {
+    const ON_RELOAD: OnReload = OnReload::Apply;
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `suppress`, `dead-letter` or `allow`.
+    pub disposable_email: DisposablePolicy,
+}
+
+impl Section for PolicyConfig {
+    const ON_RELOAD: OnReload = OnReload::Apply;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    /// This process's stable name within the group. Under exactly-once the
+    /// `transactional.id` is `GROUP-INSTANCE`, so a restarted instance
+    /// fences its predecessor; every concurrently running process needs its
+    /// own. Defaults to the host name.
+    pub instance_id: Option<String>,
+    /// How long start-up waits for the broker before giving up.
+    pub connect_timeout_ms: u64,
+    /// librdkafka properties for every client, passed through unchanged.
+    pub client: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for producers only.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Section for KafkaConfig {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "leadflow".into(),
+            instance_id: None,
+            connect_timeout_ms: 5_000,
+            client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topics {
+    pub input: String,
+    pub suppressed: String,
+    pub dead_letter: String,
+    /// Encoding of the input topic: `json` or `avro`.
+    pub input_format: Format,
+    /// Encoding of campaign and suppressed records, unless a route sets its own.
+    pub output_format: Format,
+    /// Internal topic that re-keys raw leads by person and offer before
+    /// dedupe. Defaults to `GROUP-repartition`.
+    pub repartition: Option<String>,
+    /// Internal compacted topic that makes the dedupe state durable, one
+    /// partition per processed partition. Defaults to `GROUP-dedupe-changelog`.
+    pub changelog: Option<String>,
+}
+
+impl Section for Topics {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            input: "leads.raw".into(),
+            suppressed: "leads.suppressed".into(),
+            dead_letter: "leads.dlq".into(),
+            input_format: Format::Json,
+            output_format: Format::Json,
+            repartition: None,
+            changelog: None,
+        }
+    }
+}
+
+/// How outputs and consumed offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessingGuarantee {
+    /// Each batch's outputs and its consumed offsets commit in one Kafka
+    /// transaction: nothing lost, nothing repeated.
+    ExactlyOnce,
+    /// Offsets are committed after the outputs are acknowledged: nothing is
+    /// lost, but a crash between the two repeats the outputs of a batch.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Longest time a batch stays open before its outputs are flushed and
+    /// its offsets committed.
+    pub commit_interval_ms: u64,
+    /// Largest number of input records in one batch.
+    pub max_batch_records: usize,
+    /// Records larger than this are dead-lettered as `oversized`. Every
+    /// record leadflow writes from an input (dead letter, re-keyed copy)
+    /// fits in this plus [`crate::kafka::RECORD_HEADROOM`]: the producer's
+    /// `message.max.bytes` and those topics' `max.message.bytes` must
+    /// allow that, which `run` checks at start. The default fits Kafka's
+    /// stock 1,048,588-byte topic limit.
+    pub max_record_bytes: usize,
+    /// How long a batch may wait for its outputs to be acknowledged before
+    /// leadflow stops with an error (and restarts from the last commit).
+    /// Also the transaction timeout under exactly-once: how long a crashed
+    /// instance's open transaction can hold back read_committed readers.
+    pub delivery_timeout_ms: u64,
+    /// Re-key the input by person and offer through the repartition topic
+    /// before dedupe. Turn off only when producers already key `leads.raw`
+    /// so that all leads of one person for one offer share a partition.
+    pub repartition: bool,
+    /// After SIGTERM or SIGINT, how long leadflow may take to finish and
+    /// commit its batch and leave the group before it exits anyway.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Section for PipelineConfig {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            processing_guarantee: ProcessingGuarantee::ExactlyOnce,
+            commit_interval_ms: 100,
+            max_batch_records: 10_000,
+            max_record_bytes: 983_040,
+            delivery_timeout_ms: 10_000,
+            repartition: true,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// A repeat of the same (email, offer, action) within this many days of
+    /// event time is a duplicate.
+    pub window_days: u32,
+    /// Memory the dedupe state may take; past it the least recently seen
+    /// keys are forgotten (and counted).
+    pub memory_budget_mib: u64,
+    /// A lead whose event time is further than this ahead of the processing
+    /// time is a dead letter (`future_event_time`): a broken clock, not a lead.
+    pub max_future_ms: u64,
+}
+
+impl Section for DedupeConfig {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window_days: 180,
+            memory_budget_mib: 1_024,
+            max_future_ms: 3_600_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    /// `publisher.offer`.
+    pub offer: String,
+    pub title: String,
+    pub storefront: Storefront,
+}
+
+/// How leadflow reaches the schema registry (`[schema_registry]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent-compatible API, e.g.
+    /// `http://registry:8081` or `http://apicurio:8080/apis/ccompat/v7`.
+    /// Required when a topic uses the `confluent-avro` format.
+    pub url: Option<String>,
+    /// Which subject leadflow's output schemas are registered under.
+    pub subject_name_strategy: SubjectNameStrategy,
+    /// Register leadflow's output schemas at start (`true`), or only look
+    /// them up and refuse to start if they are not registered (`false`,
+    /// for registries where deploy pipelines register schemas).
+    pub auto_register: bool,
+    /// Longest one request may take, connecting included.
+    pub timeout_ms: u64,
+    /// Retries of a request that failed in a way a retry can fix.
+    pub retries: u32,
+    /// First wait before a retry; it doubles each time, up to 5 s.
+    pub retry_backoff_ms: u64,
+    /// HTTP basic authentication (Confluent Cloud: API key and secret).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the certificate authorities to trust for `https`,
+    /// instead of the built-in web roots.
+    pub ca_file: Option<String>,
+}
+
+impl Section for RegistryConfig {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: None,
+            subject_name_strategy: SubjectNameStrategy::TopicName,
+            auto_register: true,
+            timeout_ms: 5_000,
+            retries: 2,
+            retry_backoff_ms: 200,
+            username: None,
+            password: None,
+            ca_file: None,
+        }
+    }
+}
+
+/// Confluent's subject name strategies for record values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubjectNameStrategy {
+    /// `<topic>-value`: one schema history per topic (Confluent's default).
+    TopicName,
+    /// The record's full name, e.g. `dev.leadflow.CampaignLead`: one
+    /// schema history per record type, whatever topic it is on.
+    RecordName,
+}
+
+impl SubjectNameStrategy {
+    /// The subject for values of `topic` written with a schema whose
+    /// record's full name is `record_name`.
+    pub fn subject(self, topic: &str, record_name: &str) -> String {
+        match self {
+            SubjectNameStrategy::TopicName => format!("{topic}-value"),
+            SubjectNameStrategy::RecordName => record_name.to_owned(),
+        }
+    }
+}
+
+/// The routing table: swapped whole between two transactions.
+impl Section for Vec<Route> {
+    const ON_RELOAD: OnReload = OnReload::Apply;
+}
+
+/// The catalog feeds the reference data, built at start.
+impl Section for Vec<CatalogEntry> {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}

@@ -1,0 +1,133 @@
+//! What to do with one consumed record, decided without Kafka: a
+//! [`RecordView`] (plain data, no client types) and the pipeline give a
+//! [`Plan`]. The sink carries a plan out; when the broker refuses what a
+//! plan writes, [`refused`] turns it into a dead letter.
+
+use crate::error::{Failure, Stage};
+use crate::metrics::Stopwatch;
+use crate::pipeline::{Input, Outcome, Pipeline, Rekeyed, SourcePosition};
+use crate::stages::dedupe::Savepoint;
+
+use super::topology::{Hop, Topology, partition_for};
+
+/// One consumed record, as the engine decides on it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    pub hop: Hop,
+    pub partition: i32,
+    pub value: Option<&'a [u8]>,
+    pub timestamp_ms: Option<i64>,
+    /// Where the lead entered leadflow: this record, or for one read back
+    /// from the repartition topic, the input record its headers name.
+    pub source: SourcePosition<'a>,
+    /// The input record's own key.
+    pub original_key: Option<&'a [u8]>,
+}
+
+/// What becomes of a record.
+#[derive(Debug)]
+pub enum Plan {
+    /// Pass-through: copied unchanged to this topic.
+    Copy(String),
+    /// Re-keyed: forwarded unchanged to this partition of the repartition
+    /// topic, under the hex of its person-and-offer key.
+    Forward { key: u128, partition: i32 },
+    /// Processed: routed (written to its places), dropped (duplicate or
+    /// test lead) or failed (a dead letter). `savepoint` is where dedupe
+    /// stood before the lead, to forget it if its outputs are refused.
+    Settle {
+        outcome: Outcome,
+        savepoint: Option<Savepoint>,
+    },
+}
+
+/// Decides on `record`. `poison`: the broker refused what this record
+/// produced, for good, so it goes to the dead-letter topic as it is.
+/// `stopwatch`: the record's stage timings, if it is sampled.
+pub fn plan(
+    record: &RecordView<'_>,
+    topology: &Topology,
+    pipeline: &mut Pipeline,
+    poison: Option<Failure>,
+    stopwatch: Option<&mut Stopwatch>,
+) -> Plan {
+    if let Some(topic) = &topology.passthrough {
+        return Plan::Copy(topic.clone());
+    }
+    let input = Input {
+        value: record.value,
+        timestamp_ms: record.timestamp_ms,
+        source: record.source,
+        shard: record.partition,
+    };
+    // Only the input's records are re-keyed, and only when there is a
+    // repartition topic; every other record runs the whole pipeline.
+    let repartition = match &topology.repartition {
+        Some((_, partitions)) if record.hop == Hop::Input => Some(*partitions),
+        _ => None,
+    };
+    if let Some(failure) = poison {
+        if repartition.is_none() {
+            // Under at-least-once, the refused attempt's dedupe state
+            // reached the changelog outside a transaction: the lead is
+            // run again only to find the keys it touched, whose values
+            // from before it are written back (with the changes). Under
+            // exactly-once the abort discarded that state, and writing the
+            // same values again changes nothing.
+            let savepoint = pipeline.dedupe().savepoint();
+            let _ = pipeline.process(input);
+            pipeline.dedupe().revert_to(savepoint);
+        }
+        return settle(Outcome::Failed(failure));
+    }
+    let Some(partitions) = repartition else {
+        let savepoint = pipeline.dedupe().savepoint();
+        let outcome = match stopwatch {
+            Some(clock) => pipeline.process_clocked(input, clock),
+            None => pipeline.process(input),
+        };
+        return Plan::Settle {
+            outcome,
+            savepoint: Some(savepoint),
+        };
+    };
+    let rekeyed = match stopwatch {
+        Some(clock) => pipeline.rekey_clocked(input, clock),
+        None => pipeline.rekey(input),
+    };
+    match rekeyed {
+        Rekeyed::Forward(key) => Plan::Forward {
+            key: key.0,
+            partition: partition_for(key.0, partitions),
+        },
+        // A test lead or a failure: dealt with here, never forwarded.
+        Rekeyed::Done(outcome) => settle(outcome),
+    }
+}
+
+fn settle(outcome: Outcome) -> Plan {
+    Plan::Settle {
+        outcome,
+        savepoint: None,
+    }
+}
+
+/// The outcome once the broker refused a lead's records for good: a dead letter,
+/// and dedupe forgets the lead was let through (a replay of it must not
+/// count as a duplicate).
+pub fn refused(failure: Failure, savepoint: Option<Savepoint>, pipeline: &mut Pipeline) -> Outcome {
+    if let Some(savepoint) = savepoint {
+        pipeline.dedupe().rollback_to(savepoint);
+    }
+    Outcome::Failed(failure)
+}
+
+/// The dead letter's reason when `topic` refused a record for good.
+pub fn rejected(topic: &str, code: impl std::fmt::Debug + std::fmt::Display) -> Failure {
+    Failure {
+        stage: Stage::Produce,
+        class: "produce_rejected",
+        message: format!("{topic} refused the record: {code:?} ({code})"),
+        schema_id: None,
+    }
+}

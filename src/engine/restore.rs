@@ -1,0 +1,218 @@
+//! Dedupe state per partition: restored from the changelog before a newly
+//! assigned partition is resumed, and the loop's rewind and drained checks.
+//!
+//! The restore gate: a partition that carries dedupe state is paused when
+//! it is assigned (see `events`), and resumed only here, once its state is
+//! restored; the loop restores between batches, with no transaction open.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::RunError;
+use super::events::RunContext;
+use super::second_hop::SecondHop;
+use super::topology::Part;
+use crate::health::Phase;
+use crate::kafka::{Logged, lock};
+use crate::pipeline::Pipeline;
+
+/// Restores the dedupe state of `partitions` (newly assigned, paused)
+/// from the changelog and resumes them. Runs between batches, with no
+/// transaction open.
+pub fn restore_assigned(
+    (consumer, second_hop): (&Arc<BaseConsumer<RunContext>>, &mut SecondHop<RunContext>),
+    restorer: &BaseConsumer<Logged>,
+    pipeline: &mut Pipeline,
+    partitions: &[i32],
+    delivery_timeout: Duration,
+) -> Result<(), RunError> {
+    let context = consumer.context();
+    let topology = &context.topology;
+    let processed = topology.processed_topic();
+    second_hop.retain(|partition| context.is_assigned(processed, partition));
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    context.observed.health.set_phase(Phase::Restoring);
+    let started = Instant::now();
+    let dedupe = pipeline.dedupe();
+    for partition in partitions {
+        dedupe.drop_partition(*partition);
+        dedupe.add_partition(*partition);
+    }
+    let failed = |reason: String| RunError::Restore {
+        topic: topology.changelog.clone(),
+        reason,
+    };
+    await_stable(consumer, partitions, delivery_timeout * 3).map_err(failed)?;
+    // An open transaction of a crashed owner holds the end back until it
+    // times out, and a leader that just moved answers with errors for a
+    // while: either is only a failure well past that.
+    let patience = delivery_timeout * 3;
+    let mut corrupt = 0_u64;
+    let records = crate::kafka::read_to_end(
+        restorer,
+        (&topology.changelog, partitions),
+        patience,
+        |record| {
+            let key = record.key().unwrap_or_default();
+            if dedupe
+                .restore(record.partition(), key, record.payload())
+                .is_err()
+            {
+                corrupt += 1;
+            }
+        },
+    )
+    .map_err(failed)?;
+    if corrupt > 0 {
+        warn!(
+            corrupt,
+            topic = topology.changelog,
+            "skipped changelog records leadflow did not write"
+        );
+    }
+    if topology.repartition.is_some() {
+        second_hop.split(consumer, processed, partitions);
+    }
+    resume(consumer, partitions).map_err(failed)?;
+    let metrics = &context.observed.metrics;
+    metrics
+        .restore_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics.restored_records.inc_by(records);
+    metrics.set_dedupe_size(dedupe.len(), dedupe.bytes());
+    info!(
+        ?partitions,
+        records,
+        keys = dedupe.len(),
+        millis = started.elapsed().as_millis() as u64,
+        "dedupe state restored"
+    );
+    Ok(())
+}
+
+/// Waits until the committed offsets of `partitions` are stable. KIP-447:
+/// they are asked for as stable (read_committed), which waits while a
+/// transaction of their previous owner is still pending. Only then does
+/// the changelog hold that owner's last transaction, which a
+/// read_committed restore would otherwise stop short of.
+fn await_stable(
+    consumer: &BaseConsumer<RunContext>,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut stable = TopicPartitionList::new();
+    for partition in partitions {
+        stable.add_partition(consumer.context().topology.processed_topic(), *partition);
+    }
+    consumer
+        .committed_offsets(stable, timeout)
+        .map(|_| ())
+        .map_err(|e| format!("committed offsets did not become stable: {e}"))
+}
+
+/// Resumes restored partitions.
+fn resume(consumer: &BaseConsumer<RunContext>, partitions: &[i32]) -> Result<(), String> {
+    let mut resume = TopicPartitionList::new();
+    for partition in partitions {
+        resume.add_partition(consumer.context().topology.processed_topic(), *partition);
+    }
+    consumer
+        .resume(&resume)
+        .map_err(|e| format!("cannot resume partitions: {e}"))
+}
+
+/// Seeks each partition of an aborted batch that is still assigned back to
+/// the batch's first record, and forgets what the batch had pending.
+pub fn rewind(
+    consumer: &BaseConsumer<RunContext>,
+    batch_start: BTreeMap<Part, i64>,
+) -> Result<(), RunError> {
+    let context = consumer.context();
+    let assigned = consumer.assignment().map_err(RunError::Consumer)?;
+    let mut pending = lock(&context.pending);
+    for ((hop, partition), offset) in batch_start {
+        pending.remove(&(hop, partition));
+        let topic = context.topology.topic(hop);
+        if assigned.find_partition(topic, partition).is_none() {
+            continue;
+        }
+        consumer
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+            .map_err(RunError::Consumer)?;
+    }
+    Ok(())
+}
+
+/// Every assigned partition read to its end and restored, and nothing left
+/// to commit. Asked only after a batch interval without records. A
+/// partition is at its end when the consumer's position (which steps over
+/// transaction markers), or the log's start if later, reaches the end a
+/// read_committed reader sees now
+/// (the last stable offset, asked through `lister`, an idle client, since
+/// the consumer's own connection is busy with long-polling fetches). A
+/// partition with no position delivered nothing since it was assigned: it
+/// is at its end if its committed offset is.
+pub fn drained(
+    consumer: &BaseConsumer<RunContext>,
+    lister: &BaseConsumer<Logged>,
+    restoring: bool,
+) -> bool {
+    let context = consumer.context();
+    if restoring || !lock(&context.pending).is_empty() {
+        return false;
+    }
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    let timeout = Duration::from_secs(5);
+    let mut unpositioned = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for tp in positions.elements() {
+        let Ok((low, end)) = lister.fetch_watermarks(tp.topic(), tp.partition(), timeout) else {
+            return false;
+        };
+        match tp.offset() {
+            // A position before the log's start names deleted records: the
+            // consumer reads on from the start (an offset reset, reported),
+            // and its position moves only once it reads a record there.
+            Offset::Offset(position) if position.max(low) >= end => {}
+            Offset::Offset(_) => return false,
+            _ => {
+                unpositioned.add_partition(tp.topic(), tp.partition());
+                ends.insert((tp.topic().to_owned(), tp.partition()), (low, end));
+            }
+        }
+    }
+    if positions.count() == 0 {
+        return false;
+    }
+    if unpositioned.count() == 0 {
+        return true;
+    }
+    let Ok(committed) = consumer.committed_offsets(unpositioned, timeout) else {
+        return false;
+    };
+    committed.elements().iter().all(|tp| {
+        let Some((low, end)) = ends.get(&(tp.topic().to_owned(), tp.partition())) else {
+            return false;
+        };
+        match tp.offset() {
+            Offset::Offset(committed) => committed.max(*low) >= *end,
+            // Never committed: read from the start, so at the end if empty.
+            _ => low >= end,
+        }
+    })
+}

@@ -1,0 +1,312 @@
+//! Carries plans out: each [`Plan`] becomes producer records, encoded per
+//! output topic (one encoder per route, in table order, and one for the
+//! suppressed topic), with leadflow's headers.
+//!
+//! A record the broker (or the client) refuses for good comes back as a
+//! [`Failure`], for the engine to dead-letter; anything else that fails to
+//! be produced is a [`RunError`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::BaseRecord;
+
+use super::RunError;
+use super::plan::rejected;
+use super::step::Writer;
+use super::topology::Topology;
+use crate::config::Config;
+use crate::domain::{HexKey, Lead, Score};
+use crate::error::Failure;
+use crate::kafka::{KEPT_KEY_AND_HEADERS, LeadProducer, copy_of, headers, refusal, send};
+use crate::metrics::Batch;
+use crate::pipeline::{Pipeline, SourcePosition};
+use crate::stages::decode::Format;
+use crate::stages::dedupe::Change;
+use crate::stages::encode::Encoder;
+use crate::stages::route::{Destination, Route};
+
+/// The encoder for one output topic. A `confluent-avro` topic frames
+/// records with the id its schema was registered under at start. Reloads
+/// that route to a `confluent-avro` topic without one are refused
+/// ([`Sink::check_schema_ids`]), so the fallback 0 (which no registry
+/// assigns) never frames a record.
+fn encoder_for(schema_ids: &HashMap<String, u32>, topic: &str, format: Format) -> Encoder {
+    match format {
+        Format::ConfluentAvro => Encoder::confluent(schema_ids.get(topic).copied().unwrap_or(0)),
+        other => Encoder::new(other),
+    }
+}
+
+pub struct Sink<'a> {
+    producer: &'a LeadProducer,
+    topology: &'a Topology,
+    output_format: Format,
+    max_record_bytes: usize,
+    routes: Vec<Encoder>,
+    suppressed: Encoder,
+    /// Registry ids of the campaign-lead schema by `confluent-avro` topic.
+    schema_ids: HashMap<String, u32>,
+    /// One buffer for every encoded lead: librdkafka copies the bytes.
+    payload: RefCell<Vec<u8>>,
+}
+
+fn produce_error(topic: &str) -> impl FnOnce(KafkaError) -> RunError + '_ {
+    move |source| RunError::Produce {
+        topic: topic.to_owned(),
+        source,
+    }
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(
+        producer: &'a LeadProducer,
+        (config, topology): (&Config, &'a Topology),
+        schema_ids: HashMap<String, u32>,
+    ) -> Sink<'a> {
+        let output_format = config.topics.output_format;
+        let suppressed = encoder_for(&schema_ids, &topology.suppressed, output_format);
+        let mut sink = Sink {
+            producer,
+            topology,
+            output_format,
+            max_record_bytes: config.pipeline.max_record_bytes,
+            routes: Vec::new(),
+            suppressed,
+            schema_ids,
+            payload: RefCell::new(Vec::with_capacity(1024)),
+        };
+        sink.set_routes(&config.routes);
+        sink
+    }
+
+    /// Refuses routes to `confluent-avro` topics whose schema leadflow
+    /// did not register at start: the registry is asked only then.
+    pub fn check_schema_ids(&self, routes: &[Route]) -> Result<(), String> {
+        let missing: Vec<&str> = routes
+            .iter()
+            .filter(|r| r.format.unwrap_or(self.output_format) == Format::ConfluentAvro)
+            .map(|r| r.topic.as_str())
+            .filter(|topic| !self.schema_ids.contains_key(*topic))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "confluent-avro topics {missing:?} have no schema registered by this process; restart leadflow to register them"
+            ))
+        }
+    }
+
+    /// One encoder per route, in table order.
+    pub fn set_routes(&mut self, routes: &[Route]) {
+        self.routes = routes
+            .iter()
+            .map(|route| {
+                let format = route.format.unwrap_or(self.output_format);
+                encoder_for(&self.schema_ids, &route.topic, format)
+            })
+            .collect();
+    }
+}
+
+impl<'m> Writer<BorrowedMessage<'m>> for Sink<'_> {
+    fn copy(
+        &self,
+        topic: &str,
+        message: &BorrowedMessage<'m>,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        send(self.producer, copy_of(topic, message, message.key()))
+            .map_err(produce_error(topic))?;
+        batch.produced(topic);
+        Ok(())
+    }
+
+    /// Forwards a record unchanged to its repartition partition, naming
+    /// its input record in headers. A refusal (too large with its headers,
+    /// say) is `Ok(Err(..))`: a dead letter, which always fits, rather than
+    /// a pipeline stopped for good.
+    fn forward(
+        &self,
+        message: &BorrowedMessage<'m>,
+        (key, partition): (HexKey, i32),
+        (source, original_key): (SourcePosition<'_>, Option<&[u8]>),
+        batch: &mut Batch,
+    ) -> Result<Result<(), Failure>, RunError> {
+        let Some(topic) = self.topology.repartition_topic() else {
+            return Ok(Err(rejected("the repartition topic", "none configured")));
+        };
+        let mut record = copy_of(topic, message, Some(key.as_str().as_bytes()))
+            .partition(partition)
+            .headers(headers::forwarded(message.headers(), source, original_key));
+        // The record timestamp is the event time of a lead without
+        // `received_at`, so the hop keeps it (see `topics::create`).
+        if let Some(ts) = message.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        match send(self.producer, record) {
+            Ok(()) => {
+                batch.produced(topic);
+                Ok(Ok(()))
+            }
+            Err(error) => match refusal(&error) {
+                Some(code) => Ok(Err(rejected(topic, code))),
+                None => Err(produce_error(topic)(error)),
+            },
+        }
+    }
+
+    /// Produces a dead letter: the input record's key, value and headers,
+    /// with headers saying why and whence (its timestamp among them).
+    fn dead_letter(
+        &self,
+        (message, source, key): (&BorrowedMessage<'m>, SourcePosition<'_>, Option<&[u8]>),
+        pipeline: &Pipeline,
+        failure: &Failure,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        let dlq = self.topology.dead_letter.as_str();
+        // A dead letter always fits (see `kafka::RECORD_HEADROOM`): the
+        // value is cut to the input limit, and a key and headers larger
+        // than leadflow keeps are dropped; the dead letter says which.
+        let limit = self.max_record_bytes;
+        let value = message.payload().unwrap_or_default();
+        // Each header also costs its encoding (lengths, varints): counted
+        // generously, so that many tiny headers cannot slip past.
+        let extra = key.map_or(0, <[u8]>::len)
+            + message.headers().map_or(0, |h| {
+                h.iter()
+                    .map(|h| 16 + h.key.len() + h.value.map_or(0, <[u8]>::len))
+                    .sum()
+            });
+        let keep_extra = extra <= KEPT_KEY_AND_HEADERS;
+        let mut cut = Vec::new();
+        if value.len() > limit {
+            cut.push(format!("value:{}", value.len()));
+        }
+        if !keep_extra {
+            cut.push(format!("key+headers:{extra}"));
+        }
+        let truncated = (!cut.is_empty()).then(|| cut.join(","));
+        let timestamp_ms = message.timestamp().to_millis();
+        let mut record =
+            copy_of(dlq, message, key.filter(|_| keep_extra)).headers(headers::dead_letter(
+                message.headers().filter(|_| keep_extra),
+                (source, timestamp_ms),
+                pipeline.version(),
+                (failure, truncated.as_deref()),
+            ));
+        if let Some(kept) = value.get(..limit).filter(|_| value.len() > limit) {
+            record = record.payload(kept);
+        }
+        match send(self.producer, record) {
+            Ok(()) => {}
+            // Refused all the same (too large after all): the source
+            // position and the reason alone, which always fit.
+            Err(error) if refusal(&error).is_some() => {
+                let minimal = BaseRecord::<[u8], [u8]>::to(dlq).headers(headers::dead_letter(
+                    None::<&rdkafka::message::OwnedHeaders>,
+                    (source, timestamp_ms),
+                    pipeline.version(),
+                    (
+                        failure,
+                        Some(&format!("value:{},key+headers:{extra}", value.len())),
+                    ),
+                ));
+                send(self.producer, minimal).map_err(produce_error(dlq))?;
+            }
+            Err(source) => return Err(produce_error(dlq)(source)),
+        }
+        batch.produced(dlq);
+        batch.output_of(timestamp_ms);
+        Ok(())
+    }
+
+    /// Produces dedupe state changes to the changelog partition of the
+    /// shard they belong to.
+    fn changes(
+        &self,
+        changes: &mut dyn Iterator<Item = Change>,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        let changelog = self.topology.changelog.as_str();
+        for change in changes {
+            let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
+                .key(change.key.as_slice())
+                .partition(change.partition);
+            if let Some(value) = &change.value {
+                record = record.payload(value.as_slice());
+            }
+            send(self.producer, record).map_err(produce_error(changelog))?;
+            batch.produced(changelog);
+        }
+        Ok(())
+    }
+
+    /// Produces a routed lead to each of its campaign topics, or to the
+    /// suppressed topic. A lead whose record the client refuses for good
+    /// (too large, say) fails at the produce stage (`Ok(Err(..))`).
+    fn lead(
+        &self,
+        pipeline: &Pipeline,
+        (source, timestamp_ms): (SourcePosition<'_>, Option<i64>),
+        (destination, lead, score): (Destination, &Lead, &Score),
+        batch: &mut Batch,
+    ) -> Result<Result<(), Failure>, RunError> {
+        let key = lead.dedupe_key.hex();
+        let mut lead_headers = headers::LeadHeaders {
+            storefront: lead.storefront.as_str(),
+            grade: score.grade.as_str(),
+            rules_version: &score.rules_version,
+            suppressed_reason: None,
+        };
+        let targets: Vec<(&str, Option<&str>, &Encoder)> = match destination {
+            Destination::Campaigns(set) => set
+                .iter()
+                .filter_map(|i| Some((pipeline.routing().routes().get(i)?, self.routes.get(i)?)))
+                .map(|(route, encoder)| {
+                    (route.topic.as_str(), Some(route.campaign.as_str()), encoder)
+                })
+                .collect(),
+            Destination::Suppressed(reason) => {
+                lead_headers.suppressed_reason = Some(reason.as_str());
+                vec![(self.topology.suppressed.as_str(), None, &self.suppressed)]
+            }
+        };
+        let mut payload = self.payload.borrow_mut();
+        for (topic, campaign, encoder) in targets {
+            encoder.encode(lead, score, destination, campaign, &mut payload);
+            // Stamped when written (see `copy_of`); the event time is in the value.
+            let record = BaseRecord::to(topic)
+                .key(key.as_str().as_bytes())
+                .payload(payload.as_slice())
+                .headers(headers::output(
+                    (source, timestamp_ms),
+                    pipeline.version(),
+                    lead_headers,
+                ));
+            if let Err(error) = send(self.producer, record) {
+                // Campaign records are bounded (`kafka::LEAD_RECORD_MAX`) and
+                // the limits are checked at start, so a lead is refused here
+                // before any of its records is written, or not at all; a
+                // broker's refusal aborts the whole transaction.
+                return match refusal(&error) {
+                    Some(code) => Ok(Err(rejected(topic, code))),
+                    None => Err(produce_error(topic)(error)),
+                };
+            }
+            batch.produced(topic);
+            #[cfg(feature = "kafka-tests")]
+            if crate::failpoint::fires("between-routes", lead.event_id.as_deref()) {
+                return Err(produce_error(topic)(KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::Fail,
+                )));
+            }
+        }
+        batch.output_of(timestamp_ms);
+        Ok(Ok(()))
+    }
+}
