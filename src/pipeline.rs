@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DedupeKey, Lead, Score};
+use crate::domain::{DedupeKey, Lead, Score, SuppressionReason};
 use crate::error::{Failure, Stage};
 use crate::stages::StageClock;
 use crate::stages::decode::{Decoder, Format, WriterAnswer};
 use crate::stages::dedupe::{Change, Deduper};
 use crate::stages::enrich::{Reference, enrich, identify};
-use crate::stages::route::{Destination, RoutingTable, route};
+use crate::stages::route::{Destination, Route, RouteSet, RoutingTable, route};
 use crate::stages::score::{ScoringRules, score};
 
 /// Where a record came from. Used to derive an id for leads that arrive
@@ -64,6 +64,77 @@ pub enum Outcome {
     TestLead,
     /// A stage failed: the record goes to the dead-letter topic.
     Failed(Failure),
+}
+
+/// Where an outcome sends its record: the one mapping from outcome to
+/// topics, which the engine's writer, the tallies, the metrics and
+/// `leadflow validate` all go by.
+#[derive(Debug, Clone, Copy)]
+pub enum Place<'a> {
+    /// These campaign routes, each with its index in the routing table.
+    Campaigns(CampaignRoutes<'a>),
+    /// The suppressed topic, for this reason.
+    Suppressed(SuppressionReason),
+    /// The dead-letter topic, for this failure.
+    DeadLetter(&'a Failure),
+    /// Nowhere: a duplicate, dropped and counted.
+    Duplicate,
+    /// Nowhere: a Microsoft test lead, dropped and counted.
+    TestLead,
+}
+
+/// The campaign routes a lead feeds, in table order.
+#[derive(Debug, Clone, Copy)]
+pub struct CampaignRoutes<'a> {
+    set: RouteSet,
+    routes: &'a [Route],
+}
+
+impl<'a> CampaignRoutes<'a> {
+    pub fn iter(self) -> impl Iterator<Item = (usize, &'a Route)> {
+        self.set
+            .iter()
+            .filter_map(move |i| Some((i, self.routes.get(i)?)))
+    }
+}
+
+impl Place<'_> {
+    /// Where a routed lead goes.
+    pub fn of(destination: Destination, routing: &RoutingTable) -> Place<'_> {
+        match destination {
+            Destination::Campaigns(set) => Place::Campaigns(CampaignRoutes {
+                set,
+                routes: routing.routes(),
+            }),
+            Destination::Suppressed(reason) => Place::Suppressed(reason),
+        }
+    }
+
+    /// The topics its records go to, given the suppressed and dead-letter
+    /// topics' names.
+    pub fn topics<'t>(self, suppressed: &'t str, dead_letter: &'t str) -> Vec<&'t str>
+    where
+        Self: 't,
+    {
+        match self {
+            Place::Campaigns(routes) => routes.iter().map(|(_, r)| r.topic.as_str()).collect(),
+            Place::Suppressed(_) => vec![suppressed],
+            Place::DeadLetter(_) => vec![dead_letter],
+            Place::Duplicate | Place::TestLead => Vec::new(),
+        }
+    }
+}
+
+impl Outcome {
+    /// Where this outcome sends its record.
+    pub fn place<'a>(&'a self, routing: &'a RoutingTable) -> Place<'a> {
+        match self {
+            Outcome::Routed { destination, .. } => Place::of(*destination, routing),
+            Outcome::Duplicate { .. } => Place::Duplicate,
+            Outcome::TestLead => Place::TestLead,
+            Outcome::Failed(failure) => Place::DeadLetter(failure),
+        }
+    }
 }
 
 /// A lead dated further ahead of processing time than `dedupe.max_future_ms`.
@@ -373,26 +444,22 @@ impl Tally {
     /// Counts the outcome of a record read back from the repartition topic:
     /// its input was counted when it was forwarded.
     pub fn record_outcome(&mut self, outcome: &Outcome, routing: &RoutingTable) {
-        match outcome {
-            Outcome::Routed { destination, .. } => match destination {
-                Destination::Campaigns(set) => {
-                    self.routed += 1;
-                    for i in set.iter() {
-                        if let Some(route) = routing.routes().get(i) {
-                            *self.campaigns.entry(route.campaign.clone()).or_default() += 1;
-                        }
-                    }
+        match outcome.place(routing) {
+            Place::Campaigns(routes) => {
+                self.routed += 1;
+                for (_, route) in routes.iter() {
+                    *self.campaigns.entry(route.campaign.clone()).or_default() += 1;
                 }
-                Destination::Suppressed(reason) => {
-                    *self
-                        .suppressed
-                        .entry(reason.as_str().to_owned())
-                        .or_default() += 1;
-                }
-            },
-            Outcome::Duplicate { .. } => self.duplicates += 1,
-            Outcome::TestLead => self.test_leads += 1,
-            Outcome::Failed(failure) => {
+            }
+            Place::Suppressed(reason) => {
+                *self
+                    .suppressed
+                    .entry(reason.as_str().to_owned())
+                    .or_default() += 1;
+            }
+            Place::Duplicate => self.duplicates += 1,
+            Place::TestLead => self.test_leads += 1,
+            Place::DeadLetter(failure) => {
                 *self
                     .dead_letter
                     .entry(failure.class.to_owned())
@@ -464,18 +531,16 @@ mod tests {
 
     /// Where an outcome sends a lead, in words.
     fn place(outcome: &Outcome, routing: &RoutingTable) -> String {
-        match outcome {
-            Outcome::Routed { destination, .. } => match destination {
-                Destination::Campaigns(set) => set
-                    .iter()
-                    .map(|i| routing.routes()[i].campaign.clone())
-                    .collect::<Vec<_>>()
-                    .join("+"),
-                Destination::Suppressed(r) => r.as_str().to_owned(),
-            },
-            Outcome::Duplicate { .. } => "duplicate".into(),
-            Outcome::TestLead => "test".into(),
-            Outcome::Failed(f) => format!("{}:{}", f.stage, f.class),
+        match outcome.place(routing) {
+            Place::Campaigns(routes) => routes
+                .iter()
+                .map(|(_, route)| route.campaign.clone())
+                .collect::<Vec<_>>()
+                .join("+"),
+            Place::Suppressed(r) => r.as_str().to_owned(),
+            Place::Duplicate => "duplicate".into(),
+            Place::TestLead => "test".into(),
+            Place::DeadLetter(f) => format!("{}:{}", f.stage, f.class),
         }
     }
 

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::pipeline::{Input, Outcome, Pipeline, SourcePosition};
+use crate::pipeline::{Input, Outcome, Pipeline, Place, SourcePosition};
 use crate::stages::route::Destination;
 
 /// What became of one input line.
@@ -106,6 +106,20 @@ fn verdict(
         mql: None,
         reasons: Vec::new(),
     };
+    let place = outcome.place(pipeline.routing());
+    verdict.outcome = match place {
+        Place::Campaigns(_) => "campaign",
+        Place::Suppressed(_) => "suppressed",
+        Place::DeadLetter(_) => "dead_letter",
+        Place::Duplicate => "duplicate",
+        Place::TestLead => "test",
+    };
+    let topics = &config.topics;
+    verdict.topics = place
+        .topics(&topics.suppressed, &topics.dead_letter)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     match outcome {
         Outcome::Routed {
             destination,
@@ -117,28 +131,12 @@ fn verdict(
             verdict.grade = Some(score.grade.as_str());
             verdict.mql = Some(score.mql);
             verdict.reasons = score.reasons.iter().map(|r| r.to_string()).collect();
-            match destination {
-                Destination::Campaigns(set) => {
-                    verdict.outcome = "campaign";
-                    let routes = pipeline.routing().routes();
-                    verdict.topics = set
-                        .iter()
-                        .filter_map(|i| routes.get(i))
-                        .map(|route| route.topic.clone())
-                        .collect();
-                }
-                Destination::Suppressed(reason) => {
-                    verdict.outcome = "suppressed";
-                    verdict.class = Some(reason.as_str().to_owned());
-                    verdict.topics = vec![config.topics.suppressed.clone()];
-                }
+            if let Destination::Suppressed(reason) = destination {
+                verdict.class = Some(reason.as_str().to_owned());
             }
         }
-        Outcome::Duplicate { .. } => verdict.outcome = "duplicate",
-        Outcome::TestLead => verdict.outcome = "test",
+        Outcome::Duplicate { .. } | Outcome::TestLead => {}
         Outcome::Failed(failure) => {
-            verdict.outcome = "dead_letter";
-            verdict.topics = vec![config.topics.dead_letter.clone()];
             verdict.class = Some(failure.class.to_owned());
             verdict.stage = Some(failure.stage.as_str());
             verdict.message = Some(failure.message);

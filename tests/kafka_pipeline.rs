@@ -16,9 +16,8 @@ use common::{
     produce_values, read_all, source_of, t0_rfc3339,
 };
 use leadflow::config::Config;
-use leadflow::pipeline::{Outcome, Tally};
+use leadflow::pipeline::{Outcome, Place, Tally};
 use leadflow::stages::decode::Format;
-use leadflow::stages::route::Destination;
 use leadflow::testkit;
 use rdkafka::Timestamp;
 use rdkafka::message::{Headers, Message};
@@ -229,24 +228,10 @@ fn oracle(env: &Env) -> (BTreeMap<(i32, i64), String>, Tally) {
             let input = testkit::input_at(m.payload(), m.timestamp().to_millis(), place);
             let outcome = pipeline.process(input);
             tally.record(&outcome, pipeline.routing());
-            let place = match outcome {
-                Outcome::Routed {
-                    destination: Destination::Campaigns(set),
-                    ..
-                } => {
-                    let topics: Vec<&str> = set
-                        .iter()
-                        .map(|i| config.routes[i].topic.as_str())
-                        .collect();
-                    topics.join("+")
-                }
-                Outcome::Routed {
-                    destination: Destination::Suppressed(_),
-                    ..
-                } => env.suppressed.clone(),
-                Outcome::Failed(_) => env.dead_letter.clone(),
-                Outcome::Duplicate { .. } => "duplicate".to_owned(),
-                Outcome::TestLead => "test".to_owned(),
+            let place = match outcome.place(pipeline.routing()) {
+                Place::Duplicate => "duplicate".to_owned(),
+                Place::TestLead => "test".to_owned(),
+                place => place.topics(&env.suppressed, &env.dead_letter).join("+"),
             };
             ((m.partition(), m.offset()), place)
         })

@@ -15,8 +15,8 @@ use super::events::Event;
 use super::topology::{Part, Topology};
 use crate::error::{Failure, Stage};
 use crate::metrics::{Batch, LeadOutcome, Metrics, Stopwatch};
-use crate::pipeline::{Outcome, Pipeline, Tally};
-use crate::stages::route::Destination;
+use crate::pipeline::{Outcome, Pipeline, Place, Tally};
+use crate::stages::route::RoutingTable;
 
 /// Stage timings are taken on one record in this many: reading the clock
 /// costs about as much as a light stage.
@@ -56,20 +56,20 @@ impl Meter {
 
 /// Counts an input's outcome in the batch's metrics. `processed`: the
 /// whole pipeline ran on it, so dedupe saw it if it got that far.
-pub fn count_outcome(batch: &mut Batch, outcome: &Outcome, processed: bool) {
-    let (kind, checked) = match outcome {
-        Outcome::Routed {
-            destination, score, ..
-        } => {
-            batch.scored(score.points, score.grade);
-            match destination {
-                Destination::Campaigns(_) => (LeadOutcome::Campaign, true),
-                Destination::Suppressed(_) => (LeadOutcome::Suppressed, true),
-            }
-        }
-        Outcome::Duplicate { .. } => (LeadOutcome::Duplicate, true),
-        Outcome::TestLead => (LeadOutcome::Test, false),
-        Outcome::Failed(failure) => {
+pub fn count_outcome(
+    batch: &mut Batch,
+    (outcome, routing): (&Outcome, &RoutingTable),
+    processed: bool,
+) {
+    if let Outcome::Routed { score, .. } = outcome {
+        batch.scored(score.points, score.grade);
+    }
+    let (kind, checked) = match outcome.place(routing) {
+        Place::Campaigns(_) => (LeadOutcome::Campaign, true),
+        Place::Suppressed(_) => (LeadOutcome::Suppressed, true),
+        Place::Duplicate => (LeadOutcome::Duplicate, true),
+        Place::TestLead => (LeadOutcome::Test, false),
+        Place::DeadLetter(failure) => {
             batch.dead_letter(failure.stage, failure.class);
             // Only the produce stage fails after dedupe let a lead through.
             let checked = matches!(failure.stage, Stage::Route | Stage::Produce);

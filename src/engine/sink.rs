@@ -22,7 +22,7 @@ use crate::domain::{HexKey, Lead, Score};
 use crate::error::Failure;
 use crate::kafka::{KEPT_KEY_AND_HEADERS, LeadProducer, copy_of, headers, refusal, send};
 use crate::metrics::Batch;
-use crate::pipeline::{Pipeline, SourcePosition};
+use crate::pipeline::{Pipeline, Place, SourcePosition};
 use crate::stages::decode::Format;
 use crate::stages::dedupe::Change;
 use crate::stages::encode::Encoder;
@@ -263,19 +263,22 @@ impl<'m> Writer<BorrowedMessage<'m>> for Sink<'_> {
             rules_version: &score.rules_version,
             suppressed_reason: None,
         };
-        let targets: Vec<(&str, Option<&str>, &Encoder)> = match destination {
-            Destination::Campaigns(set) => set
-                .iter()
-                .filter_map(|i| Some((pipeline.routing().routes().get(i)?, self.routes.get(i)?)))
-                .map(|(route, encoder)| {
-                    (route.topic.as_str(), Some(route.campaign.as_str()), encoder)
-                })
-                .collect(),
-            Destination::Suppressed(reason) => {
-                lead_headers.suppressed_reason = Some(reason.as_str());
-                vec![(self.topology.suppressed.as_str(), None, &self.suppressed)]
-            }
-        };
+        let targets: Vec<(&str, Option<&str>, &Encoder)> =
+            match Place::of(destination, pipeline.routing()) {
+                Place::Campaigns(routes) => routes
+                    .iter()
+                    .filter_map(|(i, route)| Some((route, self.routes.get(i)?)))
+                    .map(|(route, encoder)| {
+                        (route.topic.as_str(), Some(route.campaign.as_str()), encoder)
+                    })
+                    .collect(),
+                Place::Suppressed(reason) => {
+                    lead_headers.suppressed_reason = Some(reason.as_str());
+                    vec![(self.topology.suppressed.as_str(), None, &self.suppressed)]
+                }
+                // A routed lead has a campaign or the suppressed topic.
+                Place::DeadLetter(_) | Place::Duplicate | Place::TestLead => Vec::new(),
+            };
         let mut payload = self.payload.borrow_mut();
         for (topic, campaign, encoder) in targets {
             encoder.encode(lead, score, destination, campaign, &mut payload);

@@ -118,8 +118,8 @@ impl Stepper<'_> {
         if processed && !topology.changes_after_outputs {
             writer.changes(&mut self.pipeline.take_changes(), counts)?;
         }
-        count_outcome(counts, &outcome, processed);
         let routing = self.pipeline.routing();
+        count_outcome(counts, (&outcome, routing), processed);
         match record.hop {
             Hop::Repartition => batch.tally.record_outcome(&outcome, routing),
             Hop::Input => batch.tally.record(&outcome, routing),

@@ -17,7 +17,7 @@ use super::topology::{Hop, Part, Topology, partition_for};
 use crate::domain::{HexKey, Lead, Score};
 use crate::error::Failure;
 use crate::metrics::{Batch, Metrics};
-use crate::pipeline::{Pipeline, SourcePosition, Tally};
+use crate::pipeline::{Pipeline, Place, SourcePosition, Tally};
 use crate::stages::dedupe::Change;
 use crate::stages::route::Destination;
 use crate::testkit;
@@ -83,19 +83,12 @@ impl Writer<()> for FakeSink {
         (destination, lead, _): (Destination, &Lead, &Score),
         _: &mut Batch,
     ) -> Result<Result<(), Failure>, RunError> {
-        let topics: Vec<String> = match destination {
-            Destination::Campaigns(set) => set
-                .iter()
-                .filter_map(|i| pipeline.routing().routes().get(i))
-                .map(|route| route.topic.clone())
-                .collect(),
-            Destination::Suppressed(_) => vec![SUPPRESSED.to_owned()],
-        };
-        if let Some(refused) = topics.iter().find(|t| Some(*t) == self.refuse.as_ref()) {
+        let topics = Place::of(destination, pipeline.routing()).topics(SUPPRESSED, DEAD_LETTER);
+        if let Some(refused) = topics.iter().find(|t| self.refuse.as_deref() == Some(**t)) {
             return Ok(Err(rejected(refused, "MessageSizeTooLarge")));
         }
         for topic in topics {
-            self.write(&topic, None, Some(lead.dedupe_key.to_hex()));
+            self.write(topic, None, Some(lead.dedupe_key.to_hex()));
         }
         Ok(Ok(()))
     }

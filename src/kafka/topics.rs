@@ -2,16 +2,12 @@
 //! Counting reads every record with `read_committed`: watermarks would also
 //! count transaction markers and aborted records, which exactly-once writes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use std::collections::{HashMap, HashSet};
-use std::time::Instant;
-
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Logged, Role, SetupError, check_topics, client_config, cluster_metadata};
 use crate::config::{Config, KafkaConfig};
@@ -448,6 +444,9 @@ fn wait_until_visible<C: rdkafka::client::ClientContext>(
     }
 }
 
+/// How long counting waits for a partition that makes no progress.
+const COUNT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Committed records in each topic, read from the beginning to the end
 /// with `read_committed`, one topic at a time (an end-of-partition event
 /// names only the partition).
@@ -463,48 +462,19 @@ pub fn counts(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<u64>, SetupErro
         .create_with_context(Logged)
         .map_err(SetupError::Client)?;
     let partitions = check_topics(probe.client(), kafka, names)?;
-    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let mut counts = Vec::with_capacity(names.len());
     for (name, count) in names.iter().zip(partitions) {
-        let bad = |reason: String| SetupError::BadTopic {
-            topic: (*name).to_owned(),
-            reason,
-        };
         let consumer: BaseConsumer<Logged> = config
             .create_with_context(Logged)
             .map_err(SetupError::Client)?;
-        let mut assignment = TopicPartitionList::new();
-        let mut remaining = HashSet::new();
-        for partition in 0..i32::try_from(count).unwrap_or(i32::MAX) {
-            let (low, high) = consumer
-                .fetch_watermarks(name, partition, timeout)
-                .map_err(|e| bad(e.to_string()))?;
-            if high > low {
-                remaining.insert(partition);
-                let _ = assignment.add_partition_offset(name, partition, Offset::Beginning);
-            }
-        }
-        consumer.assign(&assignment).map_err(SetupError::Client)?;
-        let mut records = 0u64;
-        let mut last_progress = Instant::now();
-        while !remaining.is_empty() {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(_)) => {
-                    records += 1;
-                    last_progress = Instant::now();
-                }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    remaining.remove(&partition);
-                }
-                Some(Err(e)) => return Err(bad(e.to_string())),
-                // Reading stalls only behind an open transaction, which the
-                // broker aborts within leadflow's transaction timeout.
-                None if last_progress.elapsed() > Duration::from_secs(60) => {
-                    return Err(bad("no progress for 60 s: a transaction left open?".into()));
-                }
-                None => {}
-            }
-        }
+        let partitions: Vec<i32> = (0..i32::try_from(count).unwrap_or(i32::MAX)).collect();
+        // Reading stalls only behind an open transaction, which the broker
+        // aborts within leadflow's transaction timeout.
+        let records = super::read_to_end(&consumer, (name, &partitions), COUNT_PATIENCE, |_| {})
+            .map_err(|reason| SetupError::BadTopic {
+                topic: (*name).to_owned(),
+                reason,
+            })?;
         counts.push(records);
     }
     Ok(counts)
