@@ -10,8 +10,12 @@ use crate::stages::decode::Format;
 pub const TOPIC: &str = "leads.raw";
 
 /// The shared example leads (`tests/data/raw-leads.jsonl`), one per line:
-/// every outcome, in Microsoft's JSON shape.
-pub const EXAMPLE_LEADS: &str = include_str!("../tests/data/raw-leads.jsonl");
+/// every outcome, in Microsoft's JSON shape. Read when asked, not built in:
+/// the library also builds where `tests/` is not (the container image).
+pub fn example_leads() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/raw-leads.jsonl");
+    std::fs::read_to_string(path).expect("the shared example leads")
+}
 
 /// When the example leads were written to Kafka (their record timestamp).
 pub const EXAMPLE_TIMESTAMP_MS: i64 = 1_741_083_302_000;

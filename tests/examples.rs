@@ -23,7 +23,8 @@ fn example_outputs_in_json_and_avro() {
     let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
         .build()
         .expect("reader");
-    for (i, line) in testkit::EXAMPLE_LEADS.lines().enumerate() {
+    let leads = testkit::example_leads();
+    for (i, line) in leads.lines().enumerate() {
         let name = format!("example_{:02}", i + 1);
         let input = testkit::input(line.as_bytes(), testkit::EXAMPLE_TIMESTAMP_MS, i as i64);
         let outcome = pipeline.process(input);

@@ -7,7 +7,8 @@ use leadflow::kafka::topics;
 
 #[derive(Subcommand)]
 pub enum TopicsCommand {
-    /// Create the input, campaign, suppressed and dead-letter topics that do not exist yet.
+    /// Create the topics that do not exist yet: input, campaign, suppressed,
+    /// dead-letter, and the repartition and changelog topics `run` uses.
     Create {
         #[arg(long, default_value_t = 12)]
         partitions: i32,

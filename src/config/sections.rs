@@ -146,7 +146,7 @@ pub struct Topics {
     pub input: String,
     pub suppressed: String,
     pub dead_letter: String,
-    /// Encoding of the input topic: `json` or `avro`.
+    /// Encoding of the input topic: `json`, `avro` or `confluent-avro`.
     pub input_format: Format,
     /// Encoding of campaign and suppressed records, unless a route sets its own.
     pub output_format: Format,

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -32,8 +32,9 @@ use super::topology::{Hop, Part, Topology};
 use crate::health::Observed;
 use crate::kafka::purge::Purgeable;
 use crate::kafka::txn::{Committed, Txn, TxnError};
-use crate::kafka::{lock, log_client_error};
-use crate::metrics::{KindLabels, PartitionLabels, ResultLabels};
+use crate::kafka::{Logged, lock, log_client_error};
+use crate::metrics::{KindLabels, PartitionLabels, ResultLabels, TopicLabels};
+use crate::pipeline::Tally;
 
 /// What happened inside a poll, for the loop to act on, in order.
 #[derive(Debug)]
@@ -281,6 +282,46 @@ impl RunContext {
             .get_or_create(&KindLabels { kind: "assign" })
             .inc();
         self.push(Event::Assigned(to_restore));
+    }
+}
+
+/// Reports the offset resets librdkafka logged since the last call: a
+/// warning naming the partition and both offsets, the metric, `/readyz`
+/// and `tally`. The records in between are gone from the broker.
+pub fn report_offset_resets(
+    context: &RunContext,
+    lister: &BaseConsumer<Logged>,
+    tally: &mut Tally,
+) {
+    for OffsetReset {
+        topic,
+        partition,
+        from,
+    } in context.resets()
+    {
+        // librdkafka resets to the log's start, which is where it now reads.
+        let to = lister
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .map(|(low, _)| low)
+            .ok();
+        let skipped = to.map_or(0, |to| u64::try_from(to - from).unwrap_or(0));
+        warn!(
+            topic,
+            partition,
+            from_offset = from,
+            to_offset = to,
+            skipped,
+            "offset reset: records were deleted before leadflow read them (retention or DeleteRecords); they are not processed"
+        );
+        let observed = &context.observed;
+        observed
+            .metrics
+            .offset_resets
+            .get_or_create(&TopicLabels { topic })
+            .inc();
+        observed.health.record_offset_reset(skipped);
+        tally.offset_resets += 1;
+        tally.skipped_records += skipped;
     }
 }
 

@@ -17,7 +17,7 @@ use rdkafka::producer::Producer;
 use tracing::{debug, info, warn};
 
 use super::batch::{Meter, OpenBatch, Progress, Reaction};
-use super::events::{Event, OffsetReset, RunContext};
+use super::events::{Event, RunContext, report_offset_resets};
 use super::plan::RecordView;
 use super::restore::{drained, restore_assigned, rewind};
 use super::schemas::{SchemaLookups, learn_writer_schema};
@@ -73,25 +73,52 @@ impl Io<'_> {
 
 /// Everything a life decides with.
 pub struct Work<'a> {
-    pub config: &'a Config,
-    pub options: RunOptions,
-    pub controls: Controls<'a>,
-    pub pipeline: Pipeline,
-    pub sink: Sink<'a>,
-    pub purger: Option<Purger>,
+    config: &'a Config,
+    options: RunOptions,
+    controls: Controls<'a>,
+    pipeline: Pipeline,
+    sink: Sink<'a>,
+    purger: Option<Purger>,
+    /// What carries over between batches; its tally is the life's.
     pub progress: Progress,
-    pub meter: Meter,
-    pub lookups: SchemaLookups,
+    meter: Meter,
+    lookups: SchemaLookups,
     /// The last configuration whose rules and routes were applied.
-    pub reloaded: &'a mut Option<Config>,
-    pub last_report: Instant,
-    pub last_purge: Instant,
+    reloaded: &'a mut Option<Config>,
+    last_report: Instant,
+    last_purge: Instant,
     /// How long the last commit took: a batch reads for at least as long,
     /// so that slow commits (a cold or distant cluster) are spread over
     /// more records instead of leaving batches of a few.
-    pub last_commit: Duration,
-    pub batch_seq: u64,
-    pub eviction_logged: bool,
+    last_commit: Duration,
+    batch_seq: u64,
+    eviction_logged: bool,
+}
+
+impl<'a> Work<'a> {
+    pub fn new(
+        (config, options, controls): (&'a Config, RunOptions, Controls<'a>),
+        (pipeline, sink, purger): (Pipeline, Sink<'a>, Option<Purger>),
+        reloaded: &'a mut Option<Config>,
+    ) -> Work<'a> {
+        Work {
+            config,
+            options,
+            controls,
+            pipeline,
+            sink,
+            purger,
+            progress: Progress::default(),
+            meter: Meter::default(),
+            lookups: SchemaLookups::new(),
+            reloaded,
+            last_report: Instant::now(),
+            last_purge: Instant::now(),
+            last_commit: Duration::ZERO,
+            batch_seq: 0,
+            eviction_logged: false,
+        }
+    }
 }
 
 impl Work<'_> {
@@ -254,7 +281,8 @@ impl Work<'_> {
             }
             let polled = io.second_hop.poll(io.consumer, deadline - now);
             self.take_events(io, &mut batch)?;
-            self.report_offset_resets(io);
+            let tally = &mut self.progress.tally;
+            report_offset_resets(io.context(), io.restorer, tally);
             match polled {
                 // With the second hop's own queues, a poll waits a moment
                 // only, not to the batch's deadline.
@@ -514,43 +542,6 @@ impl Work<'_> {
             }
         }
         rewind(io.consumer, batch.start)
-    }
-
-    /// Reports the offset resets librdkafka logged since the last call: a
-    /// warning naming the partition and both offsets, the metric, `/readyz`
-    /// and the run's tally. The records in between are gone from the broker.
-    fn report_offset_resets(&mut self, io: &Io<'_>) {
-        for OffsetReset {
-            topic,
-            partition,
-            from,
-        } in io.context().resets()
-        {
-            // librdkafka resets to the log's start, which is where it now reads.
-            let to = io
-                .restorer
-                .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                .map(|(low, _)| low)
-                .ok();
-            let skipped = to.map_or(0, |to| u64::try_from(to - from).unwrap_or(0));
-            warn!(
-                topic,
-                partition,
-                from_offset = from,
-                to_offset = to,
-                skipped,
-                "offset reset: records were deleted before leadflow read them (retention or DeleteRecords); they are not processed"
-            );
-            let observed = self.controls.observed;
-            observed
-                .metrics
-                .offset_resets
-                .get_or_create(&crate::metrics::TopicLabels { topic })
-                .inc();
-            observed.health.record_offset_reset(skipped);
-            self.progress.tally.offset_resets += 1;
-            self.progress.tally.skipped_records += skipped;
-        }
     }
 }
 

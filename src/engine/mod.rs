@@ -232,23 +232,12 @@ fn run_once(
         registry: registry.as_ref(),
         second_hop: second_hop::SecondHop::new(),
     };
-    let mut work = life::Work {
-        config,
-        options,
-        controls,
-        pipeline,
-        sink: sink::Sink::new(&producer, (config, topology), schema_ids),
-        purger,
-        progress: batch::Progress::default(),
-        meter: batch::Meter::default(),
-        lookups: schemas::SchemaLookups::new(),
+    let sink = sink::Sink::new(&producer, (config, topology), schema_ids);
+    let mut work = life::Work::new(
+        (config, options, controls),
+        (pipeline, sink, purger),
         reloaded,
-        last_report: Instant::now(),
-        last_purge: Instant::now(),
-        last_commit: Duration::ZERO,
-        batch_seq: 0,
-        eviction_logged: false,
-    };
+    );
     let result = work.run(&mut io);
     tally.merge(std::mem::take(&mut work.progress.tally));
     result?;

@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use super::RunError;
 use super::batch::{Meter, OpenBatch, Progress, Reaction};
@@ -213,8 +214,10 @@ impl Engine {
     }
 }
 
+static EXAMPLES: LazyLock<String> = LazyLock::new(testkit::example_leads);
+
 fn example(n: usize) -> &'static [u8] {
-    testkit::EXAMPLE_LEADS
+    EXAMPLES
         .lines()
         .nth(n - 1)
         .expect("an example lead")
