@@ -213,9 +213,11 @@ impl RunContext {
             (false, true) => self.abort().map(|()| false),
             (false, false) => self.commit(consumer),
         };
+        let mut pending = lock(&self.pending);
         for part in &parts {
-            lock(&self.pending).remove(part);
+            pending.remove(part);
         }
+        drop(pending);
         let kind = if lost { "lost" } else { "revoke" };
         self.observed
             .metrics

@@ -23,7 +23,7 @@ use super::restore::{drained, restore_assigned, rewind};
 use super::schemas::{SchemaLookups, learn_writer_schema};
 use super::second_hop::SecondHop;
 use super::sink::Sink;
-use super::step::{Stepper, Writer};
+use super::step::Stepper;
 use super::topology::{Hop, Part, Topology};
 use super::{Controls, RunError, RunOptions};
 use crate::config::Config;
@@ -258,7 +258,7 @@ impl Work<'_> {
     /// Writes the dedupe state changes not yet written to the changelog.
     fn send_changes(&mut self) -> Result<(), RunError> {
         let changes = &mut self.pipeline.take_changes();
-        Writer::<BorrowedMessage<'_>>::changes(&self.sink, changes, &mut self.meter.batch)
+        self.sink.send_changes(changes, &mut self.meter.batch)
     }
 
     /// Reads and processes records until the batch is full, its window
@@ -457,17 +457,18 @@ impl Work<'_> {
                 self.send_changes()?;
             }
         }
-        let reached = lock(&context.pending).clone();
-        let committed = match batch.refused {
-            true => context
-                .abort()
-                .and(Err(RunError::Txn(TxnError::Aborted(refused_error())))),
-            false => context.commit(io.consumer.as_ref()).map(|_| ()),
-        };
-        match committed {
-            Ok(()) => self.batch_committed(io, batch, &reached),
-            Err(RunError::Txn(e)) if e.is_retry() => self.batch_refused(io, batch)?,
-            Err(e) => return Err(e),
+        if batch.refused {
+            // The transaction can only abort: the batch is read again.
+            context.abort()?;
+            self.batch_refused(io, batch)?;
+        } else {
+            // What the commit reaches, before it clears what is pending.
+            let reached = lock(&context.pending).clone();
+            match context.commit(io.consumer.as_ref()) {
+                Ok(_) => self.batch_committed(io, batch, &reached),
+                Err(RunError::Txn(e)) if e.is_retry() => self.batch_refused(io, batch)?,
+                Err(e) => return Err(e),
+            }
         }
         self.last_commit = commit_started.elapsed();
         io.producer.poll(Duration::ZERO);
@@ -543,11 +544,6 @@ impl Work<'_> {
         }
         rewind(io.consumer, batch.start)
     }
-}
-
-/// The error an abort after a refused record reports.
-fn refused_error() -> rdkafka::error::KafkaError {
-    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::State)
 }
 
 /// Seeks a record's partition back to it, for the next batch to read first.

@@ -26,12 +26,16 @@ pub struct RecordView<'a> {
 
 /// What becomes of a record.
 #[derive(Debug)]
-pub enum Plan {
+pub enum Plan<'t> {
     /// Pass-through: copied unchanged to this topic.
-    Copy(String),
+    Copy(&'t str),
     /// Re-keyed: forwarded unchanged to this partition of the repartition
     /// topic, under the hex of its person-and-offer key.
-    Forward { key: u128, partition: i32 },
+    Forward {
+        topic: &'t str,
+        key: u128,
+        partition: i32,
+    },
     /// Processed: routed (written to its places), dropped (duplicate or
     /// test lead) or failed (a dead letter). `savepoint` is where dedupe
     /// stood before the lead, to forget it if its outputs are refused.
@@ -44,15 +48,15 @@ pub enum Plan {
 /// Decides on `record`. `poison`: the broker refused what this record
 /// produced, for good, so it goes to the dead-letter topic as it is.
 /// `stopwatch`: the record's stage timings, if it is sampled.
-pub fn plan(
+pub fn plan<'t>(
     record: &RecordView<'_>,
-    topology: &Topology,
+    topology: &'t Topology,
     pipeline: &mut Pipeline,
     poison: Option<Failure>,
     stopwatch: Option<&mut Stopwatch>,
-) -> Plan {
+) -> Plan<'t> {
     if let Some(topic) = &topology.passthrough {
-        return Plan::Copy(topic.clone());
+        return Plan::Copy(topic);
     }
     let input = Input {
         value: record.value,
@@ -63,7 +67,7 @@ pub fn plan(
     // Only the input's records are re-keyed, and only when there is a
     // repartition topic; every other record runs the whole pipeline.
     let repartition = match &topology.repartition {
-        Some((_, partitions)) if record.hop == Hop::Input => Some(*partitions),
+        Some((topic, partitions)) if record.hop == Hop::Input => Some((topic, *partitions)),
         _ => None,
     };
     if let Some(failure) = poison {
@@ -80,7 +84,7 @@ pub fn plan(
         }
         return settle(Outcome::Failed(failure));
     }
-    let Some(partitions) = repartition else {
+    let Some((topic, partitions)) = repartition else {
         let savepoint = pipeline.dedupe().savepoint();
         let outcome = match stopwatch {
             Some(clock) => pipeline.process_clocked(input, clock),
@@ -97,6 +101,7 @@ pub fn plan(
     };
     match rekeyed {
         Rekeyed::Forward(key) => Plan::Forward {
+            topic,
             key: key.0,
             partition: partition_for(key.0, partitions),
         },
@@ -105,7 +110,7 @@ pub fn plan(
     }
 }
 
-fn settle(outcome: Outcome) -> Plan {
+fn settle<'t>(outcome: Outcome) -> Plan<'t> {
     Plan::Settle {
         outcome,
         savepoint: None,

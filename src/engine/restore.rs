@@ -108,24 +108,26 @@ fn await_stable(
     partitions: &[i32],
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut stable = TopicPartitionList::new();
-    for partition in partitions {
-        stable.add_partition(consumer.context().topology.processed_topic(), *partition);
-    }
     consumer
-        .committed_offsets(stable, timeout)
+        .committed_offsets(processed(consumer, partitions), timeout)
         .map(|_| ())
         .map_err(|e| format!("committed offsets did not become stable: {e}"))
 }
 
+/// `partitions` of the topic that carries dedupe state.
+fn processed(consumer: &BaseConsumer<RunContext>, partitions: &[i32]) -> TopicPartitionList {
+    let topic = consumer.context().topology.processed_topic();
+    let mut list = TopicPartitionList::with_capacity(partitions.len());
+    for partition in partitions {
+        list.add_partition(topic, *partition);
+    }
+    list
+}
+
 /// Resumes restored partitions.
 fn resume(consumer: &BaseConsumer<RunContext>, partitions: &[i32]) -> Result<(), String> {
-    let mut resume = TopicPartitionList::new();
-    for partition in partitions {
-        resume.add_partition(consumer.context().topology.processed_topic(), *partition);
-    }
     consumer
-        .resume(&resume)
+        .resume(&processed(consumer, partitions))
         .map_err(|e| format!("cannot resume partitions: {e}"))
 }
 

@@ -100,6 +100,27 @@ impl<'a> Sink<'a> {
         }
     }
 
+    /// Produces dedupe state changes to the changelog partition of the
+    /// shard they belong to.
+    pub fn send_changes(
+        &self,
+        changes: &mut dyn Iterator<Item = Change>,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        let changelog = self.topology.changelog.as_str();
+        for change in changes {
+            let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
+                .key(change.key.as_slice())
+                .partition(change.partition);
+            if let Some(value) = &change.value {
+                record = record.payload(value.as_slice());
+            }
+            send(self.producer, record).map_err(produce_error(changelog))?;
+            batch.produced(changelog);
+        }
+        Ok(())
+    }
+
     /// One encoder per route, in table order.
     pub fn set_routes(&mut self, routes: &[Route]) {
         self.routes = routes
@@ -132,13 +153,10 @@ impl<'m> Writer<BorrowedMessage<'m>> for Sink<'_> {
     fn forward(
         &self,
         message: &BorrowedMessage<'m>,
-        (key, partition): (HexKey, i32),
+        (topic, key, partition): (&str, HexKey, i32),
         (source, original_key): (SourcePosition<'_>, Option<&[u8]>),
         batch: &mut Batch,
     ) -> Result<Result<(), Failure>, RunError> {
-        let Some(topic) = self.topology.repartition_topic() else {
-            return Ok(Err(rejected("the repartition topic", "none configured")));
-        };
         let mut record = copy_of(topic, message, Some(key.as_str().as_bytes()))
             .partition(partition)
             .headers(headers::forwarded(message.headers(), source, original_key));
@@ -225,25 +243,12 @@ impl<'m> Writer<BorrowedMessage<'m>> for Sink<'_> {
         Ok(())
     }
 
-    /// Produces dedupe state changes to the changelog partition of the
-    /// shard they belong to.
     fn changes(
         &self,
         changes: &mut dyn Iterator<Item = Change>,
         batch: &mut Batch,
     ) -> Result<(), RunError> {
-        let changelog = self.topology.changelog.as_str();
-        for change in changes {
-            let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
-                .key(change.key.as_slice())
-                .partition(change.partition);
-            if let Some(value) = &change.value {
-                record = record.payload(value.as_slice());
-            }
-            send(self.producer, record).map_err(produce_error(changelog))?;
-            batch.produced(changelog);
-        }
-        Ok(())
+        self.send_changes(changes, batch)
     }
 
     /// Produces a routed lead to each of its campaign topics, or to the

@@ -25,11 +25,11 @@ pub trait Writer<M: ?Sized> {
     /// Copies the record unchanged (pass-through).
     fn copy(&self, topic: &str, message: &M, batch: &mut Batch) -> Result<(), RunError>;
 
-    /// Forwards the record to its repartition partition.
+    /// Forwards the record to a partition of the repartition topic.
     fn forward(
         &self,
         message: &M,
-        to: (HexKey, i32),
+        to: (&str, HexKey, i32),
         whence: (SourcePosition<'_>, Option<&[u8]>),
         batch: &mut Batch,
     ) -> Result<Result<(), Failure>, RunError>;
@@ -130,7 +130,7 @@ impl Stepper<'_> {
     /// Writes what a plan says.
     fn carry_out<M: ?Sized>(
         &mut self,
-        planned: Plan,
+        planned: Plan<'_>,
         (record, message): (&RecordView<'_>, &M),
         stopwatch: Option<&mut Stopwatch>,
         writer: &impl Writer<M>,
@@ -138,18 +138,20 @@ impl Stepper<'_> {
         let counts = &mut self.meter.batch;
         let (outcome, savepoint) = match planned {
             Plan::Copy(topic) => {
-                writer.copy(&topic, message, counts)?;
+                writer.copy(topic, message, counts)?;
                 return Ok(Carried::Copied);
             }
-            Plan::Forward { key, partition } => {
-                let key = DedupeKey(key).hex();
+            Plan::Forward {
+                topic,
+                key,
+                partition,
+            } => {
+                let to = (topic, DedupeKey(key).hex(), partition);
                 let whence = (record.source, record.original_key);
-                return Ok(
-                    match writer.forward(message, (key, partition), whence, counts)? {
-                        Ok(()) => Carried::Forwarded,
-                        Err(failure) => Carried::Settled(Outcome::Failed(failure)),
-                    },
-                );
+                return Ok(match writer.forward(message, to, whence, counts)? {
+                    Ok(()) => Carried::Forwarded,
+                    Err(failure) => Carried::Settled(Outcome::Failed(failure)),
+                });
             }
             Plan::Settle { outcome, savepoint } => (outcome, savepoint),
         };

@@ -65,15 +65,11 @@ impl Writer<()> for FakeSink {
     fn forward(
         &self,
         _: &(),
-        (key, partition): (HexKey, i32),
+        (topic, key, partition): (&str, HexKey, i32),
         _: (SourcePosition<'_>, Option<&[u8]>),
         _: &mut Batch,
     ) -> Result<Result<(), Failure>, RunError> {
-        self.write(
-            "repartition",
-            Some(partition),
-            Some(key.as_str().to_owned()),
-        );
+        self.write(topic, Some(partition), Some(key.as_str().to_owned()));
         Ok(Ok(()))
     }
 
