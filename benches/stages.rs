@@ -8,6 +8,7 @@ use std::hint::black_box;
 
 use divan::Bencher;
 use divan::counter::ItemsCount;
+use leadflow::catalog::Catalog;
 use leadflow::config::Config;
 use leadflow::domain::{DedupeKey, Lead, Score};
 use leadflow::generate::{Generator, GeneratorOptions};
@@ -15,7 +16,7 @@ use leadflow::pipeline::{Pipeline, PipelineSettings};
 use leadflow::stages::decode::{Decoder, Format};
 use leadflow::stages::dedupe::Deduper;
 use leadflow::stages::encode::Encoder;
-use leadflow::stages::enrich::{Reference, enrich};
+use leadflow::stages::enrich::enrich;
 use leadflow::stages::route::{Destination, RoutingTable, route};
 use leadflow::stages::score::{ScoringRules, score};
 use leadflow::testkit;
@@ -47,7 +48,7 @@ fn records(format: Format, count: usize) -> Vec<(Vec<u8>, i64)> {
 }
 
 struct Fixture {
-    reference: Reference,
+    catalog: Catalog,
     rules: ScoringRules,
     routing: RoutingTable,
     /// Leads that decode and enrich, with their score and destination.
@@ -56,14 +57,14 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let config = config();
-    let reference = config.reference("bench").expect("reference");
+    let catalog = config.catalog().expect("catalog");
     let rules = config.scoring_rules().expect("rules");
     let routing = config.routing_table();
     let decoder = Decoder::new(Format::Json, 1 << 20);
     let routed = records(Format::Json, LEADS)
         .into_iter()
         .filter_map(|(value, ts)| decoder.decode(Some(&value), Some(ts)).ok())
-        .filter_map(|raw| enrich(raw, &reference).ok())
+        .filter_map(|raw| enrich(raw, &catalog).ok())
         .filter_map(|lead| {
             let score = score(&lead, &rules);
             let destination = route(&lead, &score, &routing).ok()?;
@@ -71,7 +72,7 @@ fn fixture() -> Fixture {
         })
         .collect();
     Fixture {
-        reference,
+        catalog,
         rules,
         routing,
         routed,
@@ -110,7 +111,7 @@ fn enrich_lead(bencher: Bencher) {
     bencher
         .counter(ItemsCount::new(1usize))
         .with_inputs(|| next().clone())
-        .bench_local_values(|raw| black_box(enrich(raw, &fixture.reference).ok()));
+        .bench_local_values(|raw| black_box(enrich(raw, &fixture.catalog).ok()));
 }
 
 #[divan::bench]

@@ -40,6 +40,11 @@ pub enum DemoError {
     Produce(#[from] ProduceError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error("cannot write the demo's catalog to {path}: {source}")]
+    Catalog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Bytes a generated lead may take in the mock's log, in its largest
@@ -72,6 +77,17 @@ pub struct Demo {
     pub config: Config,
     pub partitions: i32,
     options: DemoOptions,
+    /// The generator's catalog, written for the run when none is
+    /// configured; removed with the demo.
+    catalog_file: Option<std::path::PathBuf>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(path) = &self.catalog_file {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// What the demo found: the generator's expectation, what the run
@@ -144,10 +160,20 @@ impl Demo {
         config.kafka.instance_id = Some("demo".into());
         config.pipeline.processing_guarantee = ProcessingGuarantee::AtLeastOnce;
         config.pipeline.repartition = false;
-        if config.catalog.is_empty() {
+        let mut catalog_file = None;
+        if config.catalog.file.is_none() {
             // The generated leads name these offers; without them, leads
             // that name an offer only by title would be dead letters.
-            config.catalog = crate::generate::catalog();
+            let path = std::env::temp_dir()
+                .join(format!("leadflow-demo-{}-catalog.toml", std::process::id()));
+            std::fs::write(&path, crate::generate::catalog().to_toml()).map_err(|source| {
+                DemoError::Catalog {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            config.catalog.file = Some(path.clone());
+            catalog_file = Some(path);
         }
         let partitions = partitions_for(options.leads);
         for topic in config.all_topics() {
@@ -160,6 +186,7 @@ impl Demo {
             config,
             partitions,
             options,
+            catalog_file,
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{CatalogOffer, Listing};
 pub use crate::reference::{Country, EmailClass};
 
 /// Where the customer acted. Each storefront feeds one campaign.
@@ -358,7 +359,12 @@ pub struct Lead {
     pub source_tag: SourceTag,
     pub action: ActionCode,
     pub offer: Offer,
+    /// `OfferTitle` as sent.
     pub offer_title: Option<String>,
+    /// The offer's catalog entry; `None` when the catalog does not list it.
+    pub catalogued: Option<Arc<CatalogOffer>>,
+    /// The kind of listing the lead came from, from the offer's type.
+    pub listing: Listing,
     /// Normalized per the provider rules in `enrich::normalize_email`.
     pub email: String,
     /// Everything after the `@` of the normalized email.
@@ -448,6 +454,20 @@ impl SuppressionReason {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use crate::catalog::OfferType;
+
+    /// Puts `lead`'s offer in the catalog as an offer of `offer_type`, by
+    /// publisher Fabrikam, and gives the lead that type's listing.
+    pub fn catalogued(lead: &mut Lead, offer_type: OfferType) {
+        lead.catalogued = Some(Arc::new(CatalogOffer {
+            offer: lead.offer.clone(),
+            title: "Offer".into(),
+            storefront: lead.storefront,
+            offer_type,
+            publisher: "Fabrikam".into(),
+        }));
+        lead.listing = Listing::of(lead.catalogued.as_ref().map(|c| &c.offer_type));
+    }
 
     /// A minimal valid lead of the given storefront and action.
     pub fn lead(storefront: Storefront, action: ActionCode) -> Lead {
@@ -462,6 +482,8 @@ pub(crate) mod fixtures {
             action,
             offer,
             offer_title: None,
+            catalogued: None,
+            listing: crate::catalog::Listing::Unknown,
             email: "a@b.com".into(),
             email_domain: "b.com".into(),
             registrable_domain: "b.com".into(),

@@ -7,6 +7,7 @@
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod domain;

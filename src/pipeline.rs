@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::Catalog;
 use crate::domain::{DedupeKey, Lead, Score, SuppressionReason};
 use crate::error::{Failure, Stage};
 use crate::stages::StageClock;
 use crate::stages::decode::{Decoder, Format, WriterAnswer};
 use crate::stages::dedupe::{Change, Deduper};
-use crate::stages::enrich::{Reference, enrich, identify};
+use crate::stages::enrich::{enrich, identify};
 use crate::stages::route::{Destination, Route, RouteSet, RoutingTable, route};
 use crate::stages::score::{ScoringRules, score};
 
@@ -160,7 +161,7 @@ impl crate::error::ErrorClass for FutureEventTime {
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub input_format: Format,
-    pub reference: Reference,
+    pub catalog: Catalog,
     pub rules: ScoringRules,
     pub routing: RoutingTable,
     pub dedupe_window_ms: i64,
@@ -178,7 +179,7 @@ impl PipelineSettings {
     ) -> Result<PipelineSettings, crate::error::ConfigError> {
         Ok(PipelineSettings {
             input_format: config.topics.input_format,
-            reference: config.reference("config")?,
+            catalog: config.catalog()?,
             rules: config.scoring_rules()?,
             routing: config.routing_table(),
             dedupe_window_ms: config.dedupe_window_ms(),
@@ -193,7 +194,7 @@ impl PipelineSettings {
 #[derive(Debug)]
 pub struct Pipeline {
     decoder: Decoder,
-    reference: Reference,
+    catalog: Catalog,
     rules: ScoringRules,
     routing: RoutingTable,
     deduper: Deduper,
@@ -214,7 +215,7 @@ impl Pipeline {
         );
         Pipeline {
             decoder: Decoder::new(settings.input_format, settings.max_record_bytes),
-            reference: settings.reference,
+            catalog: settings.catalog,
             rules: settings.rules,
             routing: settings.routing,
             deduper: Deduper::new(settings.dedupe_window_ms, settings.dedupe_max_keys),
@@ -242,7 +243,7 @@ impl Pipeline {
         if raw.is_test_lead() {
             return Rekeyed::Done(Outcome::TestLead);
         }
-        let identity = identify(&raw, &self.reference);
+        let identity = identify(&raw, &self.catalog);
         clock.lap(Stage::Enrich);
         match identity {
             Ok(identity) => Rekeyed::Forward(identity.partition_key()),
@@ -273,7 +274,7 @@ impl Pipeline {
             } = input.source;
             raw.event_id = Some(format!("{topic}/{partition}/{offset}"));
         }
-        let enriched = enrich(raw, &self.reference);
+        let enriched = enrich(raw, &self.catalog);
         clock.lap(Stage::Enrich);
         let mut lead = match enriched {
             Ok(lead) => lead,
@@ -360,12 +361,17 @@ impl Pipeline {
         &self.routing
     }
 
-    /// Swaps the scoring rules and the routing table, between two
-    /// transactions (see [`crate::reload`]).
-    pub fn set_rules(&mut self, rules: ScoringRules, routing: RoutingTable) {
+    /// Swaps the scoring rules, the routing table and the catalog, between
+    /// two transactions (see [`crate::reload`]).
+    pub fn set_rules(&mut self, rules: ScoringRules, routing: RoutingTable, catalog: Catalog) {
         self.version = format!("{} rules/{}", crate::LEADFLOW_VERSION, rules.version());
         self.rules = rules;
         self.routing = routing;
+        self.catalog = catalog;
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// The writer schema id a `confluent-avro` record needs before it can
@@ -410,6 +416,9 @@ pub struct Tally {
     pub test_leads: u64,
     /// Dead letters by error class.
     pub dead_letter: BTreeMap<String, u64>,
+    /// Leads routed or suppressed, by listing (`unknown`: not catalogued).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listings: BTreeMap<String, u64>,
     /// Inputs forwarded to the repartition topic: their outcome is counted
     /// when they are read back.
     #[serde(default)]
@@ -444,6 +453,15 @@ impl Tally {
     /// Counts the outcome of a record read back from the repartition topic:
     /// its input was counted when it was forwarded.
     pub fn record_outcome(&mut self, outcome: &Outcome, routing: &RoutingTable) {
+        if let Outcome::Routed { lead, .. } = outcome {
+            let listing = lead.listing.as_str();
+            match self.listings.get_mut(listing) {
+                Some(n) => *n += 1,
+                None => {
+                    self.listings.insert(listing.to_owned(), 1);
+                }
+            }
+        }
         match outcome.place(routing) {
             Place::Campaigns(routes) => {
                 self.routed += 1;
@@ -478,17 +496,32 @@ impl Tally {
 
     /// Adds another tally's counts to this one.
     pub fn merge(&mut self, other: Tally) {
-        self.inputs += other.inputs;
-        self.routed += other.routed;
-        self.duplicates += other.duplicates;
-        self.test_leads += other.test_leads;
-        self.repartitioned += other.repartitioned;
-        self.offset_resets += other.offset_resets;
-        self.skipped_records += other.skipped_records;
+        // Every field by name, so that a new one cannot be forgotten here.
+        let Tally {
+            inputs,
+            routed,
+            campaigns,
+            suppressed,
+            duplicates,
+            test_leads,
+            dead_letter,
+            listings,
+            repartitioned,
+            offset_resets,
+            skipped_records,
+        } = other;
+        self.inputs += inputs;
+        self.routed += routed;
+        self.duplicates += duplicates;
+        self.test_leads += test_leads;
+        self.repartitioned += repartitioned;
+        self.offset_resets += offset_resets;
+        self.skipped_records += skipped_records;
         for (mine, theirs) in [
-            (&mut self.campaigns, other.campaigns),
-            (&mut self.suppressed, other.suppressed),
-            (&mut self.dead_letter, other.dead_letter),
+            (&mut self.campaigns, campaigns),
+            (&mut self.suppressed, suppressed),
+            (&mut self.dead_letter, dead_letter),
+            (&mut self.listings, listings),
         ] {
             for (key, n) in theirs {
                 *mine.entry(key).or_default() += n;
@@ -515,14 +548,7 @@ mod tests {
     use crate::stages::encode::Encoder;
 
     fn pipeline() -> Pipeline {
-        let text = r#"
-            [[catalog]]
-            offer = "contoso.contoso-gateway-byol"
-            title = "Contoso Gateway (BYOL)"
-            storefront = "azure-marketplace"
-        "#;
-        let config: Config = toml::from_str(text).expect("config");
-        crate::testkit::pipeline(&config)
+        crate::testkit::pipeline(&crate::testkit::generated_config(Format::Json))
     }
 
     fn input(value: &str, offset: i64) -> Input<'_> {
@@ -559,6 +585,42 @@ mod tests {
         Encoder::new(Format::Json).encode(&lead, &score, destination, None, &mut bytes);
         let json = serde_json::from_slice(&bytes).expect("json");
         (destination, lead, score, json)
+    }
+
+    /// A reloaded catalog applies from the next lead: a new offer type
+    /// gives a new listing, and a bare lead whose title left the catalog
+    /// is a dead letter rather than a guess.
+    #[test]
+    fn a_reloaded_catalog_applies_to_the_next_lead() {
+        let mut pipeline = pipeline();
+        let bare = |email: &str| {
+            format!(
+                r#"{{"UserDetails":{{"Email":"{email}"}},"LeadSource":"AppSource","ActionCode":"INS","OfferTitle":"Contoso Sales Insights"}}"#
+            )
+        };
+        let listing = |outcome: Outcome| match outcome {
+            Outcome::Routed { lead, .. } => lead.listing.as_str().to_owned(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            listing(pipeline.process(input(&bare("a@fabrikam.com"), 0))),
+            "app"
+        );
+
+        let text = std::fs::read_to_string(crate::testkit::GENERATED_CATALOG).expect("catalog");
+        let text = text.replacen("type = \"saas\"", "type = \"consulting-service\"", 1);
+        let catalog = Catalog::parse(std::path::Path::new("catalog.toml"), &text).expect("catalog");
+        let config = Config::default();
+        let rules = config.scoring_rules().expect("rules");
+        pipeline.set_rules(rules.clone(), config.routing_table(), catalog);
+        let second = pipeline.process(input(&bare("b@fabrikam.com"), 1));
+        assert_eq!(listing(second), "consulting-service");
+
+        pipeline.set_rules(rules, config.routing_table(), Catalog::default());
+        match pipeline.process(input(&bare("c@fabrikam.com"), 2)) {
+            Outcome::Failed(failure) => assert_eq!(failure.class, "unknown_offer"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

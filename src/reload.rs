@@ -1,4 +1,4 @@
-//! Hot reload of the scoring rules and the routing table.
+//! Hot reload of the scoring rules, the routing table and the catalog.
 //!
 //! Whoever notices a change (SIGHUP, or a changed config or rules file)
 //! loads and validates the whole configuration the way start-up does and
@@ -9,8 +9,15 @@
 //! or validate is refused where it is loaded, and the rules in use stay.
 //!
 //! Each section declares what a reload does with it
-//! (`config::Section::ON_RELOAD`): `routes`, `policy` and `scoring` take
-//! effect; any other changed section is reported and waits for a restart.
+//! (`config::Section::ON_RELOAD`): `routes`, `policy`, `scoring` and
+//! `catalog` take effect; any other changed section is reported and waits
+//! for a restart.
+//!
+//! A catalog reload can change which offer a title names. A bare lead
+//! forwarded over the repartition topic before such a reload is identified
+//! again after it, and may land in a partition whose dedupe state is not
+//! its offer's: it is still written exactly once, but may miss being
+//! recognised as a duplicate of a lead before the reload.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -58,12 +65,13 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// The files whose change triggers a reload: the config file and the
-/// scoring rules file it names.
+/// scoring rules and catalog files it names.
 pub fn watched_files(config_file: Option<&std::path::Path>, config: &Config) -> Vec<PathBuf> {
     config_file
         .map(std::path::Path::to_path_buf)
         .into_iter()
         .chain(config.scoring.rules_file.clone())
+        .chain(config.catalog.file.clone())
         .collect()
 }
 
@@ -100,12 +108,8 @@ mod tests {
         let old = Config::default();
         let mut new = Config::default();
         new.schema_registry.url = Some("http://registry:8081".into());
-        new.catalog.push(crate::config::CatalogEntry {
-            offer: "contoso.crm".into(),
-            title: "Contoso CRM".into(),
-            storefront: crate::domain::Storefront::AppSource,
-        });
-        assert_eq!(needs_restart(&old, &new), ["schema_registry", "catalog"]);
+        new.catalog.file = Some(PathBuf::from("catalog.toml"));
+        assert_eq!(needs_restart(&old, &new), ["schema_registry"]);
     }
 
     #[test]

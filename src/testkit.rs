@@ -26,13 +26,14 @@ pub fn quickstart_config() -> Config {
     Config::load(Some(std::path::Path::new(path))).expect("the quickstart configuration")
 }
 
+/// The catalog of the generator's offers, which the quickstart uses too.
+pub const GENERATED_CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.toml");
+
 /// The default configuration with the generator's offers catalogued and
 /// input in `format`: what generated leads are processed with.
 pub fn generated_config(format: Format) -> Config {
-    let mut config = Config {
-        catalog: crate::generate::catalog(),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.catalog.file = Some(GENERATED_CATALOG.into());
     config.topics.input_format = format;
     config
 }

@@ -31,6 +31,14 @@ pub struct Verdict {
     /// The stage that failed, for a dead letter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<&'static str>,
+    /// The kind of listing, the offer type and the publisher, for a lead
+    /// that got as far as routing (`unknown`: not in the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listing: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,6 +109,9 @@ fn verdict(
         class: None,
         message: None,
         stage: None,
+        listing: None,
+        offer_type: None,
+        publisher: None,
         score: None,
         grade: None,
         mql: None,
@@ -127,6 +138,18 @@ fn verdict(
             score,
         } => {
             verdict.event_id = lead.event_id.clone();
+            let catalogued = lead.catalogued.as_deref();
+            verdict.listing = Some(lead.listing.as_str());
+            verdict.offer_type = Some(
+                catalogued
+                    .map_or("unknown", |c| c.offer_type.as_str())
+                    .into(),
+            );
+            verdict.publisher = Some(
+                catalogued
+                    .map_or("unknown", |c| c.publisher.as_str())
+                    .into(),
+            );
             verdict.score = Some(score.points);
             verdict.grade = Some(score.grade.as_str());
             verdict.mql = Some(score.mql);
@@ -177,10 +200,13 @@ pub fn describe(v: &Verdict) -> String {
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
             format!(
-                "line {}{id}: {}{reason} -> {}; score {} grade {}{}; {}",
+                "line {}{id}: {}{reason} -> {}; {} {} by {}; score {} grade {}{}; {}",
                 v.line,
                 v.outcome,
                 v.topics.join(", "),
+                v.listing.unwrap_or("unknown"),
+                v.offer_type.as_deref().unwrap_or("unknown"),
+                v.publisher.as_deref().unwrap_or("unknown"),
                 v.score.unwrap_or(0),
                 v.grade.unwrap_or("?"),
                 if v.mql == Some(true) { " MQL" } else { "" },
@@ -214,6 +240,16 @@ mod tests {
             "{verdicts:?}"
         );
         assert!(!verdicts[0].topics.is_empty());
+        assert_eq!(
+            (verdicts[0].listing, verdicts[0].offer_type.as_deref()),
+            (Some("app"), Some("saas"))
+        );
+        assert_eq!(verdicts[0].publisher.as_deref(), Some("Contoso"));
+        assert!(
+            describe(&verdicts[0]).contains("app saas by Contoso"),
+            "{}",
+            describe(&verdicts[0])
+        );
         assert_eq!(verdicts[1].outcome, "dead_letter");
         assert_eq!(verdicts[1].stage, Some("decode"));
         assert!(verdicts[1].class.is_some() && verdicts[1].message.is_some());

@@ -117,6 +117,8 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
             ("unknown_source", 1),
             ("oversized", 1),
         ]),
+        // Both offers are in the catalog: a SaaS app and a virtual machine.
+        listings: counts(&[("app", 5)]),
         // Everything that got past identification was re-keyed.
         repartitioned: 9,
         ..Tally::default()
@@ -152,6 +154,14 @@ fn a_known_mix_lands_exactly_where_it_belongs() {
     assert_eq!(ana.key(), value["dedupe_key"].as_str().map(str::as_bytes));
     assert_eq!(value["email"], "ana.silva@fabrikam.com");
     assert_eq!(value["campaign"], "nurture");
+    assert_eq!(
+        (&value["listing"], &value["offer_type"], &value["publisher"]),
+        (
+            &serde_json::json!("app"),
+            &serde_json::json!("saas"),
+            &serde_json::json!("Contoso")
+        )
+    );
     // Contact me 50; CIO 25 + business email 10: 85.
     assert_eq!(
         (value["score"].as_u64(), value["grade"].as_str()),

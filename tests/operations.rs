@@ -75,8 +75,8 @@ fn metrics_agree_with_the_topics_and_lag_follows_rebalances() {
     });
     for lead in generator.take(n) {
         let outcome = match lead.expected {
-            Expected::Campaign(_) => "campaign",
-            Expected::Suppressed(_) => "suppressed",
+            Expected::Campaign(..) => "campaign",
+            Expected::Suppressed(..) => "suppressed",
             Expected::Duplicate => "duplicate",
             Expected::TestLead => "test",
             Expected::DeadLetter(class) => {

@@ -171,7 +171,7 @@ proptest! {
         });
         let raw = leadflow::stages::decode::decode_json(Some(&serde_json::to_vec(&lead).unwrap_or_default()), Some(0), 4096)
             .expect("decodes");
-        let lead = leadflow::stages::enrich::enrich(raw, &leadflow::stages::enrich::Reference::default()).expect("enriches");
+        let lead = leadflow::stages::enrich::enrich(raw, &leadflow::catalog::Catalog::default()).expect("enriches");
         let s = score(&lead, &rules);
         prop_assert!(s.points <= 100);
         prop_assert!((0..=behaviour_max).contains(&s.behaviour));

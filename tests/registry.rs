@@ -950,3 +950,105 @@ fn a_flood_of_unknown_schema_ids_costs_bounded_lookups() {
     );
     assert_eq!(lookups("skipped") + asked, f64::from(count));
 }
+
+/// The campaign-lead schema grew `listing`, `offer_type` and `publisher`
+/// (with defaults) after its first version: the new version registers
+/// over the first under the registry's BACKWARD rule, and Confluent's
+/// Python consumer reads records of both versions from one topic, each
+/// by the writer schema its frame names.
+#[test]
+fn the_campaign_schema_evolves_backward_and_python_reads_both_versions() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let env = Env::with_topics(
+        "evolve",
+        1,
+        "output_format = \"confluent-avro\"",
+        &format!("[schema_registry]\nurl = {:?}\n", registry_url()),
+    );
+    let bootstrap = common::bootstrap();
+    let registry = registry_url();
+    let first = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/campaign-lead.v1.avsc"
+    );
+    // A record of the first version, as a consumer-side tool wrote it
+    // before the upgrade; the serializer registers the first version.
+    let old_record = serde_json::json!({
+        "event_id": "v1-record", "event_time_ms": 1_741_083_302_000_i64,
+        "storefront": "appsource", "campaign": "nurture", "source_tag": "SPZA",
+        "action_code": "PLT", "earlier_actions": [], "publisher_id": "contoso",
+        "offer_id": "sales-insights", "email": "old@fabrikam.com",
+        "email_domain": "fabrikam.com", "registrable_domain": "fabrikam.com",
+        "email_class": "business", "completeness": 100, "score": 80,
+        "behaviour": 50, "fit": 30, "grade": "A", "mql": true, "reasons": [],
+        "rules_version": "default-2025.1", "dedupe_key": "00"
+    });
+    let produced = confluent_python(
+        &["produce", &bootstrap, &registry, &env.nurture, first],
+        &old_record.to_string(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&produced.stdout).trim(),
+        "1",
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let subject = format!("{}-value", env.nurture);
+    assert_eq!(
+        client()
+            .check(&subject, CAMPAIGN_LEAD_SCHEMA)
+            .expect("check"),
+        Compatibility::Compatible,
+        "today's schema is BACKWARD-compatible with the first"
+    );
+
+    // leadflow registers today's version at start, and writes with it.
+    let examples = leadflow::testkit::example_leads();
+    let first_lead = examples.lines().next().expect("an example lead");
+    produce_values(
+        &env.input,
+        &[first_lead.as_bytes().to_vec()],
+        leadflow::testkit::EXAMPLE_TIMESTAMP_MS,
+    );
+    let out = env.run_until_drained();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let versions = registered_versions(&subject);
+    assert_eq!(versions, 2, "the first version and today's under {subject}");
+
+    let consumed = confluent_python(&["consume", &bootstrap, &registry, &env.nurture, "2"], "");
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&consumed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["event_id"], "v1-record");
+    assert!(records[0].get("listing").is_none(), "{}", records[0]);
+    let new = &records[1];
+    assert_eq!(new["event_id"], "0191f0c2-0001-7000-8000-000000000001");
+    assert_eq!(
+        (&new["listing"], &new["offer_type"], &new["publisher"]),
+        (
+            &serde_json::json!("app"),
+            &serde_json::json!("saas"),
+            &serde_json::json!("Contoso")
+        ),
+        "{new}"
+    );
+}
+
+/// How many versions the registry holds under `subject`.
+fn registered_versions(subject: &str) -> usize {
+    let url = format!("{}/subjects/{subject}/versions", registry_url());
+    let body = ureq::get(&url)
+        .call()
+        .expect("versions")
+        .body_mut()
+        .read_to_string()
+        .expect("body");
+    let versions: Vec<u32> = serde_json::from_str(&body).expect("a list of versions");
+    versions.len()
+}

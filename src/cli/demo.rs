@@ -144,6 +144,15 @@ fn print_summary(demo: &Demo, report: &DemoReport, metrics: &Metrics, processing
     for (class, n) in &tally.dead_letter {
         row(&format!("  {class}"), *n, "");
     }
+    println!("  listings of leads routed or suppressed");
+    for (listing, n) in &tally.listings {
+        let note = if listing == "unknown" {
+            "offer not in the catalog"
+        } else {
+            ""
+        };
+        row(&format!("  {listing}"), *n, note);
+    }
     println!("  grades");
     for grade in ["A", "B", "C", "D"] {
         let n = metrics.grades.get_or_create(&GradeLabels { grade }).get();

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::Catalog;
 use crate::domain::Offer;
 use crate::error::{ConfigError, parse_toml, read};
 use crate::stages::decode::Format;
-use crate::stages::enrich::{CatalogOffer, Reference};
 use crate::stages::route::{MAX_ROUTES, Route, RoutingTable, default_routes};
 use crate::stages::score::ScoringRules;
 
@@ -81,9 +81,10 @@ pub struct Config {
     /// The routing table: storefront (and optionally grade and action) to
     /// campaign topics.
     pub routes: Vec<Route>,
-    /// Offers the publisher lists, for leads whose `LeadSource` has no offer
-    /// (looked up by title) and test drives (storefront by offer).
-    pub catalog: Vec<CatalogEntry>,
+    /// The offer catalog: offer types, publishers and titles, and what
+    /// resolves leads whose `LeadSource` has no offer (by title) and test
+    /// drives (storefront by offer).
+    pub catalog: CatalogConfig,
 }
 
 impl Default for Config {
@@ -99,7 +100,24 @@ impl Default for Config {
             log: LogConfig::default(),
             schema_registry: RegistryConfig::default(),
             routes: default_routes(),
-            catalog: Vec::new(),
+            catalog: CatalogConfig::default(),
+        }
+    }
+}
+
+/// Keys that name files.
+const FILE_KEYS: [(&str, &str); 2] = [("scoring", "rules_file"), ("catalog", "file")];
+
+/// Makes the file's relative file paths relative to its directory, where
+/// they sit beside it wherever leadflow is started from (a path from an
+/// override stays relative to the working directory, as on a command line).
+fn anchor_paths(table: &mut toml::Value, dir: &Path) {
+    for (section, key) in FILE_KEYS {
+        let value = table.get_mut(section).and_then(|s| s.get_mut(key));
+        if let Some(toml::Value::String(file)) = value
+            && Path::new(file.as_str()).is_relative()
+        {
+            *file = dir.join(&*file).display().to_string();
         }
     }
 }
@@ -164,6 +182,7 @@ impl Config {
                 key,
                 reason,
             })?;
+            anchor_paths(&mut base, path.parent().unwrap_or(Path::new("")));
         }
         let toml::Value::Table(base) = base else {
             unreachable!("a table stays a table")
@@ -304,7 +323,7 @@ impl Config {
         self.check_routes().map_err(invalid)?;
         self.check_limits().map_err(invalid)?;
         self.scoring_rules()?;
-        self.reference(origin).map(|_| ())
+        self.catalog().map(|_| ())
     }
 
     /// The topics whose names the routes must not reuse, by key.
@@ -373,6 +392,9 @@ impl Config {
             if let Some((key, _)) = topics.iter().find(|(_, name)| **name == route.topic) {
                 return invalid("topic", format!("topic {:?} is also {key}", route.topic));
             }
+            if let Some(offer) = route.offers.iter().find(|o| Offer::parse(o).is_none()) {
+                return invalid("offers", format!("{offer:?} is not publisher.offer"));
+            }
         }
         Ok(())
     }
@@ -396,26 +418,12 @@ impl Config {
         }
     }
 
-    /// Builds enrichment reference data from the catalog.
-    pub fn reference(&self, origin: &str) -> Result<Reference, ConfigError> {
-        let offers = self
-            .catalog
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| {
-                let offer = Offer::parse(&entry.offer).ok_or_else(|| ConfigError::Invalid {
-                    origin: origin.to_owned(),
-                    key: format!("catalog[{i}].offer"),
-                    reason: format!("{:?} is not publisher.offer", entry.offer),
-                })?;
-                Ok(CatalogOffer {
-                    offer,
-                    title: entry.title.clone(),
-                    storefront: entry.storefront,
-                })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        Ok(Reference::new(offers))
+    /// The offer catalog: the configured file, or an empty one.
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        match &self.catalog.file {
+            Some(path) => Catalog::load(path),
+            None => Ok(Catalog::default()),
+        }
     }
 
     /// This instance's name: `kafka.instance_id`, else the host name.
@@ -627,12 +635,19 @@ mod tests {
             client = { "linger.ms" = "5" }
             [topics]
             input = "raw"
-            [[catalog]]
-            offer = "contoso.sales-insights"
-            title = "Contoso Sales Insights"
-            storefront = "appsource"
+            [catalog]
+            file = "offers/catalog.toml"
             "#,
         );
+        let dir = path.parent().expect("dir").join("offers");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("catalog.toml"),
+            "[[offer]]\nid = \"contoso.sales-insights\"\ntitle = \"Contoso Sales Insights\"\n\
+             storefront = \"appsource\"\ntype = \"saas\"\npublisher = \"Contoso\"\n",
+        )
+        .expect("write catalog");
+        // Read beside the config file, not from the working directory.
         let config = Config::load(Some(&path)).expect("valid config");
         assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:19092");
         assert_eq!(
@@ -641,7 +656,12 @@ mod tests {
         );
         assert_eq!(config.topics.input, "raw");
         assert_eq!(config.topics.dead_letter, "leads.dlq");
-        assert_eq!(config.catalog[0].storefront, Storefront::AppSource);
+        let catalog = config.catalog().expect("catalog");
+        let offer = crate::domain::Offer::parse("contoso.sales-insights").expect("offer");
+        assert_eq!(
+            catalog.offer(&offer).map(|o| o.storefront),
+            Some(Storefront::AppSource)
+        );
     }
 
     #[test]
@@ -687,11 +707,19 @@ mod tests {
             .to_string();
         assert!(message.contains("/nonexistent/rules.toml"), "{message}");
 
-        let (_dir, path) =
-            write("[[catalog]]\noffer = \"nodot\"\ntitle = \"x\"\nstorefront = \"appsource\"\n");
+        let (dir, path) = write("[catalog]\nfile = \"catalog.toml\"\n");
+        std::fs::write(
+            dir.path().join("catalog.toml"),
+            "[[offer]]\nid = \"nodot\"\ntitle = \"x\"\nstorefront = \"appsource\"\n\
+             type = \"saas\"\npublisher = \"x\"\n",
+        )
+        .expect("write catalog");
         let message = Config::load(Some(&path))
             .expect_err("bad offer")
             .to_string();
-        assert!(message.contains("catalog[0].offer"), "{message}");
+        assert!(
+            message.contains("catalog.toml") && message.contains("offer[0].id"),
+            "{message}"
+        );
     }
 }

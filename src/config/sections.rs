@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Storefront;
 use crate::stages::decode::Format;
 use crate::stages::route::{DisposablePolicy, Route};
 
@@ -83,7 +82,8 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoringConfig {
-    /// A scoring rules file; without it the built-in `rules/scoring.toml` applies.
+    /// A scoring rules file; without it the built-in `rules/scoring.toml`
+    /// applies. A relative path is read from the config file's directory.
     pub rules_file: Option<PathBuf>,
 }
 
@@ -264,13 +264,14 @@ impl Default for DedupeConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogEntry {
-    /// `publisher.offer`.
-    pub offer: String,
-    pub title: String,
-    pub storefront: Storefront,
+/// Where the offer catalog is (`[catalog]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// The catalog file (docs/listings.md); without it no offer is
+    /// catalogued. A relative path is read from the config file's
+    /// directory.
+    pub file: Option<PathBuf>,
 }
 
 /// How leadflow reaches the schema registry (`[schema_registry]`).
@@ -348,7 +349,7 @@ impl Section for Vec<Route> {
     const ON_RELOAD: OnReload = OnReload::Apply;
 }
 
-/// The catalog feeds the reference data, built at start.
-impl Section for Vec<CatalogEntry> {
-    const ON_RELOAD: OnReload = OnReload::Restart;
+/// The catalog: read again and swapped whole between two transactions.
+impl Section for CatalogConfig {
+    const ON_RELOAD: OnReload = OnReload::Apply;
 }

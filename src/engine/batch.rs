@@ -61,8 +61,11 @@ pub fn count_outcome(
     (outcome, routing): (&Outcome, &RoutingTable),
     processed: bool,
 ) {
-    if let Outcome::Routed { score, .. } = outcome {
+    if let Outcome::Routed { score, lead, .. } = outcome {
         batch.scored(score.points, score.grade);
+        if lead.catalogued.is_none() {
+            batch.uncatalogued(lead.storefront);
+        }
     }
     let (kind, checked) = match outcome.place(routing) {
         Place::Campaigns(_) => (LeadOutcome::Campaign, true),

@@ -227,9 +227,10 @@ impl Work<'_> {
         let checked = crate::kafka::check_topics(io.consumer.client(), kafka, &topics)
             .map_err(|e| e.to_string())
             .and_then(|_| self.sink.check_schema_ids(&new.routes))
-            .and_then(|_| new.scoring_rules().map_err(|e| e.to_string()));
+            .and_then(|_| new.scoring_rules().map_err(|e| e.to_string()))
+            .and_then(|rules| Ok((rules, new.catalog().map_err(|e| e.to_string())?)));
         let metrics = &self.controls.observed.metrics;
-        let rules = match checked {
+        let (rules, catalog) = match checked {
             Ok(rules) => rules,
             Err(error) => {
                 metrics.reloaded("refused");
@@ -241,15 +242,18 @@ impl Work<'_> {
         let current = self.reloaded.as_ref().unwrap_or(self.config);
         let restart = crate::reload::needs_restart(current, &new);
         if !restart.is_empty() {
-            warn!(sections = ?restart, "reload: changes outside routes, policy and scoring wait for a restart");
+            warn!(sections = ?restart, "reload: changes outside routes, policy, scoring and catalog wait for a restart");
         }
-        self.pipeline.set_rules(rules, new.routing_table());
+        let offers = catalog.len();
+        catalog.warn_about_mistakes();
+        self.pipeline.set_rules(rules, new.routing_table(), catalog);
         self.sink.set_routes(&new.routes);
         metrics.set_rules_version(self.pipeline.rules_version());
         metrics.reloaded("applied");
         info!(
             rules_version = self.pipeline.rules_version(),
             routes = new.routes.len(),
+            offers,
             "rules reloaded"
         );
         *self.reloaded = Some(new);

@@ -210,6 +210,7 @@ fn run_once(
     observed.health.set_phase(Phase::Starting);
     // Reference data and rules first: a bad rules file fails before any I/O.
     let pipeline = Pipeline::new(PipelineSettings::from_config(config)?);
+    pipeline.catalog().warn_about_mistakes();
     observed.metrics.set_rules_version(pipeline.rules_version());
     let setup::Clients {
         producer,

@@ -417,7 +417,11 @@ fn a_reload_between_batches_routes_anew_and_keeps_dedupe_state() {
         route.topic = format!("{}.v2", route.topic);
     }
     let rules = config.scoring_rules().expect("rules");
-    engine.pipeline.set_rules(rules, config.routing_table());
+    engine.pipeline.set_rules(
+        rules,
+        config.routing_table(),
+        config.catalog().expect("catalog"),
+    );
     engine.read(2, P0, 11).expect("processed");
     // A repeat of a lead seen before the reload is still a repeat.
     engine.read(1, P0, 12).expect("processed");

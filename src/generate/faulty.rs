@@ -137,7 +137,7 @@ impl Generator {
                 let value = json!({
                     "event_id": self.event_id(),
                     "UserDetails": {"Email": person.email},
-                    "LeadSource": format!("Bing-INS|{}", OFFERS[person.offer].0),
+                    "LeadSource": format!("Bing-INS|{}", OFFERS[person.offer].id),
                 });
                 (
                     serde_json::to_vec(&value).unwrap_or_default(),

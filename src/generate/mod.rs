@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::catalog::Listing;
 use crate::domain::{ActionCode, DedupeKey, Offer, Storefront};
 use crate::pipeline::Tally;
 use crate::stages::decode::Format;
@@ -32,10 +33,10 @@ pub use faulty::HOSTILE_CLASSES;
 /// table and policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expected {
-    /// The default campaign of the storefront.
-    Campaign(Storefront),
-    /// Suppressed with this reason.
-    Suppressed(&'static str),
+    /// The default campaign of the storefront, from a listing of this kind.
+    Campaign(Storefront, Listing),
+    /// Suppressed with this reason, from a listing of this kind.
+    Suppressed(&'static str, Listing),
     Duplicate,
     TestLead,
     /// Dead-lettered with this error class.
@@ -163,7 +164,8 @@ impl Generator {
         let t = &mut self.expected;
         t.inputs += 1;
         match expected {
-            Expected::Campaign(storefront) => {
+            Expected::Campaign(storefront, listing) => {
+                *t.listings.entry(listing.as_str().to_owned()).or_default() += 1;
                 t.routed += 1;
                 for route in default_routes()
                     .iter()
@@ -172,7 +174,8 @@ impl Generator {
                     *t.campaigns.entry(route.campaign.clone()).or_default() += 1;
                 }
             }
-            Expected::Suppressed(reason) => {
+            Expected::Suppressed(reason, listing) => {
+                *t.listings.entry(listing.as_str().to_owned()).or_default() += 1;
                 *t.suppressed.entry((*reason).to_owned()).or_default() += 1
             }
             Expected::Duplicate => t.duplicates += 1,
@@ -203,7 +206,9 @@ impl Generator {
         let first = self.pick(FIRST_NAMES);
         let last = self.pick(LAST_NAMES);
         let offer = self.rng.usize(..OFFERS.len());
-        let storefront = OFFERS[offer].2;
+        let storefront = OFFERS[offer].storefront;
+        let consulting =
+            OFFERS[offer].offer_type == Some(crate::catalog::OfferType::ConsultingService);
         let roll = self.rng.u8(..100);
         let (email, company, edu) = match roll {
             0..15 => (
@@ -244,6 +249,8 @@ impl Generator {
         } else {
             let roll = self.rng.u8(..100);
             match (storefront, roll) {
+                // A consulting service's only lead is "Contact me".
+                _ if consulting => ActionCode::PartnerLedTrial,
                 (Storefront::AppSource, 0..50) => ActionCode::PartnerLedTrial,
                 (Storefront::AppSource, 50..90) => ActionCode::Install,
                 (Storefront::AzureMarketplace, 0..50) => ActionCode::Install,
@@ -299,15 +306,7 @@ impl Generator {
         time_ms: i64,
         test_marker: Option<&str>,
     ) -> Vec<u8> {
-        let (offer, title, storefront) = OFFERS[person.offer];
-        let code = person.action.code().to_owned();
-        let tag = match (&person.action, storefront, self.rng.u8(..10)) {
-            (ActionCode::StartTestDrive, _, 0..5) => "TestDrive",
-            (ActionCode::Create, Storefront::AzureMarketplace, _) => "AzurePortal",
-            (_, Storefront::AzureMarketplace, _) => "AzureMarketplace",
-            (_, Storefront::AppSource, 0..5) => "SPZA",
-            (_, Storefront::AppSource, _) => "AppSource",
-        };
+        let generated = &OFFERS[person.offer];
         let mut lead = Map::new();
         if self.rng.u8(..100) >= 5 {
             lead.insert("event_id".into(), Value::String(self.event_id()));
@@ -330,9 +329,38 @@ impl Generator {
             "UserDetails"
         };
         lead.insert(details_key.into(), details);
-        match self.rng.u8(..10) {
+        self.lead_source(&mut lead, person);
+        lead.insert(
+            "OfferTitle".into(),
+            Value::String(generated.title.to_owned()),
+        );
+        let description = match (&person.action, test_marker) {
+            (_, Some(marker)) => marker.to_owned(),
+            (ActionCode::PartnerLedTrial, _) => "Looking for a demo for our team".to_owned(),
+            _ => String::new(),
+        };
+        lead.insert("Description".into(), Value::String(description));
+        serde_json::to_vec(&Value::Object(lead)).unwrap_or_default()
+    }
+
+    /// `LeadSource` and `ActionCode` in one of the documented shapes.
+    fn lead_source(&mut self, lead: &mut Map<String, Value>, person: &Person) {
+        let generated = &OFFERS[person.offer];
+        let (offer, storefront) = (generated.id, generated.storefront);
+        // Only a catalogued offer can be found by title or give a test
+        // drive its storefront.
+        let catalogued = generated.offer_type.is_some();
+        let code = person.action.code().to_owned();
+        let tag = match (&person.action, storefront, self.rng.u8(..10)) {
+            (ActionCode::StartTestDrive, _, 0..5) if catalogued => "TestDrive",
+            (ActionCode::Create, Storefront::AzureMarketplace, _) => "AzurePortal",
+            (_, Storefront::AzureMarketplace, _) => "AzureMarketplace",
+            (_, Storefront::AppSource, 0..5) => "SPZA",
+            (_, Storefront::AppSource, _) => "AppSource",
+        };
+        match (self.rng.u8(..10), catalogued) {
             // Combined, with the action repeated in its own field.
-            0..4 => {
+            (0..4, _) => {
                 lead.insert(
                     "LeadSource".into(),
                     Value::String(format!("{tag}-{code}|{offer}")),
@@ -340,7 +368,7 @@ impl Generator {
                 lead.insert("ActionCode".into(), Value::String(code));
             }
             // Combined only.
-            4..7 => {
+            (4..7, _) | (_, false) => {
                 lead.insert(
                     "LeadSource".into(),
                     Value::String(format!("{tag}-{code}|{offer}")),
@@ -362,18 +390,10 @@ impl Generator {
                 lead.insert("ActionCode".into(), Value::String(code));
             }
         }
-        lead.insert("OfferTitle".into(), Value::String(title.to_owned()));
-        let description = match (&person.action, test_marker) {
-            (_, Some(marker)) => marker.to_owned(),
-            (ActionCode::PartnerLedTrial, _) => "Looking for a demo for our team".to_owned(),
-            _ => String::new(),
-        };
-        lead.insert("Description".into(), Value::String(description));
-        serde_json::to_vec(&Value::Object(lead)).unwrap_or_default()
     }
 
     fn key_of(person: &Person) -> String {
-        let offer = Offer::parse(OFFERS[person.offer].0);
+        let offer = Offer::parse(OFFERS[person.offer].id);
         match (normalize_email(&person.email), offer) {
             (Ok(email), Some(offer)) => DedupeKey::person_offer(&email, &offer).to_hex(),
             _ => person.email.clone(),
@@ -382,12 +402,14 @@ impl Generator {
 
     /// A new person's lead, kept for later repeats: where it must end.
     fn remembered(&mut self, person: Person, value: Vec<u8>, time_ms: i64) -> GeneratedLead {
+        let offer = &OFFERS[person.offer];
+        let listing = Listing::of(offer.offer_type.as_ref());
         let expected = if person.action == ActionCode::DoNotContact {
-            Expected::Suppressed("do_not_contact")
+            Expected::Suppressed("do_not_contact", listing)
         } else if person.email.ends_with("@mailinator.com") {
-            Expected::Suppressed("disposable_email")
+            Expected::Suppressed("disposable_email", listing)
         } else {
-            Expected::Campaign(OFFERS[person.offer].2)
+            Expected::Campaign(offer.storefront, listing)
         };
         let key = Self::key_of(&person);
         if self.history.len() == HISTORY {
@@ -614,15 +636,16 @@ mod tests {
                     lead,
                     ..
                 },
-                Expected::Campaign(e),
-            ) => lead.storefront == *e,
+                Expected::Campaign(e, listing),
+            ) => lead.storefront == *e && lead.listing == *listing,
             (
                 Outcome::Routed {
                     destination: Destination::Suppressed(r),
+                    lead,
                     ..
                 },
-                Expected::Suppressed(e),
-            ) => r.as_str() == *e,
+                Expected::Suppressed(e, listing),
+            ) => r.as_str() == *e && lead.listing == *listing,
             (Outcome::Duplicate { .. }, Expected::Duplicate)
             | (Outcome::TestLead, Expected::TestLead) => true,
             (Outcome::Failed(f), Expected::DeadLetter(class)) => f.class == *class,
@@ -645,6 +668,12 @@ mod tests {
         let t = generator.expected();
         assert!(t.campaigns.len() == 2 && t.suppressed.len() == 2);
         assert!(t.duplicates > 0 && t.test_leads > 0);
+        for listing in Listing::ALL {
+            assert!(
+                t.listings.contains_key(listing.as_str()),
+                "{listing} never generated"
+            );
+        }
         for class in [
             "json_syntax",
             "json_shape",
@@ -673,7 +702,7 @@ mod tests {
                     assert!(back <= HISTORY, "a duplicate of the person {back} back");
                     farthest = farthest.max(back);
                 }
-                Expected::Campaign(_) | Expected::Suppressed(_) => {
+                Expected::Campaign(..) | Expected::Suppressed(..) => {
                     let index = first.len();
                     first.entry(lead.key).or_insert(index);
                 }

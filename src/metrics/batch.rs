@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::domain::Grade;
+use crate::domain::{Grade, Storefront};
 use crate::error::Stage;
 use crate::stages::StageClock;
 
@@ -22,6 +22,8 @@ pub struct Batch {
     pub(super) dedupe_hits: u64,
     pub(super) dedupe_misses: u64,
     pub(super) scores: Vec<(u8, Grade)>,
+    /// Leads whose offer the catalog does not list: AppSource, Azure Marketplace.
+    pub(super) uncatalogued: [u64; 2],
     pub(super) timestamps: Vec<i64>,
 }
 
@@ -63,6 +65,14 @@ impl Batch {
         self.scores.push((points, grade));
     }
 
+    /// A routed lead whose offer the catalog does not list.
+    pub fn uncatalogued(&mut self, storefront: Storefront) {
+        self.uncatalogued[match storefront {
+            Storefront::AppSource => 0,
+            Storefront::AzureMarketplace => 1,
+        }] += 1;
+    }
+
     /// An output whose input record had this timestamp, for end-to-end latency.
     pub fn output_of(&mut self, timestamp_ms: Option<i64>) {
         if let Some(ts) = timestamp_ms {
@@ -79,6 +89,7 @@ impl Batch {
         self.dedupe_hits = 0;
         self.dedupe_misses = 0;
         self.scores.clear();
+        self.uncatalogued = [0; 2];
         self.timestamps.clear();
     }
 }

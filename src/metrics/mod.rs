@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::domain::Grade;
+use crate::domain::{Grade, Storefront};
 
 mod batch;
 
@@ -37,6 +37,7 @@ static_label!(OutcomeLabels, outcome);
 static_label!(GradeLabels, grade);
 static_label!(ResultLabels, result);
 static_label!(KindLabels, kind);
+static_label!(StorefrontLabels, storefront);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabels {
@@ -117,6 +118,7 @@ pub struct Metrics {
     pub dedupe_expired: Counter,
     pub score: Histogram,
     pub grades: Family<GradeLabels, Counter>,
+    pub uncatalogued: Family<StorefrontLabels, Counter>,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub transactions: Family<ResultLabels, Counter>,
     pub commit_duration: Histogram,
@@ -174,6 +176,7 @@ impl Metrics {
             dedupe_expired: Counter::default(),
             score: Histogram::new((1..=10).map(|i| f64::from(i) * 10.0)),
             grades: Family::default(),
+            uncatalogued: Family::default(),
             consumer_lag: Family::default(),
             transactions: Family::default(),
             commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
@@ -210,6 +213,11 @@ impl Metrics {
         for grade in GRADES {
             m.grades.get_or_create_owned(&GradeLabels {
                 grade: grade.as_str(),
+            });
+        }
+        for storefront in [Storefront::AppSource, Storefront::AzureMarketplace] {
+            m.uncatalogued.get_or_create_owned(&StorefrontLabels {
+                storefront: storefront.as_str(),
             });
         }
         for result in ["committed", "aborted"] {
@@ -299,6 +307,11 @@ impl Metrics {
             "lead_grades",
             "Leads scored and routed, by grade",
             self.grades.clone(),
+        );
+        r.register(
+            "leads_uncatalogued",
+            "Leads scored and routed whose offer the catalog does not list, by storefront",
+            self.uncatalogued.clone(),
         );
     }
 
@@ -472,6 +485,18 @@ impl Metrics {
             .inc_by(std::mem::take(&mut batch.dedupe_hits));
         self.dedupe_misses
             .inc_by(std::mem::take(&mut batch.dedupe_misses));
+        for (storefront, n) in [Storefront::AppSource, Storefront::AzureMarketplace]
+            .into_iter()
+            .zip(std::mem::take(&mut batch.uncatalogued))
+        {
+            if n > 0 {
+                self.uncatalogued
+                    .get_or_create(&StorefrontLabels {
+                        storefront: storefront.as_str(),
+                    })
+                    .inc_by(n);
+            }
+        }
         for (points, grade) in batch.scores.drain(..) {
             self.score.observe(f64::from(points));
             self.grades
@@ -530,6 +555,7 @@ mod tests {
         batch.produced("campaign.x");
         batch.outcome(LeadOutcome::Campaign, true);
         batch.scored(72, Grade::B);
+        batch.uncatalogued(Storefront::AppSource);
         batch.output_of(Some(1_000));
         batch.clear();
         metrics.commit(&mut batch, 2_000);
@@ -546,6 +572,7 @@ mod tests {
         batch.outcome(LeadOutcome::Duplicate, true);
         batch.dead_letter(Stage::Decode, "json_syntax");
         batch.scored(72, Grade::B);
+        batch.uncatalogued(Storefront::AzureMarketplace);
         batch.output_of(Some(1_000));
         metrics.commit(&mut batch, 1_250);
         let text = metrics.encode();
@@ -561,6 +588,14 @@ mod tests {
                 1.0,
             ),
             ("leadflow_lead_grades_total{grade=\"B\"}", 1.0),
+            (
+                "leadflow_leads_uncatalogued_total{storefront=\"azure-marketplace\"}",
+                1.0,
+            ),
+            (
+                "leadflow_leads_uncatalogued_total{storefront=\"appsource\"}",
+                0.0,
+            ),
             ("leadflow_lead_score_sum", 72.0),
             ("leadflow_end_to_end_latency_seconds_sum", 0.25),
         ] {

@@ -76,6 +76,9 @@ impl Encoder {
     }
 }
 
+/// What a record says of an offer the catalog does not list.
+const UNKNOWN: &str = "unknown";
+
 /// The campaign-lead record written to campaign and suppressed topics.
 /// The field order is the schema's: Avro writes fields by position.
 #[derive(Debug, Serialize)]
@@ -118,6 +121,9 @@ struct CampaignLead<'a> {
     rules_version: &'a str,
     #[serde(serialize_with = "hex_key")]
     dedupe_key: HexKey,
+    listing: &'static str,
+    offer_type: &'a str,
+    publisher: &'a str,
 }
 
 fn action_codes<S: Serializer>(codes: &&[ActionCode], s: S) -> Result<S::Ok, S::Error> {
@@ -221,6 +227,9 @@ impl CampaignLead<'_> {
         out.strings(self.reasons.iter().map(|r| &**r));
         out.string(self.rules_version);
         out.string(self.dedupe_key.as_str());
+        out.string(self.listing);
+        out.string(self.offer_type);
+        out.string(self.publisher);
     }
 }
 
@@ -236,6 +245,7 @@ impl<'a> CampaignLead<'a> {
             Destination::Suppressed(reason) => Some(reason.as_str()),
         };
         let country = lead.country;
+        let catalogued = lead.catalogued.as_deref();
         CampaignLead {
             event_id: lead.event_id.as_deref(),
             event_time_ms: lead.event_time_ms,
@@ -247,7 +257,11 @@ impl<'a> CampaignLead<'a> {
             earlier_actions: &lead.earlier_actions,
             publisher_id: &lead.offer.publisher_id,
             offer_id: &lead.offer.offer_id,
-            offer_title: lead.offer_title.as_deref(),
+            offer_title: Some(
+                catalogued.map_or(lead.offer_title.as_deref().unwrap_or(UNKNOWN), |c| {
+                    c.title.as_str()
+                }),
+            ),
             email: &lead.email,
             email_domain: &lead.email_domain,
             registrable_domain: &lead.registrable_domain,
@@ -274,6 +288,9 @@ impl<'a> CampaignLead<'a> {
             reasons: &score.reasons,
             rules_version: &score.rules_version,
             dedupe_key: lead.dedupe_key.hex(),
+            listing: lead.listing.as_str(),
+            offer_type: catalogued.map_or(UNKNOWN, |c| c.offer_type.as_str()),
+            publisher: catalogued.map_or(UNKNOWN, |c| c.publisher.as_str()),
         }
     }
 }
@@ -316,6 +333,79 @@ mod tests {
         assert_eq!(json["country_name"], "Portugal");
     }
 
+    fn catalogued() -> Arc<crate::catalog::CatalogOffer> {
+        Arc::new(crate::catalog::CatalogOffer {
+            offer: crate::domain::Offer::parse("fabrikam.workshop").expect("offer"),
+            title: "Copilot Readiness: 2-Week Workshop".into(),
+            storefront: Storefront::AppSource,
+            offer_type: crate::catalog::OfferType::ConsultingService,
+            publisher: "Fabrikam, Inc.".into(),
+        })
+    }
+
+    fn json_of(lead: &Lead) -> serde_json::Value {
+        let score = score(lead, &ScoringRules::default_rules());
+        let destination = Destination::Campaigns(Default::default());
+        let mut json = Vec::new();
+        Encoder::new(Format::Json).encode(lead, &score, destination, None, &mut json);
+        serde_json::from_slice(&json).expect("valid json")
+    }
+
+    #[test]
+    fn records_carry_the_catalogs_listing_type_publisher_and_title() {
+        let mut lead = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
+        lead.offer_title = Some("Workshop as Microsoft spelt it".into());
+        lead.catalogued = Some(catalogued());
+        lead.listing = crate::catalog::Listing::ConsultingService;
+        let json = json_of(&lead);
+        assert_eq!(json["listing"], "consulting-service");
+        assert_eq!(json["offer_type"], "consulting-service");
+        assert_eq!(json["publisher"], "Fabrikam, Inc.");
+        assert_eq!(json["offer_title"], "Copilot Readiness: 2-Week Workshop");
+
+        // Not in the catalog: unknown, and the title as sent if any.
+        lead.catalogued = None;
+        lead.listing = crate::catalog::Listing::Unknown;
+        let json = json_of(&lead);
+        for field in ["listing", "offer_type", "publisher"] {
+            assert_eq!(json[field], "unknown", "{field}");
+        }
+        assert_eq!(json["offer_title"], "Workshop as Microsoft spelt it");
+        lead.offer_title = None;
+        assert_eq!(json_of(&lead)["offer_title"], "unknown");
+    }
+
+    /// The schema only ever grows with defaults: readers of the new version
+    /// read records of the first (BACKWARD), and readers of the first read
+    /// the new ones (FORWARD), so consumers and producers upgrade in any
+    /// order. The registry holds the same to its own check in
+    /// tests/registry.rs.
+    #[test]
+    fn the_schema_is_compatible_both_ways_with_its_first_version() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let first = include_str!("../../tests/data/campaign-lead.v1.avsc");
+        let first = apache_avro::Schema::parse_str(first).expect("first version");
+        let now = campaign_lead_schema().expect("schema");
+        SchemaCompatibility::can_read(&first, now).expect("new reads old");
+        SchemaCompatibility::can_read(now, &first).expect("old reads new");
+
+        // And a record written today, read with the first version.
+        let mut lead = fixtures::lead(Storefront::AppSource, ActionCode::Install);
+        lead.catalogued = Some(catalogued());
+        let score = score(&lead, &ScoringRules::default_rules());
+        let mut avro = Vec::new();
+        let destination = Destination::Campaigns(Default::default());
+        Encoder::new(Format::Avro).encode(&lead, &score, destination, None, &mut avro);
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(now)
+            .reader_schema(&first)
+            .build()
+            .expect("reader");
+        let value = reader.read_value(&mut avro.as_slice()).expect("read as v1");
+        let json = serde_json::Value::try_from(value).expect("as json");
+        assert_eq!(json["offer_id"], lead.offer.offer_id.as_str());
+        assert!(json.get("listing").is_none());
+    }
+
     /// Every byte of the hand-written Avro encoding equals apache-avro's
     /// encoding of the same record, over absent and present optionals,
     /// empty and full arrays, and small, large and negative numbers.
@@ -342,6 +432,8 @@ mod tests {
         full.description = Some("x".repeat(300));
         full.earlier_actions = vec![ActionCode::Install, ActionCode::PartnerLedTrial];
         full.dedupe_key = crate::domain::DedupeKey(u128::MAX - 7);
+        full.catalogued = Some(catalogued());
+        full.listing = crate::catalog::Listing::ConsultingService;
         let rules = ScoringRules::default_rules();
         let mut negative = score(&full, &rules);
         negative.behaviour = -40;

@@ -7,8 +7,7 @@
 //! dedupe key. A lead whose storefront, action or offer cannot be
 //! determined is an error, never a guess.
 
-use std::collections::HashMap;
-
+use crate::catalog::{Catalog, Listing};
 use crate::domain::{
     ActionCode, DedupeKey, Lead, Offer, RawLead, Seniority, SourceTag, Storefront,
 };
@@ -49,49 +48,6 @@ impl ErrorClass for EnrichError {
             EnrichError::UnknownOffer(_) => "unknown_offer",
             EnrichError::UnknownStorefront(_) => "unknown_storefront",
         }
-    }
-}
-
-/// One offer the publisher lists, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogOffer {
-    pub offer: Offer,
-    pub title: String,
-    pub storefront: Storefront,
-}
-
-/// Reference data for enrichment, built once at start-up.
-#[derive(Debug, Clone, Default)]
-pub struct Reference {
-    offers: Vec<CatalogOffer>,
-    /// Lower-cased, trimmed title → index into `offers`.
-    by_title: HashMap<String, usize>,
-    by_offer: HashMap<Offer, usize>,
-}
-
-impl Reference {
-    pub fn new(offers: Vec<CatalogOffer>) -> Reference {
-        let mut by_title = HashMap::with_capacity(offers.len());
-        let mut by_offer = HashMap::with_capacity(offers.len());
-        for (i, entry) in offers.iter().enumerate() {
-            by_title.insert(entry.title.trim().to_lowercase(), i);
-            by_offer.insert(entry.offer.clone(), i);
-        }
-        Reference {
-            offers,
-            by_title,
-            by_offer,
-        }
-    }
-
-    fn offer_by_title(&self, title: &str) -> Option<&CatalogOffer> {
-        let i = self.by_title.get(&title.trim().to_lowercase())?;
-        self.offers.get(*i)
-    }
-
-    fn storefront_of(&self, offer: &Offer) -> Option<Storefront> {
-        let i = self.by_offer.get(offer)?;
-        self.offers.get(*i).map(|entry| entry.storefront)
     }
 }
 
@@ -172,7 +128,7 @@ impl Identity {
 
 /// Resolves a lead's identity without the profile work, which is all that
 /// re-keying needs. Fails exactly as [`enrich`] would on identity fields.
-pub fn identify(raw: &RawLead, reference: &Reference) -> Result<Identity, EnrichError> {
+pub fn identify(raw: &RawLead, catalog: &Catalog) -> Result<Identity, EnrichError> {
     let email = normalize_email(&raw.email)?;
     let source = raw
         .lead_source
@@ -204,7 +160,7 @@ pub fn identify(raw: &RawLead, reference: &Reference) -> Result<Identity, Enrich
         Some(text) => Offer::parse(text).ok_or_else(|| EnrichError::InvalidOffer(text.into()))?,
         None => {
             let title = raw.offer_title.as_deref().unwrap_or_default();
-            reference
+            catalog
                 .offer_by_title(title)
                 .map(|entry| entry.offer.clone())
                 .ok_or_else(|| EnrichError::UnknownOffer(title.to_owned()))?
@@ -213,8 +169,9 @@ pub fn identify(raw: &RawLead, reference: &Reference) -> Result<Identity, Enrich
 
     let storefront = match source_tag.storefront() {
         Some(storefront) => storefront,
-        None => reference
-            .storefront_of(&offer)
+        None => catalog
+            .offer(&offer)
+            .map(|entry| entry.storefront)
             .ok_or_else(|| EnrichError::UnknownStorefront(offer.to_string()))?,
     };
 
@@ -228,14 +185,16 @@ pub fn identify(raw: &RawLead, reference: &Reference) -> Result<Identity, Enrich
 }
 
 /// Enriches a decoded lead. Takes ownership so that strings move, not copy.
-pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> {
+pub fn enrich(raw: RawLead, catalog: &Catalog) -> Result<Lead, EnrichError> {
     let Identity {
         email,
         source_tag,
         action,
         offer,
         storefront,
-    } = identify(&raw, reference)?;
+    } = identify(&raw, catalog)?;
+    let catalogued = catalog.offer(&offer).cloned();
+    let listing = Listing::of(catalogued.as_ref().map(|c| &c.offer_type));
     let dedupe_key = DedupeKey::new(&email, &offer, &action);
     let person_offer_key = DedupeKey::person_offer(&email, &offer);
     let email_domain = email
@@ -267,6 +226,8 @@ pub fn enrich(raw: RawLead, reference: &Reference) -> Result<Lead, EnrichError> 
         action,
         offer,
         offer_title: raw.offer_title,
+        catalogued,
+        listing,
         email,
         email_domain,
         registrable_domain,
@@ -333,19 +294,30 @@ pub fn seniority(title: &str) -> Seniority {
 mod tests {
     use super::*;
 
-    fn catalog() -> Reference {
-        Reference::new(vec![
-            CatalogOffer {
-                offer: Offer::parse("contoso.contoso-gateway-byol").expect("offer"),
-                title: "Contoso Gateway (BYOL)".into(),
-                storefront: Storefront::AzureMarketplace,
-            },
-            CatalogOffer {
-                offer: Offer::parse("contoso.sales-insights").expect("offer"),
-                title: "Contoso Sales Insights".into(),
-                storefront: Storefront::AppSource,
-            },
+    fn catalog() -> Catalog {
+        use crate::catalog::{CatalogEntry, OfferType};
+        let entry = |id: &str, title: &str, storefront, offer_type| CatalogEntry {
+            id: id.into(),
+            title: title.into(),
+            storefront,
+            offer_type,
+            publisher: "Contoso".into(),
+        };
+        Catalog::from_entries(vec![
+            entry(
+                "contoso.contoso-gateway-byol",
+                "Contoso Gateway (BYOL)",
+                Storefront::AzureMarketplace,
+                OfferType::VirtualMachine,
+            ),
+            entry(
+                "contoso.sales-insights",
+                "Contoso Sales Insights",
+                Storefront::AppSource,
+                OfferType::Saas,
+            ),
         ])
+        .expect("catalog")
     }
 
     fn raw(source: &str, action: Option<&str>) -> RawLead {
@@ -446,6 +418,21 @@ mod tests {
         let portal = enrich(raw("AzurePortal-Create", None), &catalog()).expect("enriched");
         assert_eq!(portal.storefront, Storefront::AzureMarketplace);
         assert_eq!(portal.action, ActionCode::Create);
+    }
+
+    #[test]
+    fn a_catalogued_offer_gives_the_lead_its_type_publisher_and_listing() {
+        let lead = enrich(raw("AzureMarketplace", Some("INS")), &catalog()).expect("enriched");
+        let entry = lead.catalogued.as_ref().expect("catalogued");
+        assert_eq!(entry.offer_type, crate::catalog::OfferType::VirtualMachine);
+        assert_eq!(entry.publisher, "Contoso");
+        assert_eq!(lead.listing, Listing::App);
+
+        let mut elsewhere = raw("SPZA-PLT|fabrikam.not-listed", None);
+        elsewhere.offer_title = None;
+        let lead = enrich(elsewhere, &catalog()).expect("an uncatalogued offer is no error");
+        assert_eq!(lead.catalogued, None);
+        assert_eq!(lead.listing, Listing::Unknown);
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //!
 //! Policy comes first: do-not-contact leads are suppressed, and so are
 //! disposable addresses unless configured otherwise. Every other lead goes
-//! to each route whose storefront matches and whose optional grade and
-//! action filters admit it. A lead that no route admits is an error
+//! to each route whose storefront matches and whose optional grade,
+//! action, listing, offer-type and offer filters admit it. A lead that no route admits is an error
 //! (`unroutable`), never silently dropped.
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ActionCode, EmailClass, Grade, Lead, Score, Storefront, SuppressionReason};
+use crate::catalog::{Listing, OfferType};
+use crate::domain::{
+    ActionCode, EmailClass, Grade, Lead, Offer, Score, Storefront, SuppressionReason,
+};
 use crate::error::ErrorClass;
 use crate::stages::decode::Format;
 
@@ -26,6 +29,18 @@ pub struct Route {
     /// Only leads with these action codes; empty admits every action.
     #[serde(default)]
     pub actions: Vec<String>,
+    /// Only leads from these listings (`app`, `consulting-service`,
+    /// `managed-service`, `unknown`); empty admits every listing.
+    #[serde(default)]
+    pub listings: Vec<Listing>,
+    /// Only leads for offers of these types, as the catalog names them
+    /// (`unknown`: offers not in it); empty admits every type.
+    #[serde(default)]
+    pub offer_types: Vec<OfferType>,
+    /// Only leads for these offers (`publisher.offer`); empty admits every
+    /// offer.
+    #[serde(default)]
+    pub offers: Vec<String>,
     /// Encoding of this topic's records; `topics.output_format` when unset.
     #[serde(default)]
     pub format: Option<Format>,
@@ -40,6 +55,9 @@ pub fn default_routes() -> Vec<Route> {
             topic: "campaign.appsource.nurture".into(),
             grades: Vec::new(),
             actions: Vec::new(),
+            listings: Vec::new(),
+            offer_types: Vec::new(),
+            offers: Vec::new(),
             format: None,
         },
         Route {
@@ -48,6 +66,9 @@ pub fn default_routes() -> Vec<Route> {
             topic: "campaign.azure-marketplace.demand-gen".into(),
             grades: Vec::new(),
             actions: Vec::new(),
+            listings: Vec::new(),
+            offer_types: Vec::new(),
+            offers: Vec::new(),
             format: None,
         },
     ]
@@ -69,11 +90,14 @@ pub enum DisposablePolicy {
 /// Most routes a table may hold: a lead's matches are a 64-bit set.
 pub const MAX_ROUTES: usize = 64;
 
-/// The routing table, with action filters normalized once.
+/// The routing table, with action and offer filters read once.
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
     routes: Vec<Route>,
     actions: Vec<Vec<ActionCode>>,
+    /// Per route; an offer that does not read as `publisher.offer` (the
+    /// configuration refuses those) matches no lead.
+    offers: Vec<Vec<Option<Offer>>>,
     disposable: DisposablePolicy,
 }
 
@@ -86,9 +110,14 @@ impl RoutingTable {
             .iter()
             .map(|r| r.actions.iter().map(|a| ActionCode::parse(a)).collect())
             .collect();
+        let offers = routes
+            .iter()
+            .map(|r| r.offers.iter().map(|o| Offer::parse(o)).collect())
+            .collect();
         RoutingTable {
             routes,
             actions,
+            offers,
             disposable,
         }
     }
@@ -162,11 +191,20 @@ pub fn route(lead: &Lead, score: &Score, table: &RoutingTable) -> Result<Destina
             DisposablePolicy::Allow => {}
         }
     }
+    let offer_type = lead
+        .catalogued
+        .as_ref()
+        .map_or("unknown", |c| c.offer_type.as_str());
     let mut set = 0u64;
-    for (i, (route, actions)) in table.routes.iter().zip(&table.actions).enumerate() {
+    let filters = table.actions.iter().zip(&table.offers);
+    for (i, (route, (actions, offers))) in table.routes.iter().zip(filters).enumerate() {
         let admits = route.storefront == lead.storefront
             && (route.grades.is_empty() || route.grades.contains(&score.grade))
-            && (actions.is_empty() || actions.contains(&lead.action));
+            && (actions.is_empty() || actions.contains(&lead.action))
+            && (route.listings.is_empty() || route.listings.contains(&lead.listing))
+            && (route.offer_types.is_empty()
+                || route.offer_types.iter().any(|t| t.as_str() == offer_type))
+            && (offers.is_empty() || offers.iter().any(|o| o.as_ref() == Some(&lead.offer)));
         if admits {
             set |= 1 << i;
         }
@@ -268,19 +306,15 @@ mod tests {
         routes[0].grades = vec![Grade::C, Grade::D];
         routes.push(Route {
             campaign: "sales-ready".into(),
-            storefront: Storefront::AppSource,
             topic: "campaign.appsource.sales-ready".into(),
             grades: vec![Grade::A, Grade::B],
-            actions: Vec::new(),
-            format: None,
+            ..only(Storefront::AppSource)
         });
         routes.push(Route {
             campaign: "trials".into(),
-            storefront: Storefront::AppSource,
             topic: "campaign.appsource.trials".into(),
-            grades: Vec::new(),
             actions: vec!["starttestdrive".into(), "PLT".into()],
-            format: None,
+            ..only(Storefront::AppSource)
         });
         let table = RoutingTable::new(routes, DisposablePolicy::Suppress);
         let plt = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
@@ -293,6 +327,70 @@ mod tests {
             campaigns(route(&ins, &score(Grade::D), &table), &table),
             vec!["nurture"]
         );
+    }
+
+    /// A route admitting every lead of a storefront.
+    fn only(storefront: Storefront) -> Route {
+        let mut route = default_routes()
+            .into_iter()
+            .find(|r| r.storefront == storefront)
+            .expect("a default route");
+        route.campaign = "any".into();
+        route
+    }
+
+    /// docs/scoring-and-routing.md's example: consulting-service "Contact
+    /// me" leads go to sales instead of the nurture campaign.
+    #[test]
+    fn routes_narrow_by_listing_offer_type_and_offer() {
+        let routes = vec![
+            Route {
+                campaign: "nurture".into(),
+                listings: vec![Listing::App, Listing::Unknown],
+                ..only(Storefront::AppSource)
+            },
+            Route {
+                campaign: "sales".into(),
+                topic: "sales.consulting".into(),
+                listings: vec![Listing::ConsultingService],
+                actions: vec!["PLT".into()],
+                ..only(Storefront::AppSource)
+            },
+            Route {
+                campaign: "dynamics".into(),
+                topic: "campaign.dynamics".into(),
+                offer_types: vec![
+                    OfferType::Dynamics365,
+                    OfferType::parse("unknown").expect("id"),
+                ],
+                ..only(Storefront::AppSource)
+            },
+            Route {
+                campaign: "flagship".into(),
+                topic: "campaign.flagship".into(),
+                offers: vec!["Contoso.Flagship".into()],
+                ..only(Storefront::AppSource)
+            },
+        ];
+        let table = RoutingTable::new(routes, DisposablePolicy::Suppress);
+        let to = |lead: &Lead| campaigns(route(lead, &score(Grade::B), &table), &table);
+
+        let mut workshop = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
+        fixtures::catalogued(&mut workshop, OfferType::ConsultingService);
+        assert_eq!(to(&workshop), vec!["sales"]);
+
+        let mut app = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
+        fixtures::catalogued(&mut app, OfferType::Dynamics365);
+        assert_eq!(to(&app), vec!["nurture", "dynamics"]);
+
+        let mut flagship = fixtures::lead(Storefront::AppSource, ActionCode::Install);
+        flagship.offer = Offer::parse("contoso.flagship").expect("offer");
+        fixtures::catalogued(&mut flagship, OfferType::Saas);
+        assert_eq!(to(&flagship), vec!["nurture", "flagship"]);
+
+        // Not in the catalog: listing and offer type `unknown`.
+        let uncatalogued = fixtures::lead(Storefront::AppSource, ActionCode::Install);
+        assert_eq!(to(&uncatalogued), vec!["nurture", "dynamics"]);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::domain::{ActionCode, EmailClass, Grade, Lead, Score, Seniority};
+use crate::catalog::{Listing, OfferType};
+use crate::domain::{ActionCode, EmailClass, Grade, Lead, Offer, Score, Seniority};
 use crate::error::{ConfigError, parse_toml};
 
 /// The default rules, compiled in so leadflow runs without a rules file.
@@ -37,6 +38,13 @@ struct BehaviourFile {
     max: i32,
     notes: i32,
     actions: BTreeMap<String, i32>,
+    /// Points by listing, offer type and offer: what the lead is about.
+    #[serde(default)]
+    listings: BTreeMap<String, i32>,
+    #[serde(default)]
+    offer_types: BTreeMap<String, i32>,
+    #[serde(default)]
+    offers: BTreeMap<String, i32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +121,10 @@ pub struct ScoringRules {
     actions: BTreeMap<String, Rule>,
     other_action: Rule,
     notes: Rule,
+    listings: Vec<(Listing, Rule)>,
+    /// By offer type id; `unknown` for offers not in the catalog.
+    offer_types: Vec<(String, Rule)>,
+    offers: Vec<(Offer, Rule)>,
     fit_max: i32,
     seniority: [Rule; 5],
     email: [Rule; 4],
@@ -192,6 +204,26 @@ impl ScoringRules {
                     "must be set: points for unknown action codes".to_owned(),
                 )
             })?;
+        let b = &file.behaviour;
+        if let Some(listing) = b.listings.keys().find(|l| Listing::parse(l).is_none()) {
+            let known = Listing::ALL.map(Listing::as_str).join(", ");
+            return Err((
+                "behaviour.listings",
+                format!("{listing:?} is not a listing ({known})"),
+            ));
+        }
+        if let Some(t) = b.offer_types.keys().find(|t| OfferType::parse(t).is_none()) {
+            return Err((
+                "behaviour.offer_types",
+                format!("{t:?} is not an offer type"),
+            ));
+        }
+        if let Some(offer) = b.offers.keys().find(|o| Offer::parse(o).is_none()) {
+            return Err((
+                "behaviour.offers",
+                format!("{offer:?} is not publisher.offer"),
+            ));
+        }
         for code in &file.fit.target_countries {
             if crate::reference::country(code).is_none() {
                 return Err((
@@ -216,6 +248,28 @@ impl ScoringRules {
                 (code.clone(), Rule::new(&format!("action {code}"), *points))
             })
             .collect();
+        let b = &file.behaviour;
+        let listings = b
+            .listings
+            .iter()
+            .filter_map(|(l, p)| Some((Listing::parse(l)?, *p)))
+            .map(|(l, p)| (l, Rule::new(&format!("listing {l}"), p)))
+            .collect();
+        let offer_types = b
+            .offer_types
+            .iter()
+            .filter_map(|(t, p)| Some((OfferType::parse(t)?, *p)))
+            .map(|(t, p)| (t.to_string(), Rule::new(&format!("offer type {t}"), p)))
+            .collect();
+        let offers = b
+            .offers
+            .iter()
+            .filter_map(|(o, p)| Some((Offer::parse(o)?, *p)))
+            .map(|(o, p)| {
+                let rule = Rule::new(&format!("offer {o}"), p);
+                (o, rule)
+            })
+            .collect();
         let s = &file.fit.seniority;
         let e = &file.fit.email;
         ScoringRules {
@@ -225,6 +279,9 @@ impl ScoringRules {
             actions,
             other_action: Rule::new("action other", other),
             notes: Rule::new("notes", file.behaviour.notes),
+            listings,
+            offer_types,
+            offers,
             fit_max: file.fit.max,
             seniority: [
                 Rule::new("title C-level", s.c_level),
@@ -259,6 +316,23 @@ impl ScoringRules {
         &self.version
     }
 
+    /// The rules for what the lead is about: its listing, offer type and offer.
+    fn about_the_offer<'r>(&'r self, lead: &Lead, contributions: &mut Vec<&'r Rule>) {
+        let offer_type = lead
+            .catalogued
+            .as_ref()
+            .map_or("unknown", |c| c.offer_type.as_str());
+        let listing = self.listings.iter().find(|(l, _)| *l == lead.listing);
+        let of_type = self.offer_types.iter().find(|(t, _)| t == offer_type);
+        let offer = self.offers.iter().find(|(o, _)| *o == lead.offer);
+        let rules = [
+            listing.map(|(_, r)| r),
+            of_type.map(|(_, r)| r),
+            offer.map(|(_, r)| r),
+        ];
+        contributions.extend(rules.into_iter().flatten());
+    }
+
     fn in_target(&self, lead: &Lead) -> bool {
         let Some(country) = lead.country else {
             return false;
@@ -291,6 +365,7 @@ pub fn score(lead: &Lead, rules: &ScoringRules) -> Score {
     {
         contributions.push(&rules.notes);
     }
+    rules.about_the_offer(lead, &mut contributions);
     let behaviour_points: i32 = contributions.iter().map(|r| r.points).sum();
     let behaviour = behaviour_points.clamp(0, rules.behaviour_max);
 
@@ -486,5 +561,46 @@ mod tests {
         );
         check("company = 5", "company = \"five\"", "company");
         check("[mql]", "[mql]\nsurprise = 1", "surprise");
+        let about = |table: &str, key: &str| format!("[behaviour.{table}]\n{key:?} = 5\n\n[fit]");
+        check("[fit]", &about("listings", "apps"), "behaviour.listings");
+        check(
+            "[fit]",
+            &about("offer_types", "saas!"),
+            "behaviour.offer_types",
+        );
+        check("[fit]", &about("offers", "nodot"), "behaviour.offers");
+    }
+
+    /// docs/scoring-and-routing.md's example: weights by listing, offer
+    /// type and offer, added to behaviour (and capped with it).
+    #[test]
+    fn weighs_listing_offer_type_and_offer() {
+        let text = DEFAULT_RULES.replacen(
+            "[fit]",
+            "[behaviour.listings]\nconsulting-service = 10\nunknown = -10\n\n\
+             [behaviour.offer_types]\n\"Power BI app\" = -5\n\n\
+             [behaviour.offers]\n\"Contoso.Flagship\" = 8\n\n[fit]",
+            1,
+        );
+        let rules = ScoringRules::parse(Path::new("rules.toml"), &text).expect("rules");
+        let mut workshop = lead(ActionCode::PartnerLedTrial, None, None);
+        workshop.description = None;
+        fixtures::catalogued(&mut workshop, OfferType::ConsultingService);
+        let s = score(&workshop, &rules);
+        assert_eq!(s.behaviour, 60, "PLT 50 + listing 10");
+        assert!(
+            reasons(&s).contains(&"listing consulting-service +10"),
+            "{s:?}"
+        );
+
+        let mut report = lead(ActionCode::Install, None, None);
+        fixtures::catalogued(&mut report, OfferType::PowerBi);
+        let s = score(&report, &rules);
+        assert_eq!(s.behaviour, 45, "INS 50, offer type power-bi -5");
+
+        let mut flagship = lead(ActionCode::Install, None, None);
+        flagship.offer = Offer::parse("contoso.flagship").expect("offer");
+        let s = score(&flagship, &rules);
+        assert_eq!(s.behaviour, 48, "INS 50, listing unknown -10, offer +8");
     }
 }

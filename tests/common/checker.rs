@@ -406,11 +406,11 @@ fn check_with(env: &Env, written: &Written, window_ms: i64, watched: Watched) ->
             .unwrap_or_else(|| panic!("input {name} was not written by this test"));
         let found = by_source.remove(&position).unwrap_or_default();
         let must_be: Option<(&str, Option<&str>, Option<&str>)> = match expected {
-            Expected::Campaign(storefront) => {
+            Expected::Campaign(storefront, _) => {
                 report.campaign += 1;
                 Some((campaign_topic(*storefront), None, None))
             }
-            Expected::Suppressed(reason) => {
+            Expected::Suppressed(reason, _) => {
                 report.suppressed += 1;
                 Some((env.suppressed.as_str(), Some(*reason), None))
             }

@@ -304,14 +304,10 @@ impl Env {
             config,
             _dir: dir,
         };
-        let catalog = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/quickstart.toml"
-        ))
-        .expect("quickstart config");
-        let catalog = &catalog[catalog
-            .find("[[catalog]]")
-            .expect("catalog in quickstart config")..];
+        let catalog = format!(
+            "[catalog]\nfile = {:?}",
+            leadflow::testkit::GENERATED_CATALOG
+        );
         let text = format!(
             "{extra}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\n\n[topics]\n{topics}\ninput = {:?}\nsuppressed = {:?}\ndead_letter = {:?}\n\n\
              [[routes]]\ncampaign = \"nurture\"\nstorefront = \"appsource\"\ntopic = {:?}\n\n\
