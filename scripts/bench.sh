@@ -45,6 +45,8 @@ trap 'scripts/kafka.sh stop >&2' EXIT
 scripts/kafka.sh start >&2
 
 work=$(mktemp -d)
+# The quickstart names its catalog by a path relative to itself.
+cp config/catalog.toml "$work/catalog.toml"
 # Text logs: the report reads timestamps off the start of each line.
 export LEADFLOW_LOG__FORMAT=text LEADFLOW_HTTP__LISTEN=127.0.0.1:0 RUST_LOG=info
 config() { # NAME INPUT GUARANTEE REPARTITION

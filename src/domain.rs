@@ -236,6 +236,16 @@ pub struct RawLead {
     pub description: Option<String>,
 }
 
+/// An envelope's `received_at`: milliseconds since the Unix epoch in
+/// RFC 3339, UTC (`2025-03-04T10:15:02Z`).
+pub fn rfc3339(ms: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    // Years past 9999 have no RFC 3339 form: the number says what it was.
+    at.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
+}
+
 /// Marker Microsoft puts in every field of its test leads.
 const TEST_LEAD_MARKER: &str = "MSFT_TEST";
 

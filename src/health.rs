@@ -35,6 +35,8 @@ pub enum Phase {
     Running = 3,
     /// Shutting down, or restarting after a failure.
     Stopping = 4,
+    /// `leadflow ingest`: taking leads into the input topic.
+    Taking = 5,
 }
 
 impl Phase {
@@ -44,6 +46,7 @@ impl Phase {
             2 => Phase::Restoring,
             3 => Phase::Running,
             4 => Phase::Stopping,
+            5 => Phase::Taking,
             _ => Phase::Starting,
         }
     }
@@ -55,6 +58,7 @@ impl Phase {
             Phase::Restoring => "restoring dedupe state",
             Phase::Running => "running",
             Phase::Stopping => "stopping",
+            Phase::Taking => "taking leads",
         }
     }
 }
@@ -121,13 +125,16 @@ impl Health {
                 self.skipped_records.load(Ordering::Relaxed)
             ),
         };
-        if phase != Phase::Running {
+        if phase != Phase::Running && phase != Phase::Taking {
             return Err(format!("not ready: {}{note}", phase.as_str()));
         }
         if !self.broker_reachable.load(Ordering::Relaxed) {
             return Err(format!("not ready: the broker is unreachable{note}"));
         }
-        Ok(format!("ready: {assigned} partitions assigned{note}"))
+        match phase {
+            Phase::Taking => Ok(format!("ready: {}", phase.as_str())),
+            _ => Ok(format!("ready: {assigned} partitions assigned{note}")),
+        }
     }
 }
 
@@ -158,6 +165,9 @@ mod tests {
         assert!(health.readiness().is_err_and(|r| r.contains("unreachable")));
         health.set_broker_reachable(true);
         assert!(health.readiness().is_ok());
+        health.set_phase(Phase::Taking);
+        assert_eq!(health.readiness().as_deref(), Ok("ready: taking leads"));
+        health.set_phase(Phase::Running);
         health.record_offset_reset(40);
         health.record_offset_reset(2);
         assert_eq!(

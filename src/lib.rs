@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod generate;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;

@@ -12,6 +12,7 @@ use leadflow::config::{Config, LogConfig, LogFormat, Override};
 
 use crate::cli::config::ConfigCommand;
 use crate::cli::demo::DemoArgs;
+use crate::cli::ingest::IngestCommand;
 use crate::cli::produce::ProduceArgs;
 use crate::cli::replay::DlqCommand;
 use crate::cli::run::RunArgs;
@@ -68,6 +69,9 @@ enum Command {
     Run(RunArgs),
     /// Produce generated raw leads; prints the outcome leadflow must reach as JSON.
     Produce(ProduceArgs),
+    /// Take leads from Microsoft's lead destinations into the input topic.
+    #[command(subcommand)]
+    Ingest(IngestCommand),
     /// Create or count leadflow's topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -143,12 +147,12 @@ fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_owned()).to_string()
 }
 
-/// Log lines go to stderr: JSON lines from `run` unless stderr is a
+/// Log lines go to stderr: JSON lines from `run` and `ingest` unless stderr is a
 /// terminal (or `log.format` says otherwise), human-readable text from
 /// the other commands. `RUST_LOG` wins over `log.level`.
 fn init_logging(config: &Config, command: &Command) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
-    let run = matches!(command, Command::Run(_));
+    let run = matches!(command, Command::Run(_) | Command::Ingest(_));
     // The demo's progress bar and summary are its output: only warnings
     // interrupt them, unless asked otherwise.
     let level = match command {
@@ -197,6 +201,7 @@ fn execute(cli: Cli, config: Config, sources: Sources) -> anyhow::Result<()> {
         Command::Schemas(command) => cli::schemas::run(&config, command),
         Command::Config(ConfigCommand::Check { file }) => cli::config::check(&config, &file),
         Command::Produce(args) => cli::produce::run(&config, &runtime, args),
+        Command::Ingest(command) => cli::ingest::run(&config, &runtime, command),
         Command::Topics(TopicsCommand::Create {
             partitions,
             replication_factor,

@@ -4,6 +4,7 @@
 pub mod common;
 pub mod config;
 pub mod demo;
+pub mod ingest;
 pub mod produce;
 pub mod replay;
 pub mod run;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 use leadflow::config::Config;
 use leadflow::engine::{self, Controls, RunOptions};
@@ -14,7 +13,7 @@ use leadflow::metrics::Metrics;
 use leadflow::reload::{self, ReloadSlot};
 
 use crate::Sources;
-use crate::cli::common::{serve_http, stop_on_signal};
+use crate::cli::common::{start_http, stop_on_signal};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -74,22 +73,6 @@ pub fn run(
     let tally = engine::run(config, options, controls)?;
     println!("{}", serde_json::to_string(&tally)?);
     Ok(())
-}
-
-/// Serves the HTTP endpoints on `http.listen`, unless it is empty, and
-/// says where.
-fn start_http(
-    config: &Config,
-    runtime: &tokio::runtime::Runtime,
-    observed: &Observed,
-) -> anyhow::Result<Option<std::net::SocketAddr>> {
-    if config.http.listen.trim().is_empty() {
-        return Ok(None);
-    }
-    let listen = config.http.listen.trim();
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot listen on {listen} (config key `http.listen`)"))?;
-    Ok(Some(serve_http(runtime, listener, observed)?))
 }
 
 /// Reloads the configuration on SIGHUP or when the config file or the

@@ -85,6 +85,8 @@ pub struct Config {
     /// resolves leads whose `LeadSource` has no offer (by title) and test
     /// drives (storefront by offer).
     pub catalog: CatalogConfig,
+    /// `leadflow ingest`: the front doors that bring leads in.
+    pub ingest: IngestConfig,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             schema_registry: RegistryConfig::default(),
             routes: default_routes(),
             catalog: CatalogConfig::default(),
+            ingest: IngestConfig::default(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl Config {
             schema_registry,
             routes,
             catalog,
+            ingest,
         } = self;
         vec![
             section("kafka", kafka),
@@ -162,6 +166,7 @@ impl Config {
             section("schema_registry", schema_registry),
             section("routes", routes),
             section("catalog", catalog),
+            section("ingest", ingest),
         ]
     }
 
@@ -236,7 +241,8 @@ impl Config {
     /// The configuration as TOML, every key with its effective value,
     /// except secrets, which print as `********`: this output ends up in
     /// deploy logs. Secrets are the registry's password, the password of
-    /// any URL, and librdkafka properties that [`is_secret`] names.
+    /// any URL, the ingest endpoint's secret, and librdkafka properties
+    /// that [`is_secret`] names.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         if shown.schema_registry.password.is_some() {
@@ -244,6 +250,9 @@ impl Config {
         }
         if let Some(url) = &mut shown.schema_registry.url {
             *url = without_password(url);
+        }
+        if !shown.ingest.http.secret.is_empty() {
+            shown.ingest.http.secret = HIDDEN.into();
         }
         let kafka = &mut shown.kafka;
         for properties in [&mut kafka.client, &mut kafka.consumer, &mut kafka.producer] {
@@ -608,12 +617,18 @@ mod tests {
             .kafka
             .client
             .insert("sasl.username".into(), "leadflow".into());
+        config.ingest.http.secret = "ingest-secret-0123456789".into();
         let printed = config.to_toml();
-        for secret in ["registry-secret", "kafka-secret", "oauth-secret"] {
+        for secret in [
+            "registry-secret",
+            "kafka-secret",
+            "oauth-secret",
+            "ingest-secret",
+        ] {
             assert!(!printed.contains(secret), "{printed}");
         }
         assert!(printed.contains("leadflow"), "{printed}");
-        assert_eq!(printed.matches("********").count(), 3, "{printed}");
+        assert_eq!(printed.matches("********").count(), 4, "{printed}");
     }
 
     #[test]

@@ -353,3 +353,67 @@ impl Section for Vec<Route> {
 impl Section for CatalogConfig {
     const ON_RELOAD: OnReload = OnReload::Apply;
 }
+
+/// The front doors that bring leads into the input topic (`[ingest]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// `leadflow ingest http`: Microsoft's HTTPS-endpoint lead destination.
+    pub http: HttpIngestConfig,
+}
+
+impl Section for IngestConfig {
+    const ON_RELOAD: OnReload = OnReload::Restart;
+}
+
+/// `[ingest.http]`: the endpoint Microsoft POSTs each lead to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpIngestConfig {
+    /// Address to listen on. Plain HTTP: TLS ends at the reverse proxy or
+    /// ingress in front (docs/ingest.md).
+    pub listen: String,
+    /// Path leads are posted to, followed by `/<secret>` (or with the
+    /// secret as `?key=<secret>`).
+    pub path: String,
+    /// The secret in the URL registered with Microsoft, which signs
+    /// nothing: at least 16 characters of letters, digits, `-`, `.`, `_`
+    /// and `~`. Required; write it as `${VARIABLE}` to keep it out of the
+    /// file.
+    pub secret: String,
+    /// Largest request body; larger ones get 413. Leads are under 2 KiB.
+    pub max_body_bytes: usize,
+    /// Longest wait for Kafka to acknowledge a lead before answering 503.
+    pub ack_timeout_ms: u64,
+    /// The `Retry-After` of a 503, in seconds (a 429's is 1).
+    pub retry_after_s: u64,
+    /// Requests per second one client may make, in bursts of as many;
+    /// more get 429. 0 turns the limit off.
+    pub rate_limit_per_client: u32,
+    /// A header naming the client's address, set by the reverse proxy in
+    /// front (e.g. `X-Forwarded-For`; its first address counts). Empty:
+    /// the connection's peer address is the client.
+    pub client_address_header: String,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// After SIGTERM or SIGINT, how long requests in flight may take to
+    /// finish; past it, the process exits with code 1.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for HttpIngestConfig {
+    fn default() -> Self {
+        HttpIngestConfig {
+            listen: "0.0.0.0:8080".into(),
+            path: "/leads".into(),
+            secret: String::new(),
+            max_body_bytes: 65_536,
+            ack_timeout_ms: 10_000,
+            retry_after_s: 10,
+            rate_limit_per_client: 0,
+            client_address_header: String::new(),
+            max_connections: 1_024,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}

@@ -4,7 +4,8 @@
 use serde_json::{Map, Value, json};
 
 use super::catalog::OFFERS;
-use super::{Expected, GeneratedLead, Generator, Person, rfc3339};
+use super::{Expected, GeneratedLead, Generator, Person};
+use crate::domain::rfc3339;
 
 /// The dead-letter classes of hostile records ([`GeneratorOptions::hostile_ratio`](super::GeneratorOptions::hostile_ratio)).
 pub const HOSTILE_CLASSES: [&str; 4] = [

@@ -12,13 +12,11 @@ mod catalog;
 mod faulty;
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::catalog::Listing;
+use crate::domain::rfc3339;
 use crate::domain::{ActionCode, DedupeKey, Offer, Storefront};
 use crate::pipeline::Tally;
 use crate::stages::decode::Format;
@@ -586,16 +584,6 @@ pub fn to_raw_avro(json: &[u8]) -> Option<Vec<u8>> {
         .build()
         .ok()?;
     writer.write_value_to_vec(record).ok()
-}
-
-fn rfc3339(ms: i64) -> String {
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    at.format(&Rfc3339).unwrap_or_else(|_| {
-        let mut s = String::new();
-        let _ = write!(s, "{ms}");
-        s
-    })
 }
 
 #[cfg(test)]

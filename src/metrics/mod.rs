@@ -19,8 +19,10 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::domain::{Grade, Storefront};
 
 mod batch;
+mod ingest;
 
 pub use batch::{Batch, StageLaps, Stopwatch};
+pub use ingest::IngestMetrics;
 
 /// A label set of one label with a fixed vocabulary.
 macro_rules! static_label {
@@ -38,6 +40,8 @@ static_label!(GradeLabels, grade);
 static_label!(ResultLabels, result);
 static_label!(KindLabels, kind);
 static_label!(StorefrontLabels, storefront);
+static_label!(StatusLabels, status);
+static_label!(ClassLabels, class);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabels {
@@ -133,6 +137,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub schema_lookups: Family<ResultLabels, Counter>,
     pub ready: Gauge,
+    pub ingest: IngestMetrics,
     resident_memory: Gauge,
     /// Serialises rules-version swaps, which clear and set a family.
     rules_lock: Mutex<()>,
@@ -191,11 +196,13 @@ impl Metrics {
             reloads: Family::default(),
             schema_lookups: Family::default(),
             ready: Gauge::default(),
+            ingest: IngestMetrics::new(),
             resident_memory: Gauge::default(),
             rules_lock: Mutex::new(()),
         };
         m.register_flow(&mut registry);
         m.register_state(&mut registry);
+        m.ingest.register(&mut registry);
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {

@@ -53,6 +53,10 @@ pub fn families() -> Vec<(String, String)> {
         .get_or_create(&ResultLabels { result: "deleted" })
         .inc();
     metrics.set_rules_version("v1");
+    metrics
+        .ingest
+        .request(200, std::time::Duration::from_millis(1));
+    metrics.ingest.invalid("json_syntax");
     let text = metrics.encode();
     text.lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))

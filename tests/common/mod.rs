@@ -8,6 +8,7 @@ pub mod checker;
 pub mod cluster;
 pub mod deadline;
 pub mod faults;
+pub mod ingest;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
