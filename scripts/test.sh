@@ -18,11 +18,14 @@ scripts/tools.sh
 
 # What the tests run besides leadflow is fetched while leadflow builds:
 # Toxiproxy for network faults (tests/network.rs, tests/cluster.rs), the
-# Kafka jars, the schema registry (Apicurio) and a Java to run it, and
-# Confluent's Python client, the standard Confluent-format producer and
-# consumer that tests/registry.rs checks leadflow against (tests/interop/).
+# Kafka jars, the schema registry (Apicurio) and a Java to run it,
+# Azurite for the table ingest (tests/ingest_table.rs), and the Python
+# clients in tests/interop/: Confluent's, the standard Confluent-format
+# producer and consumer that tests/registry.rs checks leadflow against, and
+# Azure's Tables client, which writes leads as Microsoft does.
 fetch_parts() {
   scripts/toxiproxy.sh install
+  scripts/azurite.sh install
   scripts/kafka.sh fetch
   scripts/registry.sh fetch
   if ! cmp -s tests/interop/requirements.txt .cache/python/.requirements 2>/dev/null; then

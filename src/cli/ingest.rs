@@ -1,8 +1,12 @@
 //! `leadflow ingest http`: serves the endpoint Microsoft's HTTPS-endpoint
 //! lead destination posts to, until SIGINT or SIGTERM; then it answers
-//! the requests in flight and exits. The work is `leadflow::ingest`.
+//! the requests in flight and exits. `leadflow ingest azure-table`: polls
+//! the storage table of the Azure-table destination until SIGINT or
+//! SIGTERM, then exits after the poll under way. The work is
+//! `leadflow::ingest`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,9 +14,10 @@ use clap::Subcommand;
 use leadflow::config::Config;
 use leadflow::health::{Health, Observed};
 use leadflow::ingest::http::{Ingest, serve};
+use leadflow::ingest::table::TableIngest;
 use leadflow::metrics::Metrics;
 
-use crate::cli::common::{on_signal, start_http};
+use crate::cli::common::{on_signal, start_http, stop_on_signal};
 
 #[derive(Subcommand)]
 pub enum IngestCommand {
@@ -20,6 +25,10 @@ pub enum IngestCommand {
     /// (`[ingest.http]`), writing each posted lead to the input topic and
     /// answering 200 once Kafka has acknowledged it.
     Http,
+    /// Read the leads Microsoft's Azure-table lead destination writes to a
+    /// storage table (`[ingest.azure_table]`) into the input topic, exactly
+    /// once: the read position is written in the same transaction.
+    AzureTable,
 }
 
 pub fn run(
@@ -29,6 +38,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     match command {
         IngestCommand::Http => http(config, runtime),
+        IngestCommand::AzureTable => azure_table(config, runtime),
     }
 }
 
@@ -75,4 +85,54 @@ fn http(config: &Config, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()
     ingest.flush(Duration::from_secs(5));
     tracing::info!("ingest: stopped");
     Ok(())
+}
+
+fn azure_table(config: &Config, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let observed = Observed {
+        metrics: Arc::new(Metrics::new()),
+        health: Arc::new(Health::default()),
+    };
+    let mut reader = TableIngest::start(config, observed.clone())?;
+    start_http(config, runtime, &observed)?;
+    reader.reading();
+    let stop = Arc::new(AtomicBool::new(false));
+    let grace = Duration::from_millis(config.pipeline.shutdown_timeout_ms);
+    runtime.spawn(stop_on_signal(Arc::clone(&stop), grace));
+    let interval = Duration::from_millis(config.ingest.azure_table.poll_interval_ms);
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let wait = match reader.poll() {
+            Ok(written) => {
+                if written > 0 {
+                    tracing::info!(written, "ingest: leads written from the table");
+                }
+                observed.health.set_broker_reachable(true);
+                backoff = Duration::from_secs(1);
+                interval
+            }
+            Err(error) if error.is_retriable() => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "ingest: poll failed");
+                let wait = backoff;
+                backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
+                wait
+            }
+            Err(error) => return Err(error.into()),
+        };
+        pause(wait, &stop);
+    }
+    tracing::info!("ingest: stopped");
+    Ok(())
+}
+
+/// Waits `wait`, or less once `stop` is set.
+fn pause(wait: Duration, stop: &AtomicBool) {
+    let until = std::time::Instant::now() + wait;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        // Short steps, so that a stop is seen within a tenth of a second.
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
 }

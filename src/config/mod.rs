@@ -254,6 +254,9 @@ impl Config {
         if !shown.ingest.http.secret.is_empty() {
             shown.ingest.http.secret = HIDDEN.into();
         }
+        if !shown.ingest.azure_table.connection_string.is_empty() {
+            shown.ingest.azure_table.connection_string = HIDDEN.into();
+        }
         let kafka = &mut shown.kafka;
         for properties in [&mut kafka.client, &mut kafka.consumer, &mut kafka.producer] {
             for (key, value) in properties.iter_mut() {
@@ -287,6 +290,10 @@ impl Config {
             topics.push(repartition);
         }
         topics.push(self.changelog_topic());
+        // Only where the table ingest is set up: nobody else needs it.
+        if !self.ingest.azure_table.connection_string.is_empty() {
+            topics.push(self.ingest.azure_table.position_topic.clone());
+        }
         topics
     }
 
@@ -618,17 +625,19 @@ mod tests {
             .client
             .insert("sasl.username".into(), "leadflow".into());
         config.ingest.http.secret = "ingest-secret-0123456789".into();
+        config.ingest.azure_table.connection_string = "AccountKey=table-secret".into();
         let printed = config.to_toml();
         for secret in [
             "registry-secret",
             "kafka-secret",
             "oauth-secret",
             "ingest-secret",
+            "table-secret",
         ] {
             assert!(!printed.contains(secret), "{printed}");
         }
         assert!(printed.contains("leadflow"), "{printed}");
-        assert_eq!(printed.matches("********").count(), 4, "{printed}");
+        assert_eq!(printed.matches("********").count(), 5, "{printed}");
     }
 
     #[test]

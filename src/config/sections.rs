@@ -360,6 +360,8 @@ impl Section for CatalogConfig {
 pub struct IngestConfig {
     /// `leadflow ingest http`: Microsoft's HTTPS-endpoint lead destination.
     pub http: HttpIngestConfig,
+    /// `leadflow ingest azure-table`: Microsoft's Azure-table destination.
+    pub azure_table: TableIngestConfig,
 }
 
 impl Section for IngestConfig {
@@ -414,6 +416,75 @@ impl Default for HttpIngestConfig {
             client_address_header: String::new(),
             max_connections: 1_024,
             shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[ingest.azure_table]`: the storage table Microsoft writes leads to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableIngestConfig {
+    /// The storage account's connection string, as given to Partner
+    /// Center (account key or SAS). Required; write it as `${VARIABLE}`.
+    pub connection_string: String,
+    /// The table's name.
+    pub table: String,
+    /// How often the table is asked for new entities.
+    pub poll_interval_ms: u64,
+    /// How far before the latest entity written each query looks again,
+    /// for entities that became visible late.
+    pub overlap_ms: u64,
+    /// The compacted topic the read position is kept in, written in the
+    /// same transaction as the leads it covers.
+    pub position_topic: String,
+    /// Longest one request to the Table service may take.
+    pub request_timeout_ms: u64,
+    /// The table's column names.
+    pub columns: Columns,
+}
+
+impl Default for TableIngestConfig {
+    fn default() -> Self {
+        TableIngestConfig {
+            connection_string: String::new(),
+            table: "MarketplaceLeads".into(),
+            poll_interval_ms: 60_000,
+            overlap_ms: 300_000,
+            position_topic: "leadflow-ingest-position".into(),
+            request_timeout_ms: 10_000,
+            columns: Columns::default(),
+        }
+    }
+}
+
+/// The lead columns of a lead table (`[ingest.azure_table.columns]`):
+/// Microsoft documents none, so each is configuration (docs/lead-destinations.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Columns {
+    /// `Source-Action|publisher.offer`, as the HTTPS destination's `LeadSource`.
+    pub lead_source: String,
+    pub action_code: String,
+    /// A JSON object in a string: first and last name, email, phone,
+    /// country, company and title.
+    pub customer_info: String,
+    /// The offer's display name (the HTTPS destination's `OfferTitle`).
+    pub offer_title: String,
+    pub description: String,
+    /// `publisher.offer`, where the table has it and `LeadSource` does not
+    /// name the offer.
+    pub product_id: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            lead_source: "LeadSource".into(),
+            action_code: "ActionCode".into(),
+            customer_info: "CustomerInfo".into(),
+            offer_title: "OfferDisplayName".into(),
+            description: "Description".into(),
+            product_id: "ProductId".into(),
         }
     }
 }

@@ -7,8 +7,9 @@
 
 pub mod http;
 mod limit;
+pub mod table;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::catalog::Catalog;
 use crate::domain::rfc3339;
@@ -65,33 +66,45 @@ impl Envelope {
         self.decoder
             .decode(Some(body), Some(now_ms))
             .map_err(NotALead)?;
-        let Ok(Value::Object(mut lead)) = serde_json::from_slice::<Value>(body) else {
+        let Ok(Value::Object(lead)) = serde_json::from_slice::<Value>(body) else {
             // Decoded above as a JSON object: cannot happen.
             return Err(NotALead(DecodeError::JsonShape("not an object".into())));
         };
         // A sender's own id (a client retrying, say) is kept, so its
-        // retries are one event.
+        // retries are one event; the decode stage held it to its limit.
         let event_id = match lead.get("event_id") {
-            // The decode stage has held it to its limit.
             Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
             _ => uuid::Uuid::now_v7().to_string(),
         };
+        Ok(self.seal(lead, event_id, now_ms))
+    }
+
+    /// The record for `lead`, whatever it holds: with `event_id` and
+    /// `received_at` set, and keyed by person and offer where those can be
+    /// made out (else by the event id; `run` dead-letters what is not a
+    /// lead, with its fields kept).
+    pub fn seal(
+        &self,
+        mut lead: Map<String, Value>,
+        event_id: String,
+        received_at_ms: i64,
+    ) -> Accepted {
         lead.insert("event_id".into(), Value::String(event_id.clone()));
-        lead.insert("received_at".into(), Value::String(rfc3339(now_ms)));
-        let value = serde_json::to_vec(&Value::Object(lead))
-            .map_err(|e| NotALead(DecodeError::JsonShape(e.to_string())))?;
+        lead.insert("received_at".into(), Value::String(rfc3339(received_at_ms)));
+        // Strings and JSON values only: serializing cannot fail.
+        let value = serde_json::to_vec(&Value::Object(lead)).unwrap_or_default();
         // The record as `run` will read it, for its key.
-        let raw = self
+        let key = self
             .decoder
-            .decode(Some(&value), Some(now_ms))
-            .map_err(NotALead)?;
-        let key = identify(&raw, &self.catalog)
-            .map_or_else(|_| event_id.clone(), |id| id.partition_key().to_hex());
-        Ok(Accepted {
+            .decode(Some(&value), Some(received_at_ms))
+            .ok()
+            .and_then(|raw| identify(&raw, &self.catalog).ok())
+            .map_or_else(|| event_id.clone(), |id| id.partition_key().to_hex());
+        Accepted {
             event_id,
             key,
             value,
-        })
+        }
     }
 }
 

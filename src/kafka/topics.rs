@@ -29,7 +29,8 @@ pub enum TopicRole {
     /// is off and any timestamp is taken; leadflow deletes what it has
     /// committed itself, as Kafka Streams does.
     Repartition,
-    /// The dedupe changelog: compacted, never deleted by time.
+    /// The dedupe changelog, and the table ingest's position: compacted,
+    /// never deleted by time.
     Changelog,
 }
 
@@ -58,7 +59,7 @@ pub fn roles(config: &Config) -> Vec<(String, TopicRole)> {
         .map(|name| {
             let role = if Some(&name) == repartition.as_ref() {
                 TopicRole::Repartition
-            } else if name == changelog {
+            } else if name == changelog || name == config.ingest.azure_table.position_topic {
                 TopicRole::Changelog
             } else if name == config.topics.input {
                 TopicRole::Input

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod azurite;
 pub mod checker;
 pub mod cluster;
 pub mod deadline;
