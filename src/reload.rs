@@ -90,11 +90,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_sections_outside_routes_policy_and_scoring_need_a_restart() {
+    fn only_sections_outside_routes_policy_scoring_and_catalog_need_a_restart() {
         let old = Config::default();
         let mut new = Config::default();
         new.routes[0].grades = vec![crate::domain::Grade::A];
         new.scoring.rules_file = Some(PathBuf::from("rules.toml"));
+        new.catalog.file = Some(PathBuf::from("catalog.toml"));
         assert!(needs_restart(&old, &new).is_empty());
         new.pipeline.commit_interval_ms = 7;
         new.kafka.group_id = "other".into();
@@ -108,8 +109,25 @@ mod tests {
         let old = Config::default();
         let mut new = Config::default();
         new.schema_registry.url = Some("http://registry:8081".into());
-        new.catalog.file = Some(PathBuf::from("catalog.toml"));
         assert_eq!(needs_restart(&old, &new), ["schema_registry"]);
+    }
+
+    /// A changed catalog file is reloaded like a changed rules file.
+    #[test]
+    fn the_config_rules_and_catalog_files_are_watched() {
+        let mut config = Config::default();
+        assert_eq!(watched_files(None, &config), Vec::<PathBuf>::new());
+        config.scoring.rules_file = Some(PathBuf::from("/etc/leadflow/rules.toml"));
+        config.catalog.file = Some(PathBuf::from("/etc/leadflow/catalog.toml"));
+        let config_file = std::path::Path::new("/etc/leadflow/leadflow.toml");
+        assert_eq!(
+            watched_files(Some(config_file), &config),
+            [
+                config_file.to_path_buf(),
+                PathBuf::from("/etc/leadflow/rules.toml"),
+                PathBuf::from("/etc/leadflow/catalog.toml"),
+            ]
+        );
     }
 
     #[test]
