@@ -276,3 +276,25 @@ fn a_graceful_stop_answers_every_request_in_flight() {
     assert_all_written(&acked, &env.input);
     assert!(door.log().contains("ingest: stopped"), "{}", door.log());
 }
+
+/// A sender that stops half-way through its body gets 408 and its
+/// connection back, rather than holding a slot for ever.
+#[test]
+fn a_body_that_stalls_is_answered_408() {
+    use std::io::{Read as _, Write as _};
+    let _deadline = common::deadline(Duration::from_secs(60));
+    let env = Env::new("ingest-stall", 1, &settings(""));
+    let door = Door::open(&env, "ingest", &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", door.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /leads/{SECRET} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"UserDetails\":"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

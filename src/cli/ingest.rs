@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use leadflow::config::Config;
-use leadflow::health::{Health, Observed};
+use leadflow::health::{Health, Observed, Phase};
 use leadflow::ingest::http::{Ingest, serve};
-use leadflow::ingest::table::TableIngest;
+use leadflow::ingest::table::{Recovery, TableIngest};
 use leadflow::metrics::Metrics;
 
 use crate::cli::common::{on_signal, start_http, stop_on_signal};
@@ -101,24 +101,47 @@ fn azure_table(config: &Config, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     let interval = Duration::from_millis(config.ingest.azure_table.poll_interval_ms);
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        let wait = match reader.poll() {
+        let error = match reader.poll() {
             Ok(written) => {
                 if written > 0 {
                     tracing::info!(written, "ingest: leads written from the table");
                 }
-                observed.health.set_broker_reachable(true);
                 backoff = Duration::from_secs(1);
-                interval
+                pause(interval, &stop);
+                continue;
             }
-            Err(error) if error.is_retriable() => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "ingest: poll failed");
-                let wait = backoff;
-                backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
-                wait
-            }
-            Err(error) => return Err(error.into()),
+            Err(error) => error,
         };
-        pause(wait, &stop);
+        let recovery = error.recovery();
+        let retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(%error, ?recovery, retry_in_ms, "ingest: poll failed");
+        match recovery {
+            Recovery::Exit => return Err(error.into()),
+            Recovery::Retry => pause(backoff, &stop),
+            Recovery::Restart => {
+                observed.health.set_phase(Phase::Starting);
+                pause(backoff, &stop);
+                // The old producer goes first: its transactional id is the
+                // new one's.
+                drop(reader);
+                reader = loop {
+                    match TableIngest::start(config, observed.clone()) {
+                        Ok(reader) => break reader,
+                        Err(error) if stop.load(Ordering::Relaxed) => return Err(error.into()),
+                        Err(error) if error.recovery() == Recovery::Exit => {
+                            return Err(error.into());
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "ingest: cannot start the reader again");
+                            backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
+                            pause(backoff, &stop);
+                        }
+                    }
+                };
+                reader.reading();
+            }
+        }
+        backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
     }
     tracing::info!("ingest: stopped");
     Ok(())

@@ -117,7 +117,9 @@ const FILE_KEYS: [(&str, &str); 2] = [("scoring", "rules_file"), ("catalog", "fi
 fn anchor_paths(table: &mut toml::Value, dir: &Path) {
     for (section, key) in FILE_KEYS {
         let value = table.get_mut(section).and_then(|s| s.get_mut(key));
+        // An empty path is no file, wherever it is written.
         if let Some(toml::Value::String(file)) = value
+            && !file.is_empty()
             && Path::new(file.as_str()).is_relative()
         {
             *file = dir.join(&*file).display().to_string();

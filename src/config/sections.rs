@@ -393,8 +393,8 @@ pub struct HttpIngestConfig {
     /// more get 429. 0 turns the limit off.
     pub rate_limit_per_client: u32,
     /// A header naming the client's address, set by the reverse proxy in
-    /// front (e.g. `X-Forwarded-For`; its first address counts). Empty:
-    /// the connection's peer address is the client.
+    /// front (e.g. `X-Forwarded-For`; its last address, the one the proxy
+    /// added, counts). Empty: the connection's peer address is the client.
     pub client_address_header: String,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,

@@ -12,6 +12,7 @@
 //! | 400 | not JSON, or not a lead: the body says why |
 //! | 404 | a path other than the endpoint's, or a wrong or missing secret |
 //! | 405 | not a POST |
+//! | 408 | a body that took longer than 10 s to arrive |
 //! | 413 | a body over `max_body_bytes` |
 //! | 429 | over the client's rate limit, with `Retry-After` |
 //! | 503 | Kafka did not acknowledge in time, with `Retry-After` |
@@ -70,6 +71,9 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
+/// Most connections served at once that `max_connections` may allow.
+const MAX_CONNECTIONS: usize = 65_535;
+
 /// Room a lead's envelope takes beside the posted body.
 const ENVELOPE_BYTES: usize = 256;
 
@@ -91,10 +95,19 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
                 .into(),
         );
     }
-    if !http.path.starts_with('/') || http.path.ends_with('/') && http.path.len() > 1 {
+    if !http.path.starts_with('/') || http.path.ends_with('/') {
         return invalid(
             "path",
-            format!("{:?} must start and not end with '/'", http.path),
+            format!(
+                "{:?} must start and not end with '/' (e.g. \"/leads\")",
+                http.path
+            ),
+        );
+    }
+    if http.max_connections > MAX_CONNECTIONS {
+        return invalid(
+            "max_connections",
+            format!("must be at most {MAX_CONNECTIONS}"),
         );
     }
     let most = config
@@ -231,7 +244,8 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: watch::
     }
     drop(listener);
     // Every connection gives its slot back once its requests are answered.
-    let _all = slots.acquire_many(connections as u32).await;
+    let all = u32::try_from(connections).unwrap_or(u32::MAX);
+    let _all = slots.acquire_many(all).await;
 }
 
 /// Done [`DRAIN`] after `shutdown` turns true.
@@ -293,6 +307,8 @@ enum Refusal {
     NotPost,
     RateLimited,
     TooLarge,
+    /// The body did not arrive within [`BODY_READ`].
+    SlowBody,
     Unreadable(String),
     NotALead(super::NotALead),
     /// Kafka did not take or acknowledge the lead (the reason, for the body).
@@ -328,6 +344,10 @@ impl Refusal {
             Refusal::TooLarge => text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("a lead is at most {} bytes\n", settings.max_body_bytes),
+            ),
+            Refusal::SlowBody => text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body took longer than {} s\n", BODY_READ.as_secs()),
             ),
             Refusal::Unreadable(why) => text(
                 StatusCode::BAD_REQUEST,
@@ -386,8 +406,9 @@ fn secret_in<'a>(path: &'a str, query: Option<&'a str>, endpoint: &str) -> Optio
     }
 }
 
-/// The client a rate limit counts against: the first address in the
-/// configured header (set by a reverse proxy), else the peer.
+/// The client a rate limit counts against: the last address in the
+/// configured header, the one the reverse proxy in front added (those
+/// before it are the client's to write), else the peer.
 fn client_of(request: &Request<Incoming>, header_name: &str, peer: IpAddr) -> IpAddr {
     if header_name.is_empty() {
         return peer;
@@ -396,16 +417,22 @@ fn client_of(request: &Request<Incoming>, header_name: &str, peer: IpAddr) -> Ip
         .headers()
         .get(header_name)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|first| first.trim().parse().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
         .unwrap_or(peer)
 }
 
+/// How long a body may take to arrive: a lead is a few hundred bytes, and
+/// a sender that stalls must not hold a connection slot for ever.
+const BODY_READ: Duration = Duration::from_secs(10);
+
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Refusal> {
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
-        Err(e) => Err(Refusal::Unreadable(e.to_string())),
+    let body = Limited::new(request.into_body(), limit).collect();
+    match tokio::time::timeout(BODY_READ, body).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
+        Ok(Err(e)) => Err(Refusal::Unreadable(e.to_string())),
+        Err(_) => Err(Refusal::SlowBody),
     }
 }
 
@@ -484,6 +511,7 @@ mod tests {
             (Refusal::RateLimited, 429, Some("1")),
             (Refusal::TooLarge, 413, None),
             (Refusal::Unreadable("reset".into()), 400, None),
+            (Refusal::SlowBody, 408, None),
             (Refusal::Unavailable("down\n"), 503, Some("7")),
         ];
         for (refusal, status, retry_after) in cases {
@@ -523,8 +551,12 @@ mod tests {
         assert!(missing.contains("ingest.http.secret"), "{missing}");
         let unsafe_chars = with(&|c| c.ingest.http.secret = "0123456789abcdef/?#".into());
         assert!(unsafe_chars.is_some_and(|e| e.contains("ingest.http.secret")));
-        let path = with(&|c| c.ingest.http.path = "leads".into()).expect("refused");
-        assert!(path.contains("ingest.http.path"), "{path}");
+        for path in ["leads", "/", "/leads/"] {
+            let refused = with(&|c| c.ingest.http.path = path.into()).expect("refused");
+            assert!(refused.contains("ingest.http.path"), "{refused}");
+        }
+        let many = with(&|c| c.ingest.http.max_connections = 1 << 20).expect("refused");
+        assert!(many.contains("ingest.http.max_connections"), "{many}");
         let big = with(&|c| c.ingest.http.max_body_bytes = 10_000_000).expect("refused");
         assert!(big.contains("ingest.http.max_body_bytes"), "{big}");
         let zero = with(&|c| c.ingest.http.ack_timeout_ms = 0).expect("refused");

@@ -12,11 +12,12 @@ use prometheus_client::registry::{Registry, Unit};
 use super::{ClassLabels, StatusLabels};
 
 /// The statuses `ingest http` answers with; any other counts as `other`.
-const STATUSES: [(u16, &str); 8] = [
+const STATUSES: [(u16, &str); 9] = [
     (200, "200"),
     (400, "400"),
     (404, "404"),
     (405, "405"),
+    (408, "408"),
     (413, "413"),
     (429, "429"),
     (503, "503"),

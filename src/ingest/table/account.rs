@@ -69,7 +69,14 @@ impl Account {
         }
         let name = get("accountname");
         let endpoint = match (get("tableendpoint"), &name) {
-            (Some(endpoint), _) => endpoint.trim_end_matches('/').to_owned(),
+            (Some(endpoint), _) => {
+                if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                    return Err(ConnectionError(
+                        "has a TableEndpoint that does not start with https:// or http://".into(),
+                    ));
+                }
+                endpoint.trim_end_matches('/').to_owned()
+            }
             (None, Some(name)) => {
                 let protocol = get("defaultendpointsprotocol").unwrap_or_else(|| "https".into());
                 let suffix = get("endpointsuffix").unwrap_or_else(|| "core.windows.net".into());
@@ -184,6 +191,10 @@ mod tests {
         assert!(error("AccountKey=a2V5").contains("AccountName"));
         assert!(error("AccountName=x").contains("AccountKey"));
         assert!(error("AccountName=x;AccountKey=not base64!").contains("Base64"));
+        assert!(
+            error("TableEndpoint=contoso.table.core.windows.net;SharedAccessSignature=sig=x")
+                .contains("https://")
+        );
         let leaky = error("AccountName=x;secretvaluewithoutequals");
         assert!(!leaky.contains("secretvaluewithoutequals"), "{leaky}");
     }

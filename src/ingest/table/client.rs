@@ -96,6 +96,12 @@ impl TableClient {
             let (page, next) = self.page(&filter, continuation.as_ref())?;
             entities.extend(page);
             match next {
+                // The same continuation again would loop for ever.
+                Some(next) if continuation.as_ref() == Some(&next) => {
+                    return Err(TableError::Answer(format!(
+                        "the continuation {next:?} came back unchanged"
+                    )));
+                }
                 Some(next) => continuation = Some(next),
                 None => return Ok(entities),
             }

@@ -58,17 +58,38 @@ pub enum TableIngestError {
     Position { topic: String, reason: String },
 }
 
+/// What to do after a failed poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Poll again with the same reader: nothing was left open in Kafka
+    /// (the table could not be read, or the transaction was aborted).
+    Retry,
+    /// Start the reader again: the transaction's outcome is not known (a
+    /// commit that timed out, say) or the producer is no longer usable. A
+    /// new producer settles the open transaction, and the position is read
+    /// back from what Kafka committed.
+    Restart,
+    /// Stop: another reader took over, or the credentials were refused.
+    Exit,
+}
+
 impl TableIngestError {
-    /// Whether a later poll may succeed where this one failed.
-    pub fn is_retriable(&self) -> bool {
+    pub fn recovery(&self) -> Recovery {
         match self {
-            TableIngestError::Table(e) => e.is_retriable(),
-            TableIngestError::Txn(e) => !e.is_fenced(),
-            TableIngestError::Send(_) => true,
-            _ => false,
+            TableIngestError::Table(e) if e.is_retriable() => Recovery::Retry,
+            TableIngestError::Txn(TxnError::Aborted(_)) => Recovery::Retry,
+            TableIngestError::Txn(e) if e.is_fenced() => Recovery::Exit,
+            TableIngestError::Txn(_)
+            | TableIngestError::Send(_)
+            | TableIngestError::Position { .. }
+            | TableIngestError::Setup(_) => Recovery::Restart,
+            _ => Recovery::Exit,
         }
     }
 }
+
+/// Most leads written in one transaction.
+const MAX_PER_POLL: usize = 1_000;
 
 /// No consumer group: the position travels as a record, not as offsets.
 struct NoGroup;
@@ -260,14 +281,20 @@ impl TableIngest {
                 &b.row_key,
             ))
         });
+        // The oldest first, a bounded number per transaction: a first run
+        // over a full table commits as it goes.
+        leads.truncate(MAX_PER_POLL);
         let next = self.position.after(&leads, overlap);
         match self.write(&leads, &next) {
             Ok(()) => {
                 self.position = next;
                 Ok(leads.len())
             }
+            Err(e) if e.recovery() == Recovery::Retry => Err(e),
             Err(e) => {
-                // Nothing of it is visible; the next poll finds the same.
+                // Nothing of it is visible unless the commit went through
+                // unseen: the reader is started again, and reads back
+                // what Kafka committed.
                 if let Err(abort) = self.txn.abort() {
                     tracing::warn!(error = %abort, "ingest: abort failed");
                 }
@@ -315,7 +342,11 @@ fn position_key(account: &Account, table: &str) -> String {
     let endpoint = endpoint
         .split_once("://")
         .map_or(endpoint.as_str(), |(_, r)| r);
-    format!("{endpoint}/{table}")
+    // Host names are case-insensitive; paths (Azurite's account) are not.
+    match endpoint.split_once('/') {
+        Some((host, path)) => format!("{}/{path}/{table}", host.to_ascii_lowercase()),
+        None => format!("{}/{table}", endpoint.to_ascii_lowercase()),
+    }
 }
 
 /// A lead's event id: a UUID (version 8) of the XXH3-128 of the endpoint,
@@ -357,28 +388,78 @@ fn read_position(config: &Config, key: &str) -> Result<Position, TableIngestErro
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    let mut position = Position::default();
+    let mut position = Some(Position::default());
     let patience = Duration::from_millis(config.pipeline.delivery_timeout_ms);
     read_to_end(&consumer, (topic, &partitions), patience, |record| {
-        if record.key() == Some(key.as_bytes())
-            && let Some(read) = record.payload().and_then(Position::from_json)
-        {
-            position = read;
+        if record.key() == Some(key.as_bytes()) {
+            // Unreadable is not "from the start": that would read the
+            // whole table in again.
+            position = record.payload().and_then(Position::from_json);
         }
     })
     .map_err(failed)?;
-    Ok(position)
+    position.ok_or_else(|| failed("the last position record is not one leadflow wrote".into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A commit whose outcome is not known must not be retried with the
+    /// same reader: its position in memory may be behind what Kafka has.
+    #[test]
+    fn failures_retry_restart_or_exit_by_what_kafka_may_hold() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        let kafka = || KafkaError::MessageProduction(RDKafkaErrorCode::OperationTimedOut);
+        let cases = [
+            (
+                TableIngestError::Table(TableError::Service {
+                    status: 500,
+                    reason: String::new(),
+                }),
+                Recovery::Retry,
+            ),
+            (
+                TableIngestError::Table(TableError::Denied {
+                    status: 403,
+                    reason: String::new(),
+                }),
+                Recovery::Exit,
+            ),
+            (
+                TableIngestError::Txn(TxnError::Aborted(kafka())),
+                Recovery::Retry,
+            ),
+            (
+                TableIngestError::Txn(TxnError::Transaction(kafka())),
+                Recovery::Restart,
+            ),
+            (
+                TableIngestError::Txn(TxnError::TimedOut(kafka())),
+                Recovery::Restart,
+            ),
+            (
+                TableIngestError::Send(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)),
+                Recovery::Restart,
+            ),
+            (
+                TableIngestError::Position {
+                    topic: "p".into(),
+                    reason: String::new(),
+                },
+                Recovery::Restart,
+            ),
+        ];
+        for (error, recovery) in cases {
+            assert_eq!(error.recovery(), recovery, "{error}");
+        }
+    }
+
     #[test]
     fn the_key_and_a_sas_for_one_table_share_position_and_event_ids() {
         let by_key = Account::parse("AccountName=contoso;AccountKey=a2V5").expect("key");
         let by_sas = Account::parse(
-            "TableEndpoint=https://contoso.table.core.windows.net;SharedAccessSignature=sv=1&sig=x",
+            "TableEndpoint=https://Contoso.Table.Core.Windows.Net;SharedAccessSignature=sv=1&sig=x",
         )
         .expect("sas");
         let key = position_key(&by_key, "MarketplaceLeads");
