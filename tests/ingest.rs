@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
 use std::process::Command;
 use std::time::Duration;
 
@@ -281,7 +282,6 @@ fn a_graceful_stop_answers_every_request_in_flight() {
 /// connection back, rather than holding a slot for ever.
 #[test]
 fn a_body_that_stalls_is_answered_408() {
-    use std::io::{Read as _, Write as _};
     let _deadline = common::deadline(Duration::from_secs(60));
     let env = Env::new("ingest-stall", 1, &settings(""));
     let door = Door::open(&env, "ingest", &[]);
