@@ -275,7 +275,12 @@ pub struct CatalogOffer {
     pub storefront: Storefront,
     pub offer_type: OfferType,
     pub publisher: String,
+    /// [`Listing::of`] the offer type, worked out once per offer.
+    pub listing: Listing,
 }
+
+/// What a record says of an offer the catalog does not list.
+pub const UNKNOWN: &str = "unknown";
 
 /// The catalog, checked and indexed.
 #[derive(Debug, Clone, Default)]
@@ -330,6 +335,7 @@ impl Catalog {
                 offer,
                 title: entry.title,
                 storefront: entry.storefront,
+                listing: Listing::of(Some(&entry.offer_type)),
                 offer_type: entry.offer_type,
                 publisher: entry.publisher,
             }));

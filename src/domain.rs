@@ -373,8 +373,6 @@ pub struct Lead {
     pub offer_title: Option<String>,
     /// The offer's catalog entry; `None` when the catalog does not list it.
     pub catalogued: Option<Arc<CatalogOffer>>,
-    /// The kind of listing the lead came from, from the offer's type.
-    pub listing: Listing,
     /// Normalized per the provider rules in `enrich::normalize_email`.
     pub email: String,
     /// Everything after the `@` of the normalized email.
@@ -405,6 +403,30 @@ pub struct Lead {
     /// Other actions this person took on this offer before, as far as the
     /// dedupe state knows.
     pub earlier_actions: Vec<ActionCode>,
+}
+
+impl Lead {
+    /// The kind of listing the lead came from; `unknown` when the catalog
+    /// does not list its offer.
+    pub fn listing(&self) -> Listing {
+        self.catalogued
+            .as_ref()
+            .map_or(Listing::Unknown, |c| c.listing)
+    }
+
+    /// The offer's type as the catalog names it, else `unknown`.
+    pub fn offer_type(&self) -> &str {
+        self.catalogued
+            .as_ref()
+            .map_or(crate::catalog::UNKNOWN, |c| c.offer_type.as_str())
+    }
+
+    /// The publisher's display name from the catalog, else `unknown`.
+    pub fn publisher(&self) -> &str {
+        self.catalogued
+            .as_ref()
+            .map_or(crate::catalog::UNKNOWN, |c| c.publisher.as_str())
+    }
 }
 
 /// Qualification grade on the combined score, A (best) to D.
@@ -473,10 +495,10 @@ pub(crate) mod fixtures {
             offer: lead.offer.clone(),
             title: "Offer".into(),
             storefront: lead.storefront,
+            listing: Listing::of(Some(&offer_type)),
             offer_type,
             publisher: "Fabrikam".into(),
         }));
-        lead.listing = Listing::of(lead.catalogued.as_ref().map(|c| &c.offer_type));
     }
 
     /// A minimal valid lead of the given storefront and action.
@@ -493,7 +515,6 @@ pub(crate) mod fixtures {
             offer,
             offer_title: None,
             catalogued: None,
-            listing: crate::catalog::Listing::Unknown,
             email: "a@b.com".into(),
             email_domain: "b.com".into(),
             registrable_domain: "b.com".into(),

@@ -454,7 +454,7 @@ impl Tally {
     /// its input was counted when it was forwarded.
     pub fn record_outcome(&mut self, outcome: &Outcome, routing: &RoutingTable) {
         if let Outcome::Routed { lead, .. } = outcome {
-            let listing = lead.listing.as_str();
+            let listing = lead.listing().as_str();
             match self.listings.get_mut(listing) {
                 Some(n) => *n += 1,
                 None => {
@@ -599,7 +599,7 @@ mod tests {
             )
         };
         let listing = |outcome: Outcome| match outcome {
-            Outcome::Routed { lead, .. } => lead.listing.as_str().to_owned(),
+            Outcome::Routed { lead, .. } => lead.listing().as_str().to_owned(),
             other => format!("{other:?}"),
         };
         assert_eq!(

@@ -138,18 +138,9 @@ fn verdict(
             score,
         } => {
             verdict.event_id = lead.event_id.clone();
-            let catalogued = lead.catalogued.as_deref();
-            verdict.listing = Some(lead.listing.as_str());
-            verdict.offer_type = Some(
-                catalogued
-                    .map_or("unknown", |c| c.offer_type.as_str())
-                    .into(),
-            );
-            verdict.publisher = Some(
-                catalogued
-                    .map_or("unknown", |c| c.publisher.as_str())
-                    .into(),
-            );
+            verdict.listing = Some(lead.listing().as_str());
+            verdict.offer_type = Some(lead.offer_type().into());
+            verdict.publisher = Some(lead.publisher().into());
             verdict.score = Some(score.points);
             verdict.grade = Some(score.grade.as_str());
             verdict.mql = Some(score.mql);
@@ -204,7 +195,7 @@ pub fn describe(v: &Verdict) -> String {
                 v.line,
                 v.outcome,
                 v.topics.join(", "),
-                v.listing.unwrap_or("unknown"),
+                v.listing.unwrap_or(crate::catalog::UNKNOWN),
                 v.offer_type.as_deref().unwrap_or("unknown"),
                 v.publisher.as_deref().unwrap_or("unknown"),
                 v.score.unwrap_or(0),

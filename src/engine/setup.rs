@@ -191,20 +191,8 @@ fn consumer(config: &Config, context: RunContext) -> Result<BaseConsumer<RunCont
 }
 
 fn restorer(config: &Config) -> Result<BaseConsumer<Logged>, RunError> {
-    let kafka = &config.kafka;
-    Ok(client_config(
-        kafka,
-        Role::Consumer,
-        &[("isolation.level", "read_committed")],
-    )
-    .set("enable.partition.eof", "true")
-    .set("enable.auto.commit", "false")
-    // Never joins or commits (it assigns partitions itself), but librdkafka
-    // wants a group to unassign.
-    .set("group.id", format!("{}-restore", kafka.group_id))
-    .set("statistics.interval.ms", "0")
-    .create_with_context(Logged)
-    .map_err(SetupError::Client)?)
+    let group = format!("{}-restore", config.kafka.group_id);
+    Ok(crate::kafka::reader(&config.kafka, &group).map_err(SetupError::Client)?)
 }
 
 /// Checks that every topic exists and is configured to keep what leadflow

@@ -625,7 +625,7 @@ mod tests {
                     ..
                 },
                 Expected::Campaign(e, listing),
-            ) => lead.storefront == *e && lead.listing == *listing,
+            ) => lead.storefront == *e && lead.listing() == *listing,
             (
                 Outcome::Routed {
                     destination: Destination::Suppressed(r),
@@ -633,7 +633,7 @@ mod tests {
                     ..
                 },
                 Expected::Suppressed(e, listing),
-            ) => r.as_str() == *e && lead.listing == *listing,
+            ) => r.as_str() == *e && lead.listing() == *listing,
             (Outcome::Duplicate { .. }, Expected::Duplicate)
             | (Outcome::TestLead, Expected::TestLead) => true,
             (Outcome::Failed(f), Expected::DeadLetter(class)) => f.class == *class,

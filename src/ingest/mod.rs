@@ -39,7 +39,7 @@ impl ErrorClass for NotALead {
 }
 
 /// Wraps posted leads in the envelope, checking each the way `run`'s
-/// decode stage will.
+/// decode stage will: by decoding the record it will read.
 #[derive(Debug)]
 pub struct Envelope {
     decoder: Decoder,
@@ -63,20 +63,22 @@ impl Envelope {
     /// accepted: it is Microsoft's to send, and the dead-letter topic
     /// keeps it for a look.
     pub fn wrap(&self, body: &[u8], now_ms: i64) -> Result<Accepted, NotALead> {
-        self.decoder
-            .decode(Some(body), Some(now_ms))
-            .map_err(NotALead)?;
-        let Ok(Value::Object(lead)) = serde_json::from_slice::<Value>(body) else {
-            // Decoded above as a JSON object: cannot happen.
-            return Err(NotALead(DecodeError::JsonShape("not an object".into())));
+        let lead = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(lead)) => lead,
+            Ok(_) => {
+                let shape = DecodeError::JsonShape("a lead is a JSON object".into());
+                return Err(NotALead(shape));
+            }
+            Err(e) => return Err(NotALead(DecodeError::JsonSyntax(e.to_string()))),
         };
         // A sender's own id (a client retrying, say) is kept, so its
-        // retries are one event; the decode stage held it to its limit.
+        // retries are one event; the decode stage holds it to its limit.
         let event_id = match lead.get("event_id") {
             Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
             _ => uuid::Uuid::now_v7().to_string(),
         };
-        Ok(self.seal(lead, event_id, now_ms))
+        let (accepted, decoded) = self.enveloped(lead, event_id, now_ms);
+        decoded.map(|()| accepted).map_err(NotALead)
     }
 
     /// The record for `lead`, whatever it holds: with `event_id` and
@@ -85,26 +87,37 @@ impl Envelope {
     /// lead, with its fields kept).
     pub fn seal(
         &self,
-        mut lead: Map<String, Value>,
+        lead: Map<String, Value>,
         event_id: String,
         received_at_ms: i64,
     ) -> Accepted {
+        self.enveloped(lead, event_id, received_at_ms).0
+    }
+
+    /// The record, and whether `run`'s decode stage takes it: decoded once,
+    /// as `run` will read it, which also gives the key.
+    fn enveloped(
+        &self,
+        mut lead: Map<String, Value>,
+        event_id: String,
+        received_at_ms: i64,
+    ) -> (Accepted, Result<(), DecodeError>) {
         lead.insert("event_id".into(), Value::String(event_id.clone()));
         lead.insert("received_at".into(), Value::String(rfc3339(received_at_ms)));
         // Strings and JSON values only: serializing cannot fail.
         let value = serde_json::to_vec(&Value::Object(lead)).unwrap_or_default();
-        // The record as `run` will read it, for its key.
-        let key = self
-            .decoder
-            .decode(Some(&value), Some(received_at_ms))
+        let decoded = self.decoder.decode(Some(&value), Some(received_at_ms));
+        let key = decoded
+            .as_ref()
             .ok()
-            .and_then(|raw| identify(&raw, &self.catalog).ok())
+            .and_then(|raw| identify(raw, &self.catalog).ok())
             .map_or_else(|| event_id.clone(), |id| id.partition_key().to_hex());
-        Accepted {
+        let accepted = Accepted {
             event_id,
             key,
             value,
-        }
+        };
+        (accepted, decoded.map(|_| ()))
     }
 }
 

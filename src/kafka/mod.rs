@@ -206,6 +206,25 @@ pub fn read_to_end<C: rdkafka::consumer::ConsumerContext>(
     Ok(records)
 }
 
+/// A consumer for [`read_to_end`]: `read_committed`, telling where each
+/// partition ends, committing nothing. It never joins `group` (it assigns
+/// partitions itself), but librdkafka wants a group to unassign.
+pub(crate) fn reader(
+    kafka: &KafkaConfig,
+    group: &str,
+) -> Result<rdkafka::consumer::BaseConsumer<Logged>, KafkaError> {
+    client_config(
+        kafka,
+        Role::Consumer,
+        &[("isolation.level", "read_committed")],
+    )
+    .set("enable.partition.eof", "true")
+    .set("enable.auto.commit", "false")
+    .set("group.id", group)
+    .set("statistics.interval.ms", "0")
+    .create_with_context(Logged)
+}
+
 /// How long one ask for a partition's watermarks waits: a few round trips
 /// of a slow network (connecting, metadata, the offsets), and short beside
 /// the 9 s in which KRaft replaces a leader that died.

@@ -6,6 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use serde::{Serialize, Serializer};
 
+use crate::catalog::UNKNOWN;
 use crate::domain::{ActionCode, HexKey, Lead, Score};
 use crate::stages::decode::{Format, write_confluent_header};
 use crate::stages::route::Destination;
@@ -75,9 +76,6 @@ impl Encoder {
         }
     }
 }
-
-/// What a record says of an offer the catalog does not list.
-const UNKNOWN: &str = "unknown";
 
 /// The campaign-lead record written to campaign and suppressed topics.
 /// The field order is the schema's: Avro writes fields by position.
@@ -288,9 +286,9 @@ impl<'a> CampaignLead<'a> {
             reasons: &score.reasons,
             rules_version: &score.rules_version,
             dedupe_key: lead.dedupe_key.hex(),
-            listing: lead.listing.as_str(),
-            offer_type: catalogued.map_or(UNKNOWN, |c| c.offer_type.as_str()),
-            publisher: catalogued.map_or(UNKNOWN, |c| c.publisher.as_str()),
+            listing: lead.listing().as_str(),
+            offer_type: lead.offer_type(),
+            publisher: lead.publisher(),
         }
     }
 }
@@ -340,6 +338,7 @@ mod tests {
             storefront: Storefront::AppSource,
             offer_type: crate::catalog::OfferType::ConsultingService,
             publisher: "Fabrikam, Inc.".into(),
+            listing: crate::catalog::Listing::ConsultingService,
         })
     }
 
@@ -356,7 +355,6 @@ mod tests {
         let mut lead = fixtures::lead(Storefront::AppSource, ActionCode::PartnerLedTrial);
         lead.offer_title = Some("Workshop as Microsoft spelt it".into());
         lead.catalogued = Some(catalogued());
-        lead.listing = crate::catalog::Listing::ConsultingService;
         let json = json_of(&lead);
         assert_eq!(json["listing"], "consulting-service");
         assert_eq!(json["offer_type"], "consulting-service");
@@ -365,7 +363,6 @@ mod tests {
 
         // Not in the catalog: unknown, and the title as sent if any.
         lead.catalogued = None;
-        lead.listing = crate::catalog::Listing::Unknown;
         let json = json_of(&lead);
         for field in ["listing", "offer_type", "publisher"] {
             assert_eq!(json[field], "unknown", "{field}");
@@ -433,7 +430,6 @@ mod tests {
         full.earlier_actions = vec![ActionCode::Install, ActionCode::PartnerLedTrial];
         full.dedupe_key = crate::domain::DedupeKey(u128::MAX - 7);
         full.catalogued = Some(catalogued());
-        full.listing = crate::catalog::Listing::ConsultingService;
         let rules = ScoringRules::default_rules();
         let mut negative = score(&full, &rules);
         negative.behaviour = -40;

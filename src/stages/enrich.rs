@@ -7,7 +7,7 @@
 //! dedupe key. A lead whose storefront, action or offer cannot be
 //! determined is an error, never a guess.
 
-use crate::catalog::{Catalog, Listing};
+use crate::catalog::Catalog;
 use crate::domain::{
     ActionCode, DedupeKey, Lead, Offer, RawLead, Seniority, SourceTag, Storefront,
 };
@@ -194,7 +194,6 @@ pub fn enrich(raw: RawLead, catalog: &Catalog) -> Result<Lead, EnrichError> {
         storefront,
     } = identify(&raw, catalog)?;
     let catalogued = catalog.offer(&offer).cloned();
-    let listing = Listing::of(catalogued.as_ref().map(|c| &c.offer_type));
     let dedupe_key = DedupeKey::new(&email, &offer, &action);
     let person_offer_key = DedupeKey::person_offer(&email, &offer);
     let email_domain = email
@@ -227,7 +226,6 @@ pub fn enrich(raw: RawLead, catalog: &Catalog) -> Result<Lead, EnrichError> {
         offer,
         offer_title: raw.offer_title,
         catalogued,
-        listing,
         email,
         email_domain,
         registrable_domain,
@@ -293,6 +291,7 @@ pub fn seniority(title: &str) -> Seniority {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Listing;
 
     fn catalog() -> Catalog {
         use crate::catalog::{CatalogEntry, OfferType};
@@ -426,13 +425,13 @@ mod tests {
         let entry = lead.catalogued.as_ref().expect("catalogued");
         assert_eq!(entry.offer_type, crate::catalog::OfferType::VirtualMachine);
         assert_eq!(entry.publisher, "Contoso");
-        assert_eq!(lead.listing, Listing::App);
+        assert_eq!(lead.listing(), Listing::App);
 
         let mut elsewhere = raw("SPZA-PLT|fabrikam.not-listed", None);
         elsewhere.offer_title = None;
         let lead = enrich(elsewhere, &catalog()).expect("an uncatalogued offer is no error");
         assert_eq!(lead.catalogued, None);
-        assert_eq!(lead.listing, Listing::Unknown);
+        assert_eq!(lead.listing(), Listing::Unknown);
     }
 
     #[test]

@@ -191,17 +191,14 @@ pub fn route(lead: &Lead, score: &Score, table: &RoutingTable) -> Result<Destina
             DisposablePolicy::Allow => {}
         }
     }
-    let offer_type = lead
-        .catalogued
-        .as_ref()
-        .map_or("unknown", |c| c.offer_type.as_str());
+    let (offer_type, listing) = (lead.offer_type(), lead.listing());
     let mut set = 0u64;
     let filters = table.actions.iter().zip(&table.offers);
     for (i, (route, (actions, offers))) in table.routes.iter().zip(filters).enumerate() {
         let admits = route.storefront == lead.storefront
             && (route.grades.is_empty() || route.grades.contains(&score.grade))
             && (actions.is_empty() || actions.contains(&lead.action))
-            && (route.listings.is_empty() || route.listings.contains(&lead.listing))
+            && (route.listings.is_empty() || route.listings.contains(&listing))
             && (route.offer_types.is_empty()
                 || route.offer_types.iter().any(|t| t.as_str() == offer_type))
             && (offers.is_empty() || offers.iter().any(|o| o.as_ref() == Some(&lead.offer)));

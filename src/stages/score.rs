@@ -318,11 +318,9 @@ impl ScoringRules {
 
     /// The rules for what the lead is about: its listing, offer type and offer.
     fn about_the_offer<'r>(&'r self, lead: &Lead, contributions: &mut Vec<&'r Rule>) {
-        let offer_type = lead
-            .catalogued
-            .as_ref()
-            .map_or("unknown", |c| c.offer_type.as_str());
-        let listing = self.listings.iter().find(|(l, _)| *l == lead.listing);
+        let offer_type = lead.offer_type();
+        let listing = lead.listing();
+        let listing = self.listings.iter().find(|(l, _)| *l == listing);
         let of_type = self.offer_types.iter().find(|(t, _)| t == offer_type);
         let offer = self.offers.iter().find(|(o, _)| *o == lead.offer);
         let rules = [

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseRecord, Producer as _};
 
@@ -31,8 +30,8 @@ use crate::error::ConfigError;
 use crate::health::{Observed, Phase};
 use crate::kafka::txn::{Group, Txn, TxnError};
 use crate::kafka::{
-    DeliveryTracker, LeadProducer, Logged, Role, SetupError, check_topics, client_config,
-    read_to_end, send,
+    DeliveryTracker, LeadProducer, Role, SetupError, check_topics, client_config, read_to_end,
+    reader, send,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -365,18 +364,8 @@ fn read_position(config: &Config, key: &str) -> Result<Position, TableIngestErro
         topic: topic.clone(),
         reason,
     };
-    let consumer: BaseConsumer<Logged> = client_config(
-        &config.kafka,
-        Role::Consumer,
-        &[("isolation.level", "read_committed")],
-    )
-    .set("enable.partition.eof", "true")
-    .set("enable.auto.commit", "false")
-    // Never joins or commits (it assigns partitions itself), but librdkafka
-    // wants a group to unassign.
-    .set("group.id", format!("leadflow-ingest-position-{key}"))
-    .create_with_context(Logged)
-    .map_err(|e| failed(e.to_string()))?;
+    let consumer = reader(&config.kafka, &format!("leadflow-ingest-position-{key}"))
+        .map_err(|e| failed(e.to_string()))?;
     let metadata = rdkafka::consumer::Consumer::fetch_metadata(
         &consumer,
         Some(topic),
