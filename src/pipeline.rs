@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
-use crate::domain::{DedupeKey, Lead, Score, SuppressionReason};
+use crate::domain::{DedupeKey, Lead, RawLead, Score, SuppressionReason};
 use crate::error::{Failure, Stage};
 use crate::stages::StageClock;
 use crate::stages::decode::{Decoder, Format, WriterAnswer};
 use crate::stages::dedupe::{Change, Deduper};
-use crate::stages::enrich::{enrich, identify};
+use crate::stages::enrich::{Identity, enrich_identified, identify};
 use crate::stages::route::{Destination, Route, RouteSet, RoutingTable, route};
 use crate::stages::score::{ScoringRules, score};
 
@@ -48,6 +48,9 @@ pub enum Rekeyed {
     Forward(DedupeKey),
     /// Dealt with already: a test lead or a failure, never forwarded.
     Done(Outcome),
+    /// Its key's partition is processed here: it ran in full, on that
+    /// partition's dedupe state, without the hop.
+    Processed(Outcome),
 }
 
 /// What became of one input record.
@@ -228,12 +231,20 @@ impl Pipeline {
     /// The first half of processing when the input is not keyed by lead:
     /// decode and identify, to find the key to re-partition by. Touches no
     /// state; [`Pipeline::process`] runs in full on the forwarded record.
-    pub fn rekey(&self, input: Input<'_>) -> Rekeyed {
-        self.rekey_clocked(input, &mut ())
+    pub fn rekey(&mut self, input: Input<'_>) -> Rekeyed {
+        self.rekey_clocked(input, |_| None, &mut ())
     }
 
-    /// [`Pipeline::rekey`], telling `clock` as each stage ends.
-    pub fn rekey_clocked(&self, input: Input<'_>, clock: &mut impl StageClock) -> Rekeyed {
+    /// [`Pipeline::rekey`], telling `clock` as each stage ends. `local`
+    /// names the dedupe shard of a partition key whose repartition
+    /// partition this process holds: such a lead is processed in full here
+    /// (decoded once), as if it had been forwarded and read back.
+    pub fn rekey_clocked(
+        &mut self,
+        input: Input<'_>,
+        local: impl FnOnce(DedupeKey) -> Option<i32>,
+        clock: &mut impl StageClock,
+    ) -> Rekeyed {
         let decoded = self.decoder.decode(input.value, input.timestamp_ms);
         clock.lap(Stage::Decode);
         let raw = match decoded {
@@ -243,11 +254,22 @@ impl Pipeline {
         if raw.is_test_lead() {
             return Rekeyed::Done(Outcome::TestLead);
         }
-        let identity = identify(&raw, &self.catalog);
-        clock.lap(Stage::Enrich);
-        match identity {
-            Ok(identity) => Rekeyed::Forward(identity.partition_key()),
-            Err(e) => Rekeyed::Done(Outcome::Failed(Failure::new(Stage::Enrich, &e))),
+        let identity = match identify(&raw, &self.catalog) {
+            Ok(identity) => identity,
+            Err(e) => {
+                clock.lap(Stage::Enrich);
+                return Rekeyed::Done(Outcome::Failed(Failure::new(Stage::Enrich, &e)));
+            }
+        };
+        let key = identity.partition_key();
+        match local(key) {
+            Some(shard) => {
+                Rekeyed::Processed(self.finish(raw, identity, (input.source, shard), clock))
+            }
+            None => {
+                clock.lap(Stage::Enrich);
+                Rekeyed::Forward(key)
+            }
         }
     }
 
@@ -259,27 +281,40 @@ impl Pipeline {
     pub fn process_clocked(&mut self, input: Input<'_>, clock: &mut impl StageClock) -> Outcome {
         let decoded = self.decoder.decode(input.value, input.timestamp_ms);
         clock.lap(Stage::Decode);
-        let mut raw = match decoded {
+        let raw = match decoded {
             Ok(raw) => raw,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Decode, &e)),
         };
         if raw.is_test_lead() {
             return Outcome::TestLead;
         }
+        match identify(&raw, &self.catalog) {
+            Ok(identity) => self.finish(raw, identity, (input.source, input.shard), clock),
+            Err(e) => {
+                clock.lap(Stage::Enrich);
+                Outcome::Failed(Failure::new(Stage::Enrich, &e))
+            }
+        }
+    }
+
+    /// Enrich (from the identity), dedupe on `shard`, score and route.
+    fn finish(
+        &mut self,
+        mut raw: RawLead,
+        identity: Identity,
+        (source, shard): (SourcePosition<'_>, i32),
+        clock: &mut impl StageClock,
+    ) -> Outcome {
         if raw.event_id.is_none() {
             let SourcePosition {
                 topic,
                 partition,
                 offset,
-            } = input.source;
+            } = source;
             raw.event_id = Some(format!("{topic}/{partition}/{offset}"));
         }
-        let enriched = enrich(raw, &self.catalog);
+        let mut lead = enrich_identified(raw, identity, &self.catalog);
         clock.lap(Stage::Enrich);
-        let mut lead = match enriched {
-            Ok(lead) => lead,
-            Err(e) => return Outcome::Failed(Failure::new(Stage::Enrich, &e)),
-        };
         if lead.event_time_ms.saturating_sub(self.now_ms) > self.max_future_ms {
             let error = FutureEventTime {
                 event_time_ms: lead.event_time_ms,
@@ -288,7 +323,7 @@ impl Pipeline {
             };
             return Outcome::Failed(Failure::new(Stage::Dedupe, &error));
         }
-        let duplicate = self.deduper.duplicate_of(input.shard, &lead);
+        let duplicate = self.deduper.duplicate_of(shard, &lead);
         clock.lap(Stage::Dedupe);
         if let Some(first_seen_ms) = duplicate {
             return Outcome::Duplicate { first_seen_ms };
@@ -301,7 +336,7 @@ impl Pipeline {
             Ok(destination) => destination,
             Err(e) => return Outcome::Failed(Failure::new(Stage::Route, &e)),
         };
-        lead.earlier_actions = self.deduper.record(input.shard, &lead).to_vec();
+        lead.earlier_actions = self.deduper.record(shard, &lead).to_vec();
         clock.lap(Stage::Dedupe);
         Outcome::Routed {
             destination,

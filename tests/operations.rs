@@ -241,7 +241,8 @@ fn readiness_is_false_while_dedupe_state_restores() {
 #[test]
 fn sigterm_mid_run_commits_leaves_the_group_and_a_restart_finishes_exactly() {
     let _deadline = common::deadline(Duration::from_secs(120));
-    let config = format!("{FAILOVER}shutdown_timeout_ms = 10000\n");
+    // Through the hop, so that a stop finds leads on both hops.
+    let config = format!("{FAILOVER}shutdown_timeout_ms = 10000\nrepartition_shortcut = false\n");
     let env = Env::new("sigterm", 3, &config);
     let n = leads();
     let written = write_generated(&env.input, n, 23);

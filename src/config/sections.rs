@@ -213,6 +213,11 @@ pub struct PipelineConfig {
     /// before dedupe. Turn off only when producers already key `leads.raw`
     /// so that all leads of one person for one offer share a partition.
     pub repartition: bool,
+    /// A lead whose repartition partition this process holds, restored
+    /// and read to its end, skips the hop and is processed at once on that
+    /// partition's state: the same outcome, without the second write, read
+    /// and decode. Off sends every lead through the hop.
+    pub repartition_shortcut: bool,
     /// After SIGTERM or SIGINT, how long leadflow may take to finish and
     /// commit its batch and leave the group before it exits anyway.
     pub shutdown_timeout_ms: u64,
@@ -231,6 +236,7 @@ impl Default for PipelineConfig {
             max_record_bytes: 983_040,
             delivery_timeout_ms: 10_000,
             repartition: true,
+            repartition_shortcut: true,
             shutdown_timeout_ms: 30_000,
         }
     }

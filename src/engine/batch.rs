@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::RunError;
 use super::events::Event;
+use super::local::LocalHop;
 use super::topology::{Part, Topology};
 use crate::error::{Failure, Stage};
 use crate::metrics::{Batch, LeadOutcome, Metrics, Stopwatch};
@@ -133,6 +134,9 @@ pub struct Progress {
     poisoned: BTreeMap<Part, (i64, Failure)>,
     /// How long to wait before reading a batch refused again.
     reject_backoff: Duration,
+    /// Which re-keyed leads skip the hop; `None` without a repartition
+    /// topic (or in pass-through).
+    pub local: Option<LocalHop>,
 }
 
 impl Progress {
@@ -168,8 +172,11 @@ impl Progress {
         (batch, meter, metrics): (&mut OpenBatch, &mut Meter, &Metrics),
     ) -> Reaction {
         let (parts, committed) = match event {
-            Event::Assigned(partitions) => {
-                self.to_restore.extend(partitions);
+            Event::Assigned { to_restore, input } => {
+                self.to_restore.extend(to_restore);
+                if let Some(local) = self.local.as_mut().filter(|_| input) {
+                    local.input_assigned();
+                }
                 return Reaction::Continue;
             }
             Event::Failed(error) => return Reaction::Fail(error),
@@ -192,6 +199,9 @@ impl Progress {
             if topology.is_processed(hop) {
                 pipeline.dedupe().drop_partition(partition);
                 self.to_restore.remove(&partition);
+                if let Some(local) = self.local.as_mut() {
+                    local.dropped(partition);
+                }
             }
         }
         reaction

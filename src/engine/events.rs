@@ -39,9 +39,10 @@ use crate::pipeline::Tally;
 /// What happened inside a poll, for the loop to act on, in order.
 #[derive(Debug)]
 pub enum Event {
-    /// Partitions were assigned; these, which carry dedupe state, are
-    /// paused until their state is restored.
-    Assigned(Vec<i32>),
+    /// Partitions were assigned; `to_restore`, which carry dedupe state,
+    /// are paused until their state is restored. `input`: some are the
+    /// input's (with a repartition hop, they carry none).
+    Assigned { to_restore: Vec<i32>, input: bool },
     /// Partitions were revoked; the open batch was committed first, or
     /// (`committed: false`) aborted, and is to be processed again.
     Revoked { parts: Vec<Part>, committed: bool },
@@ -256,7 +257,9 @@ impl RunContext {
     fn assign(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
         let mut paused = TopicPartitionList::new();
         let mut to_restore = Vec::new();
+        let mut input = false;
         for (hop, partition) in self.parts(assigned) {
+            input |= hop == Hop::Input;
             if self.topology.is_processed(hop) {
                 paused.add_partition(self.topology.topic(hop), partition);
                 to_restore.push(partition);
@@ -283,7 +286,7 @@ impl RunContext {
             .rebalances
             .get_or_create(&KindLabels { kind: "assign" })
             .inc();
-        self.push(Event::Assigned(to_restore));
+        self.push(Event::Assigned { to_restore, input });
     }
 }
 
@@ -381,10 +384,14 @@ impl ClientContext for RunContext {
                 if *partition < 0 || !stats.desired || stats.ls_offset < 0 {
                     continue;
                 }
-                let position = stats.app_offset.max(stats.committed_offset);
-                if position < 0 {
-                    continue;
-                }
+                // Never read nor committed (a repartition partition whose
+                // leads all skipped the hop, say): read from the log's
+                // start, as `auto.offset.reset` says.
+                let position = match stats.app_offset.max(stats.committed_offset) {
+                    at if at >= 0 => at,
+                    _ if stats.lo_offset >= 0 => stats.lo_offset,
+                    _ => continue,
+                };
                 let labels = PartitionLabels {
                     topic: name.clone(),
                     partition: *partition,

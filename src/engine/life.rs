@@ -18,8 +18,9 @@ use tracing::{debug, info, warn};
 
 use super::batch::{Meter, OpenBatch, Progress, Reaction};
 use super::events::{Event, RunContext, report_offset_resets};
+use super::local::LocalHop;
 use super::plan::RecordView;
-use super::restore::{drained, restore_assigned, rewind};
+use super::restore::{catch_up, drained, restore_assigned, rewind};
 use super::schemas::{SchemaLookups, learn_writer_schema};
 use super::second_hop::SecondHop;
 use super::sink::Sink;
@@ -136,6 +137,13 @@ impl Work<'_> {
 
     /// The batch loop; returns once stopped or drained, having committed.
     pub fn run(&mut self, io: &mut Io<'_>) -> Result<(), RunError> {
+        let topology = io.topology();
+        if self.config.pipeline.repartition_shortcut && topology.passthrough.is_none() {
+            self.progress.local = topology
+                .repartition
+                .as_ref()
+                .map(|(_, partitions)| LocalHop::new(*partitions));
+        }
         while !self.stopping() {
             self.between_batches(io)?;
             self.batch_seq += 1;
@@ -195,6 +203,10 @@ impl Work<'_> {
         )?;
         if !partitions.is_empty() {
             self.controls.observed.health.set_phase(Phase::Running);
+        }
+        if let Some(local) = self.progress.local.as_mut() {
+            local.restored(&partitions);
+            catch_up(io.consumer, io.restorer, local)?;
         }
         if let Some(new) = self.controls.reloads.take() {
             self.reload(io, new);
@@ -312,7 +324,7 @@ impl Work<'_> {
     fn take_events(&mut self, io: &Io<'_>, batch: &mut OpenBatch) -> Result<(), RunError> {
         let mut assigned = false;
         for event in io.context().events() {
-            if matches!(event, Event::Assigned(_)) {
+            if matches!(event, Event::Assigned { .. }) {
                 assigned = true;
             }
             let metrics = &self.controls.observed.metrics;
@@ -443,6 +455,7 @@ impl Work<'_> {
             pipeline: &mut self.pipeline,
             meter: &mut self.meter,
             metrics: &self.controls.observed.metrics,
+            local: self.progress.local.as_ref(),
         };
         stepper.step((&record, message), poison, &self.sink, batch)
     }

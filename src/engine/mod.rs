@@ -28,11 +28,13 @@
 //! record, without Kafka), `sink` (the producer as `step`'s writer), `batch` (the loop's bookkeeping, without Kafka),
 //! `restore` (changelog → dedupe state), `topology` (hops, topics,
 //! `partition_for`), `schemas` (the registry), `second_hop` (the
-//! repartition topic's own queues).
+//! repartition topic's own queues), `local` (which re-keyed leads skip the
+//! hop: those whose repartition partition is held here and caught up).
 
 mod batch;
 mod events;
 mod life;
+mod local;
 mod plan;
 mod restore;
 mod schemas;

@@ -3,11 +3,13 @@
 //! [`Plan`]. The sink carries a plan out; when the broker refuses what a
 //! plan writes, [`refused`] turns it into a dead letter.
 
+use crate::domain::DedupeKey;
 use crate::error::{Failure, Stage};
 use crate::metrics::Stopwatch;
 use crate::pipeline::{Input, Outcome, Pipeline, Rekeyed, SourcePosition};
 use crate::stages::dedupe::Savepoint;
 
+use super::local::LocalHop;
 use super::topology::{Hop, Topology, partition_for};
 
 /// One consumed record, as the engine decides on it.
@@ -36,21 +38,25 @@ pub enum Plan<'t> {
         key: u128,
         partition: i32,
     },
-    /// Processed: routed (written to its places), dropped (duplicate or
-    /// test lead) or failed (a dead letter). `savepoint` is where dedupe
-    /// stood before the lead, to forget it if its outputs are refused.
+    /// Settled: routed (written to its places), dropped (duplicate or
+    /// test lead) or failed (a dead letter). `processed`: the whole
+    /// pipeline ran on it here, so its dedupe state changes are to be
+    /// written. `savepoint` is where dedupe stood before the lead, to
+    /// forget it if its outputs are refused.
     Settle {
         outcome: Outcome,
+        processed: bool,
         savepoint: Option<Savepoint>,
     },
 }
 
 /// Decides on `record`. `poison`: the broker refused what this record
 /// produced, for good, so it goes to the dead-letter topic as it is.
+/// `local`: the repartition partitions processed here without the hop.
 /// `stopwatch`: the record's stage timings, if it is sampled.
 pub fn plan<'t>(
     record: &RecordView<'_>,
-    topology: &'t Topology,
+    (topology, local): (&'t Topology, Option<&LocalHop>),
     pipeline: &mut Pipeline,
     poison: Option<Failure>,
     stopwatch: Option<&mut Stopwatch>,
@@ -70,49 +76,72 @@ pub fn plan<'t>(
         Some((topic, partitions)) if record.hop == Hop::Input => Some((topic, *partitions)),
         _ => None,
     };
+    let local = |key: DedupeKey| local.and_then(|hop| hop.shard(key.0));
     if let Some(failure) = poison {
-        if repartition.is_none() {
-            // Under at-least-once, the refused attempt's dedupe state
-            // reached the changelog outside a transaction: the lead is
-            // run again only to find the keys it touched, whose values
-            // from before it are written back (with the changes). Under
-            // exactly-once the abort discarded that state, and writing the
-            // same values again changes nothing.
-            let savepoint = pipeline.dedupe().savepoint();
-            let _ = pipeline.process(input);
-            pipeline.dedupe().revert_to(savepoint);
-        }
-        return settle(Outcome::Failed(failure));
+        return poisoned(failure, (input, repartition.is_some(), local), pipeline);
     }
+    let savepoint = Some(pipeline.dedupe().savepoint());
     let Some((topic, partitions)) = repartition else {
-        let savepoint = pipeline.dedupe().savepoint();
         let outcome = match stopwatch {
             Some(clock) => pipeline.process_clocked(input, clock),
             None => pipeline.process(input),
         };
         return Plan::Settle {
             outcome,
-            savepoint: Some(savepoint),
+            processed: true,
+            savepoint,
         };
     };
     let rekeyed = match stopwatch {
-        Some(clock) => pipeline.rekey_clocked(input, clock),
-        None => pipeline.rekey(input),
+        Some(clock) => pipeline.rekey_clocked(input, local, clock),
+        None => pipeline.rekey_clocked(input, local, &mut ()),
     };
     match rekeyed {
+        Rekeyed::Processed(outcome) => Plan::Settle {
+            outcome,
+            processed: true,
+            savepoint,
+        },
         Rekeyed::Forward(key) => Plan::Forward {
             topic,
             key: key.0,
             partition: partition_for(key.0, partitions),
         },
         // A test lead or a failure: dealt with here, never forwarded.
-        Rekeyed::Done(outcome) => settle(outcome),
+        Rekeyed::Done(outcome) => Plan::Settle {
+            outcome,
+            processed: false,
+            savepoint: None,
+        },
     }
 }
 
-fn settle<'t>(outcome: Outcome) -> Plan<'t> {
+/// The plan for a record whose outputs the broker refused for good: a
+/// dead letter. Under at-least-once, the refused attempt's dedupe state
+/// reached the changelog outside a transaction: the lead is run again only
+/// to find the keys it touched, whose values from before it are written
+/// back (with the changes). Under exactly-once the abort discarded that
+/// state, and writing the same values again changes nothing. A lead to
+/// forward touches no state.
+fn poisoned<'t>(
+    failure: Failure,
+    (input, rekeyed, local): (Input<'_>, bool, impl FnOnce(DedupeKey) -> Option<i32>),
+    pipeline: &mut Pipeline,
+) -> Plan<'t> {
+    let savepoint = pipeline.dedupe().savepoint();
+    let processed = if rekeyed {
+        matches!(
+            pipeline.rekey_clocked(input, local, &mut ()),
+            Rekeyed::Processed(_)
+        )
+    } else {
+        let _ = pipeline.process(input);
+        true
+    };
+    pipeline.dedupe().revert_to(savepoint);
     Plan::Settle {
-        outcome,
+        outcome: Outcome::Failed(failure),
+        processed,
         savepoint: None,
     }
 }

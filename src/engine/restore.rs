@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::RunError;
 use super::events::RunContext;
+use super::local::LocalHop;
 use super::second_hop::SecondHop;
 use super::topology::Part;
 use crate::health::Phase;
@@ -96,6 +97,124 @@ pub fn restore_assigned(
         "dedupe state restored"
     );
     Ok(())
+}
+
+/// Moves the catch-up of repartition partitions along (see `local`):
+/// takes the ends of those to catch up and pauses the input, makes those
+/// read to their end local, and resumes the input when none is left
+/// catching up. Runs between batches, with no transaction open.
+pub fn catch_up(
+    consumer: &BaseConsumer<RunContext>,
+    lister: &BaseConsumer<Logged>,
+    local: &mut LocalHop,
+) -> Result<(), RunError> {
+    let topology = &consumer.context().topology;
+    let Some(topic) = topology.repartition_topic() else {
+        return Ok(());
+    };
+    let timeout = Duration::from_secs(5);
+    let now = Instant::now();
+    let measure = local.to_measure(now).measure;
+    if !measure.is_empty() {
+        let mut ends = Vec::with_capacity(measure.len());
+        for partition in measure {
+            // The end a read_committed reader sees: everything this
+            // process forwarded is committed by now.
+            match lister.fetch_watermarks(topic, partition, timeout) {
+                Ok((_, end)) => ends.push((partition, end)),
+                Err(e) => {
+                    // Asked again between the next batches.
+                    debug!(error = %e, partition, "end of a repartition partition unknown");
+                    return Ok(());
+                }
+            }
+        }
+        local.measured(&ends, now);
+    }
+    if local.catching_up() {
+        let positions = positions((consumer, lister), topic, timeout)?;
+        let before = local.local();
+        if local.advance(|p| positions.get(&p).copied(), Instant::now()) {
+            match local.local() > before {
+                true => info!(
+                    local = local.local(),
+                    "repartition partitions caught up: leads whose key maps to one skip the hop"
+                ),
+                false => warn!(
+                    "repartition partitions did not catch up in time; their leads take the hop, and it is tried again later"
+                ),
+            }
+        }
+    }
+    let metrics = &consumer.context().observed.metrics;
+    metrics.repartition_local.set(local.local() as i64);
+    // Pausing again is harmless, and pauses input partitions assigned
+    // since; resuming only follows a pause.
+    if local.catching_up() {
+        consumer
+            .pause(&assigned_input(consumer)?)
+            .map_err(RunError::Consumer)?;
+        local.input_paused = true;
+    } else if std::mem::take(&mut local.input_paused) {
+        consumer
+            .resume(&assigned_input(consumer)?)
+            .map_err(RunError::Consumer)?;
+    }
+    Ok(())
+}
+
+/// The input partitions assigned now.
+fn assigned_input(consumer: &BaseConsumer<RunContext>) -> Result<TopicPartitionList, RunError> {
+    let input = &consumer.context().topology.input;
+    let assigned = consumer.assignment().map_err(RunError::Consumer)?;
+    let mut list = TopicPartitionList::new();
+    for tp in assigned.elements_for_topic(input) {
+        list.add_partition(input, tp.partition());
+    }
+    Ok(list)
+}
+
+/// How far each assigned partition of `topic` is read: the consumer's
+/// position, or, where it delivered nothing since it was assigned, the
+/// committed offset it started from, or the log's start (never committed:
+/// `auto.offset.reset` is `earliest`).
+fn positions(
+    (consumer, lister): (&BaseConsumer<RunContext>, &BaseConsumer<Logged>),
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, RunError> {
+    let mut known = BTreeMap::new();
+    let mut unknown = TopicPartitionList::new();
+    for tp in consumer
+        .position()
+        .map_err(RunError::Consumer)?
+        .elements_for_topic(topic)
+    {
+        match tp.offset() {
+            Offset::Offset(at) => {
+                known.insert(tp.partition(), at);
+            }
+            _ => {
+                unknown.add_partition(topic, tp.partition());
+            }
+        }
+    }
+    if unknown.count() > 0 {
+        let committed = consumer
+            .committed_offsets(unknown, timeout)
+            .map_err(RunError::Consumer)?;
+        for tp in committed.elements() {
+            let at = match tp.offset() {
+                Offset::Offset(at) => at,
+                _ => match lister.fetch_watermarks(topic, tp.partition(), timeout) {
+                    Ok((low, _)) => low,
+                    Err(_) => continue,
+                },
+            };
+            known.insert(tp.partition(), at);
+        }
+    }
+    Ok(known)
 }
 
 /// Waits until the committed offsets of `partitions` are stable. KIP-447:

@@ -14,6 +14,7 @@ use crate::stages::route::Destination;
 
 use super::RunError;
 use super::batch::{Meter, OpenBatch, count_outcome};
+use super::local::LocalHop;
 use super::plan::{Plan, RecordView, plan, refused};
 use super::topology::{Hop, Topology};
 
@@ -66,6 +67,8 @@ pub struct Stepper<'a> {
     pub pipeline: &'a mut Pipeline,
     pub meter: &'a mut Meter,
     pub metrics: &'a Metrics,
+    /// Repartition partitions processed here without the hop, if any.
+    pub local: Option<&'a LocalHop>,
 }
 
 /// What became of a plan.
@@ -92,7 +95,20 @@ impl Stepper<'_> {
             None => self.meter.stopwatch(),
             Some(_) => None,
         };
-        let planned = plan(record, topology, self.pipeline, poison, stopwatch.as_mut());
+        let planned = plan(
+            record,
+            (topology, self.local),
+            self.pipeline,
+            poison,
+            stopwatch.as_mut(),
+        );
+        let processed = matches!(
+            planned,
+            Plan::Settle {
+                processed: true,
+                ..
+            }
+        );
         let carried = self.carry_out(planned, (record, message), stopwatch.as_mut(), writer)?;
         if let Some(clock) = &stopwatch {
             self.metrics.observe_stages(&clock.laps);
@@ -114,7 +130,6 @@ impl Stepper<'_> {
             let whence = (message, record.source, record.original_key);
             writer.dead_letter(whence, self.pipeline, failure, counts)?;
         }
-        let processed = topology.is_processed(record.hop);
         if processed && !topology.changes_after_outputs {
             writer.changes(&mut self.pipeline.take_changes(), counts)?;
         }
@@ -123,6 +138,9 @@ impl Stepper<'_> {
         match record.hop {
             Hop::Repartition => batch.tally.record_outcome(&outcome, routing),
             Hop::Input => batch.tally.record(&outcome, routing),
+        }
+        if processed && record.hop == Hop::Input && topology.repartition.is_some() {
+            counts.skipped_hop();
         }
         Ok(())
     }
@@ -153,7 +171,9 @@ impl Stepper<'_> {
                     Err(failure) => Carried::Settled(Outcome::Failed(failure)),
                 });
             }
-            Plan::Settle { outcome, savepoint } => (outcome, savepoint),
+            Plan::Settle {
+                outcome, savepoint, ..
+            } => (outcome, savepoint),
         };
         let Outcome::Routed {
             destination,

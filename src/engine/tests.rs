@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 use super::RunError;
 use super::batch::{Meter, OpenBatch, Progress, Reaction};
 use super::events::Event;
+use super::local::LocalHop;
 use super::plan::{RecordView, rejected};
 use super::step::{Stepper, Writer};
 use super::topology::{Hop, Part, Topology, partition_for};
@@ -181,6 +182,7 @@ impl Engine {
             pipeline: &mut self.pipeline,
             meter: &mut self.meter,
             metrics: &self.metrics,
+            local: self.progress.local.as_ref(),
         };
         stepper.step((&record, &()), poison, &self.sink, &mut self.batch)
     }
@@ -282,6 +284,80 @@ fn the_input_hop_forwards_to_the_partition_of_the_person_and_offer() {
     // Nothing is decided about a lead before its second hop.
     assert_eq!(engine.sink.to(CHANGELOG), 0);
     assert_eq!(engine.pipeline.dedupe().len(), 0);
+}
+
+/// An engine with a repartition topic of 12 partitions whose `local`
+/// ones are held here, restored and caught up.
+fn with_local(local: &[i32]) -> Engine {
+    let mut engine = Engine::new(Some(12));
+    engine.assign(local);
+    let mut hop = LocalHop::new(12);
+    let now = std::time::Instant::now();
+    hop.restored(local);
+    let ends: Vec<(i32, i64)> = local.iter().map(|p| (*p, 0)).collect();
+    hop.measured(&ends, now);
+    assert!(hop.advance(|_| Some(0), now));
+    engine.progress.local = Some(hop);
+    engine
+}
+
+#[test]
+fn leads_whose_partition_is_held_here_skip_the_hop_with_the_same_outcome() {
+    let mut direct = Engine::new(None);
+    direct.assign(&[0]);
+    let mut local = with_local(&(0..12).collect::<Vec<_>>());
+    for n in 1..=12 {
+        direct.read(n, P0, n as i64).expect("processed");
+        local.read(n, P0, n as i64).expect("processed");
+    }
+    direct.commit();
+    local.commit();
+    assert_eq!(local.progress.tally.repartitioned, 0);
+    assert_eq!(local.progress.tally, direct.progress.tally);
+    assert_eq!(local.sink.to("repartition"), 0);
+    let campaigns = testkit::quickstart_config().routes;
+    let topics = campaigns.iter().map(|route| route.topic.as_str());
+    for topic in topics.chain([CHANGELOG, SUPPRESSED, DEAD_LETTER]) {
+        assert_eq!(local.sink.to(topic), direct.sink.to(topic), "{topic}");
+    }
+    // Each lead's state is on its key's partition, as the hop puts it.
+    let changes: Vec<_> = local
+        .sink
+        .written
+        .borrow()
+        .iter()
+        .filter(|(t, ..)| t == CHANGELOG)
+        .map(|(_, partition, _)| *partition)
+        .collect();
+    assert!(changes.iter().any(|p| *p != Some(0)), "{changes:?}");
+    // All but the test lead and the undecodable one, settled before re-keying.
+    assert_eq!(local.metrics.repartition_skipped.get(), 10);
+}
+
+#[test]
+fn leads_whose_partition_is_not_held_here_still_take_the_hop() {
+    let mut all = with_local(&(0..12).collect::<Vec<_>>());
+    let mut some = with_local(&[0, 1, 2, 3, 4, 5]);
+    for n in 1..=12 {
+        all.read(n, P0, n as i64).expect("processed");
+        some.read(n, P0, n as i64).expect("processed");
+    }
+    let forwarded: Vec<_> = some
+        .sink
+        .written
+        .borrow()
+        .iter()
+        .filter(|(t, ..)| t == "repartition")
+        .map(|(_, partition, _)| partition.expect("to a partition"))
+        .collect();
+    assert!(!forwarded.is_empty());
+    assert!(forwarded.iter().all(|p| *p >= 6), "{forwarded:?}");
+    some.commit();
+    all.commit();
+    let tally = &some.progress.tally;
+    assert_eq!(tally.repartitioned, forwarded.len() as u64);
+    assert_eq!(tally.inputs, all.progress.tally.inputs);
+    assert!(tally.routed < all.progress.tally.routed);
 }
 
 #[test]
@@ -442,7 +518,10 @@ fn a_reload_between_batches_routes_anew_and_keeps_dedupe_state() {
 #[test]
 fn the_restore_gate_holds_records_of_partitions_not_yet_restored() {
     let mut engine = Engine::new(Some(4));
-    let reaction = engine.event(Event::Assigned(vec![2]));
+    let reaction = engine.event(Event::Assigned {
+        to_restore: vec![2],
+        input: false,
+    });
     assert!(matches!(reaction, Reaction::Continue));
     // The repartition topic's partition 2 carries state; the input's does not.
     assert!(
@@ -468,7 +547,10 @@ fn the_restore_gate_holds_records_of_partitions_not_yet_restored() {
     assert!(engine.progress.to_restore.is_empty());
     // Without a repartition topic, the input's partitions carry the state.
     let mut single = Engine::new(None);
-    single.event(Event::Assigned(vec![0]));
+    single.event(Event::Assigned {
+        to_restore: vec![0],
+        input: true,
+    });
     assert!(!single.progress.may_process(&single.topology, P0));
 }
 

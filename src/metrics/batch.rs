@@ -21,6 +21,7 @@ pub struct Batch {
     pub(super) dead_letters: std::collections::BTreeMap<(Stage, &'static str), u64>,
     pub(super) dedupe_hits: u64,
     pub(super) dedupe_misses: u64,
+    pub(super) skipped_hop: u64,
     pub(super) scores: Vec<(u8, Grade)>,
     /// Leads whose offer the catalog does not list: AppSource, Azure Marketplace.
     pub(super) uncatalogued: [u64; 2],
@@ -57,6 +58,11 @@ impl Batch {
         }
     }
 
+    /// An input lead processed without the repartition hop.
+    pub fn skipped_hop(&mut self) {
+        self.skipped_hop += 1;
+    }
+
     pub fn dead_letter(&mut self, stage: Stage, class: &'static str) {
         *self.dead_letters.entry((stage, class)).or_default() += 1;
     }
@@ -88,6 +94,7 @@ impl Batch {
         self.dead_letters.clear();
         self.dedupe_hits = 0;
         self.dedupe_misses = 0;
+        self.skipped_hop = 0;
         self.scores.clear();
         self.uncatalogued = [0; 2];
         self.timestamps.clear();

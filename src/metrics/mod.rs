@@ -116,6 +116,8 @@ pub struct Metrics {
     pub dead_letters: Family<DeadLetterLabels, Counter>,
     pub dedupe_hits: Counter,
     pub dedupe_misses: Counter,
+    pub repartition_skipped: Counter,
+    pub repartition_local: Gauge,
     pub dedupe_keys: Gauge,
     pub dedupe_bytes: Gauge,
     pub dedupe_evictions: Counter,
@@ -175,6 +177,8 @@ impl Metrics {
             dead_letters: Family::default(),
             dedupe_hits: Counter::default(),
             dedupe_misses: Counter::default(),
+            repartition_skipped: Counter::default(),
+            repartition_local: Gauge::default(),
             dedupe_keys: Gauge::default(),
             dedupe_bytes: Gauge::default(),
             dedupe_evictions: Counter::default(),
@@ -202,6 +206,7 @@ impl Metrics {
         };
         m.register_flow(&mut registry);
         m.register_state(&mut registry);
+        m.register_hop(&mut registry);
         m.ingest.register(&mut registry);
         let build = Family::<VersionLabels, Gauge>::default();
         build
@@ -210,34 +215,39 @@ impl Metrics {
             })
             .set(1);
         registry.register("build", "leadflow's version (value 1)", build);
-        // Zero-valued series exist from the start, so that rates and
-        // ratios over them are defined before the first such lead.
+        m.zero_series();
+        Metrics { registry, ..m }
+    }
+
+    /// Zero-valued series exist from the start, so that rates and
+    /// ratios over them are defined before the first such lead.
+    fn zero_series(&self) {
         for outcome in LeadOutcome::ALL {
-            m.leads.get_or_create_owned(&OutcomeLabels {
+            self.leads.get_or_create_owned(&OutcomeLabels {
                 outcome: outcome.as_str(),
             });
         }
         for grade in GRADES {
-            m.grades.get_or_create_owned(&GradeLabels {
+            self.grades.get_or_create_owned(&GradeLabels {
                 grade: grade.as_str(),
             });
         }
         for storefront in [Storefront::AppSource, Storefront::AzureMarketplace] {
-            m.uncatalogued.get_or_create_owned(&StorefrontLabels {
+            self.uncatalogued.get_or_create_owned(&StorefrontLabels {
                 storefront: storefront.as_str(),
             });
         }
         for result in ["committed", "aborted"] {
-            m.transactions.get_or_create_owned(&ResultLabels { result });
-        }
-        for result in ["applied", "refused"] {
-            m.reloads.get_or_create_owned(&ResultLabels { result });
-        }
-        for result in ["found", "unknown", "failed"] {
-            m.schema_lookups
+            self.transactions
                 .get_or_create_owned(&ResultLabels { result });
         }
-        Metrics { registry, ..m }
+        for result in ["applied", "refused"] {
+            self.reloads.get_or_create_owned(&ResultLabels { result });
+        }
+        for result in ["found", "unknown", "failed"] {
+            self.schema_lookups
+                .get_or_create_owned(&ResultLabels { result });
+        }
     }
 
     /// Records, leads and stages.
@@ -322,6 +332,25 @@ impl Metrics {
         );
     }
 
+    /// The repartition hop: leads that skip it, and purges of its topic.
+    fn register_hop(&self, r: &mut Registry) {
+        r.register(
+            "repartition_skipped",
+            "Input leads processed without the repartition hop, their key's partition being held and caught up here",
+            self.repartition_skipped.clone(),
+        );
+        r.register(
+            "repartition_local_partitions",
+            "Repartition partitions whose leads skip the hop in this process",
+            self.repartition_local.clone(),
+        );
+        r.register(
+            "repartition_purges",
+            "Deletions of committed records from the repartition topic, by result: purged or failed",
+            self.repartition_purges.clone(),
+        );
+    }
+
     /// Dedupe state, commits, rebalances and the process.
     fn register_state(&self, r: &mut Registry) {
         r.register(
@@ -365,11 +394,6 @@ impl Metrics {
             "offset_resets",
             "Offset resets on a topic leadflow consumes: records deleted (retention, DeleteRecords) before leadflow read them",
             self.offset_resets.clone(),
-        );
-        r.register(
-            "repartition_purges",
-            "Deletions of committed records from the repartition topic, by result: purged or failed",
-            self.repartition_purges.clone(),
         );
         r.register(
             "produce_rejections",
@@ -492,6 +516,8 @@ impl Metrics {
             .inc_by(std::mem::take(&mut batch.dedupe_hits));
         self.dedupe_misses
             .inc_by(std::mem::take(&mut batch.dedupe_misses));
+        self.repartition_skipped
+            .inc_by(std::mem::take(&mut batch.skipped_hop));
         for (storefront, n) in [Storefront::AppSource, Storefront::AzureMarketplace]
             .into_iter()
             .zip(std::mem::take(&mut batch.uncatalogued))

@@ -186,13 +186,20 @@ pub fn identify(raw: &RawLead, catalog: &Catalog) -> Result<Identity, EnrichErro
 
 /// Enriches a decoded lead. Takes ownership so that strings move, not copy.
 pub fn enrich(raw: RawLead, catalog: &Catalog) -> Result<Lead, EnrichError> {
+    let identity = identify(&raw, catalog)?;
+    Ok(enrich_identified(raw, identity, catalog))
+}
+
+/// [`enrich`] for a lead already identified (to re-key it, say), which
+/// cannot fail from here on.
+pub fn enrich_identified(raw: RawLead, identity: Identity, catalog: &Catalog) -> Lead {
     let Identity {
         email,
         source_tag,
         action,
         offer,
         storefront,
-    } = identify(&raw, catalog)?;
+    } = identity;
     let catalogued = catalog.offer(&offer).cloned();
     let dedupe_key = DedupeKey::new(&email, &offer, &action);
     let person_offer_key = DedupeKey::person_offer(&email, &offer);
@@ -217,7 +224,7 @@ pub fn enrich(raw: RawLead, catalog: &Catalog) -> Result<Lead, EnrichError> {
     ];
     let present = profile.iter().filter(|p| **p).count();
     let completeness = u8::try_from(present * 100 / profile.len()).unwrap_or(100);
-    Ok(Lead {
+    Lead {
         event_id: raw.event_id,
         event_time_ms: raw.event_time_ms,
         storefront,
@@ -244,7 +251,7 @@ pub fn enrich(raw: RawLead, catalog: &Catalog) -> Result<Lead, EnrichError> {
         dedupe_key,
         person_offer_key,
         earlier_actions: Vec::new(),
-    })
+    }
 }
 
 /// Seniority from a job title, by whole words, so that "Doctor" is no CTO.

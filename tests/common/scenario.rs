@@ -32,7 +32,9 @@ use super::{
 /// fault, and the recovery measured is then the backlog's, not the fault's.
 pub fn setup(name: &str, seed: u64) -> (Cluster, Env, Feed) {
     let per_tick = (20 * leads() / 30_000).clamp(20, 80);
-    setup_with(name, seed, FAILOVER, per_tick * 10, per_tick)
+    // Through the hop: the scenarios watch its progress and its purges.
+    let extra = format!("{FAILOVER}repartition_shortcut = false\n");
+    setup_with(name, seed, &extra, per_tick * 10, per_tick)
 }
 
 /// [`setup`] with leadflow configuration `extra`, `first` leads written
