@@ -24,7 +24,8 @@
 # With 2 or more cores, the broker is pinned to core 0 and each contender
 # to core 1 (taskset), so leads/s is per core of the contender.
 # Then a restart of the exactly-once run, which restores its dedupe state
-# from the changelog and finds nothing left to drain: the restore time.
+# from the changelog and finds nothing left to drain: the restore time;
+# and the restore of 10 million keys written straight into a changelog.
 # Then end-to-end latency of the default configuration while a separate
 # process offers 5,000 leads/s for 60 s: from producing a raw lead (stamped
 # with the time of producing) to its campaign record arriving at a
@@ -37,11 +38,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 leads=${1:-1000000}
+restore_keys=10000000
 latency_rate=5000
 latency_seconds=60
 profile=release
 if [ "$leads" = "--smoke" ]; then
   leads=5000
+  restore_keys=100000
   latency_rate=500
   latency_seconds=5
   profile=debug
@@ -121,6 +124,7 @@ config at-least-once leads.raw at-least-once false true
 config default leads.raw exactly-once true true
 config through-the-hop leads.raw exactly-once true false
 config latency latency.raw exactly-once true true
+config restore-large restore.raw exactly-once false true
 # The default topic names, which the Kafka Streams reference writes to.
 sed -e "s/127.0.0.1:9092/$bootstrap/" config/quickstart.toml > "$work/kafka-streams.toml"
 "$leadflow" -c "$work/kafka-streams.toml" topics create --partitions 12 2> /dev/null
@@ -141,6 +145,11 @@ run default
 run through-the-hop
 cp "$work/exactly-once.toml" "$work/restore.toml"
 run restore
+echo "writing $restore_keys keys into a changelog" >&2
+scripts/python.sh
+PYTHONPATH=.cache/python python3 scripts/changelog_fill.py "$bootstrap" \
+  bench-restore-large-dedupe-changelog "$restore_keys" 12
+run restore-large
 
 # The Kafka Streams reference: from its first RUNNING state to its group
 # committed to the end of the input and of its repartition topic; CPU from

@@ -110,25 +110,26 @@ def report_drain(work, leads, leadflow, pinned):
               "200 ms); its CPU includes the JVM's start-up.\n")
     else:
         print("The Kafka Streams reference was not run (not found).\n")
-    restore(work)
+    restore(work, "restore", "Restart of the exactly-once run")
+    restore(work, "restore-large", "Restore of a changelog of written keys")
     if any(r["matches"] == "NO" for r in rows.values()):
         print("A run's tally does not match the generator's expectation.", file=sys.stderr)
         sys.exit(1)
 
 
-def restore(work):
-    """The restart of the exactly-once run: its dedupe state read back."""
-    restored = [ANSI.sub("", line) for line in open(os.path.join(work, "restore.log"))
+def restore(work, name, what):
+    """A run that restored dedupe state and found nothing to drain."""
+    restored = [ANSI.sub("", line) for line in open(os.path.join(work, f"{name}.log"))
                 if "dedupe state restored" in line]
     field = lambda name, line: int(re.search(name + r"=(\d+)", line).group(1))
     records = sum(field("records", line) for line in restored)
     # Each line gives the keys held after it, over every partition.
     keys = field("keys", restored[-1]) if restored else 0
     seconds = sum(field("millis", line) for line in restored) / 1000
-    rss_kib = open(os.path.join(work, "restore.time")).read().split()[3]
-    print(f"Restart of the exactly-once run: {records:,} changelog records restored into "
+    wall, user, system, rss_kib = open(os.path.join(work, f"{name}.time")).read().split()[:4]
+    print(f"{what}: {records:,} changelog records restored into "
           f"{keys:,} dedupe keys in {seconds:.1f} s ({records / max(seconds, 0.001):,.0f} records/s); "
-          f"peak RSS {int(rss_kib) / 1024:.0f} MiB.\n")
+          f"CPU {float(user) + float(system):.1f} s; peak RSS {int(rss_kib) / 1024:.0f} MiB.\n")
 
 
 def latency(work, leadflow, config, topic, count, rate, label):

@@ -28,12 +28,7 @@ fetch_parts() {
   scripts/azurite.sh install
   scripts/kafka.sh fetch
   scripts/registry.sh fetch
-  if ! cmp -s tests/interop/requirements.txt .cache/python/.requirements 2>/dev/null; then
-    rm -rf .cache/python
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-      --target .cache/python -r tests/interop/requirements.txt
-    cp tests/interop/requirements.txt .cache/python/.requirements
-  fi
+  scripts/python.sh
 }
 mkdir -p target
 # Background jobs run in process groups of their own, so that however this

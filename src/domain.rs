@@ -273,6 +273,22 @@ fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
         .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
+/// The bytes every key of a person and offer starts with. Separators that
+/// cannot occur in the parts keep distinct triples distinct; one buffer
+/// hashed whole gives the same XXH3 as the streaming hasher earlier
+/// versions fed part by part, so keys in existing changelogs stay valid.
+fn person_offer_bytes(normalized_email: &str, offer: &Offer) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(
+        normalized_email.len() + offer.publisher_id.len() + offer.offer_id.len() + 24,
+    );
+    bytes.extend_from_slice(normalized_email.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(offer.publisher_id.as_bytes());
+    bytes.push(b'.');
+    bytes.extend_from_slice(offer.offer_id.as_bytes());
+    bytes
+}
+
 /// Identity of a lead for de-duplication: (normalized email, offer, action).
 /// Stored as a 128-bit hash so that state stays small and holds no personal data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -290,20 +306,29 @@ impl DedupeKey {
     }
 
     fn hash(normalized_email: &str, offer: &Offer, action: Option<&ActionCode>) -> DedupeKey {
-        // Separators that cannot occur in the parts keep distinct triples
-        // distinct. Streaming gives the same hash as one buffer would, so
-        // keys in existing changelogs stay valid, without building a string.
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        hasher.update(normalized_email.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(offer.publisher_id.as_bytes());
-        hasher.update(b".");
-        hasher.update(offer.offer_id.as_bytes());
+        let mut bytes = person_offer_bytes(normalized_email, offer);
         if let Some(action) = action {
-            hasher.update(b"\n");
-            hasher.update(action.code().as_bytes());
+            bytes.push(b'\n');
+            bytes.extend_from_slice(action.code().as_bytes());
         }
-        DedupeKey(hasher.digest128())
+        DedupeKey(xxhash_rust::xxh3::xxh3_128(&bytes))
+    }
+
+    /// The keys of (email, offer, code) for each of `codes`, as
+    /// [`DedupeKey::new`] makes them for actions of these codes.
+    pub fn with_codes<'c>(
+        normalized_email: &str,
+        offer: &Offer,
+        codes: impl Iterator<Item = &'c str>,
+    ) -> impl Iterator<Item = (&'c str, DedupeKey)> {
+        let mut bytes = person_offer_bytes(normalized_email, offer);
+        bytes.push(b'\n');
+        let prefix = bytes.len();
+        codes.map(move |code| {
+            bytes.truncate(prefix);
+            bytes.extend_from_slice(code.as_bytes());
+            (code, DedupeKey(xxhash_rust::xxh3::xxh3_128(&bytes)))
+        })
     }
 
     /// Lower-case hex, used as the record key of every output.

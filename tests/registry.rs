@@ -34,8 +34,13 @@ fn client() -> RegistryClient {
 
 /// The `[schema_registry]` table and the formats for an [`Env`].
 fn confluent_env(name: &str) -> Env {
+    confluent_env_with(name, "")
+}
+
+/// [`confluent_env`], with `extra` configuration after the registry's.
+fn confluent_env_with(name: &str, extra: &str) -> Env {
     let topics = "input_format = \"confluent-avro\"\noutput_format = \"confluent-avro\"";
-    let registry = format!("[schema_registry]\nurl = {:?}\n", registry_url());
+    let registry = format!("[schema_registry]\nurl = {:?}\n{extra}", registry_url());
     Env::with_topics(name, 1, topics, &registry)
 }
 
@@ -727,7 +732,8 @@ fn a_reload_routing_to_a_topic_without_a_registered_schema_is_refused() {
 fn generated_confluent_leads_end_where_the_generator_says() {
     let _deadline = common::deadline(Duration::from_secs(120));
     use leadflow::pipeline::Tally;
-    let env = confluent_env("generated");
+    // Through the hop, so that each framed lead is decoded on both sides.
+    let env = confluent_env_with("generated", "[pipeline]\nrepartition_shortcut = false\n");
     // `produce` registers the raw-lead schema under the input's subject and
     // frames each lead with its id, as Confluent's serializer would.
     let produced = env.leadflow(&[

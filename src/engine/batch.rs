@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::RunError;
 use super::events::Event;
 use super::local::LocalHop;
-use super::topology::{Part, Topology};
+use super::topology::{Hop, Part, Topology};
 use crate::error::{Failure, Stage};
 use crate::metrics::{Batch, LeadOutcome, Metrics, Stopwatch};
 use crate::pipeline::{Outcome, Pipeline, Place, Tally};
@@ -151,9 +151,12 @@ impl Progress {
     }
 
     /// Whether a record of `partition` may be processed: not before its
-    /// partition's state is restored.
+    /// partition's state is restored, nor an input record before a
+    /// catch-up that is due (see `local`).
     pub fn may_process(&self, topology: &Topology, part: Part) -> bool {
-        !(topology.is_processed(part.0) && self.to_restore.contains(&part.1))
+        let held = part.0 == Hop::Input && self.local.as_ref().is_some_and(LocalHop::holds_input);
+        let restoring = topology.is_processed(part.0) && self.to_restore.contains(&part.1);
+        !held && !restoring
     }
 
     /// The dead letter's reason if this record was found refused.
@@ -175,7 +178,7 @@ impl Progress {
             Event::Assigned { to_restore, input } => {
                 self.to_restore.extend(to_restore);
                 if let Some(local) = self.local.as_mut().filter(|_| input) {
-                    local.input_assigned();
+                    local.input_assigned(std::time::Instant::now());
                 }
                 return Reaction::Continue;
             }

@@ -137,13 +137,8 @@ impl Work<'_> {
 
     /// The batch loop; returns once stopped or drained, having committed.
     pub fn run(&mut self, io: &mut Io<'_>) -> Result<(), RunError> {
-        let topology = io.topology();
-        if self.config.pipeline.repartition_shortcut && topology.passthrough.is_none() {
-            self.progress.local = topology
-                .repartition
-                .as_ref()
-                .map(|(_, partitions)| LocalHop::new(*partitions));
-        }
+        let shortcut = self.config.pipeline.repartition_shortcut;
+        self.progress.local = LocalHop::for_run(shortcut, io.topology());
         while !self.stopping() {
             self.between_batches(io)?;
             self.batch_seq += 1;
@@ -205,8 +200,8 @@ impl Work<'_> {
             self.controls.observed.health.set_phase(Phase::Running);
         }
         if let Some(local) = self.progress.local.as_mut() {
-            local.restored(&partitions);
-            catch_up(io.consumer, io.restorer, local)?;
+            local.restored(&partitions, Instant::now());
+            catch_up((io.consumer, io.restorer), io.producer.context(), local)?;
         }
         if let Some(new) = self.controls.reloads.take() {
             self.reload(io, new);
@@ -367,7 +362,8 @@ impl Work<'_> {
         };
         let part = (hop, message.partition());
         if !self.progress.may_process(&context.topology, part) {
-            // Not before its state is restored: read again after.
+            // Not before its state is restored (or, for an input record,
+            // before the catch-up due): read again after.
             seek_back(io.consumer, message)?;
             return Ok(false);
         }

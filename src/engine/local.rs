@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::topology::partition_for;
+use super::topology::{Topology, partition_for};
 
 /// The longest the input stays paused for a catch-up.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
@@ -57,6 +57,10 @@ pub struct LocalHop {
     backoff: Duration,
     /// The input was paused for a catch-up and is to be resumed.
     pub input_paused: bool,
+    /// A catch-up is due between the next batches: till then no input
+    /// record is read, since forwarding one to a partition held here
+    /// would put it behind any other process's open transaction there.
+    pending: bool,
 }
 
 impl LocalHop {
@@ -67,6 +71,16 @@ impl LocalHop {
             not_before: None,
             backoff: Duration::ZERO,
             input_paused: false,
+            pending: false,
+        }
+    }
+
+    /// The hop's shortcut for a run, if `shortcut` is on and the run has
+    /// a repartition hop (and is not a pass-through).
+    pub fn for_run(shortcut: bool, topology: &Topology) -> Option<LocalHop> {
+        match (&topology.repartition, &topology.passthrough) {
+            (Some((_, partitions)), None) if shortcut => Some(LocalHop::new(*partitions)),
+            _ => None,
         }
     }
 
@@ -78,17 +92,29 @@ impl LocalHop {
 
     /// Input partitions were assigned: what their previous owner forwarded
     /// may still be unread, so every partition catches up again.
-    pub fn input_assigned(&mut self) {
+    pub fn input_assigned(&mut self, now: Instant) {
         for standing in self.standing.values_mut() {
             *standing = Standing::Forwarding;
         }
+        self.pending = !self.standing.is_empty() && !self.backing_off(now);
     }
 
     /// Repartition partitions whose state is restored.
-    pub fn restored(&mut self, partitions: &[i32]) {
+    pub fn restored(&mut self, partitions: &[i32], now: Instant) {
         for partition in partitions {
             self.standing.insert(*partition, Standing::Forwarding);
         }
+        self.pending |= !partitions.is_empty() && !self.backing_off(now);
+    }
+
+    /// Whether input records wait for the catch-up due between the next
+    /// batches (the batch ends before the first one).
+    pub fn holds_input(&self) -> bool {
+        self.pending
+    }
+
+    fn backing_off(&self, now: Instant) -> bool {
+        self.not_before.is_some_and(|t| now < t)
     }
 
     /// A repartition partition revoked or lost.
@@ -106,7 +132,7 @@ impl LocalHop {
     /// Between batches: the partitions whose end to take to start a
     /// catch-up, unless one is under way or the last gave up too recently.
     pub fn to_measure(&self, now: Instant) -> CatchUp {
-        if self.catching_up() || self.not_before.is_some_and(|t| now < t) {
+        if self.catching_up() || self.backing_off(now) {
             return CatchUp::default();
         }
         CatchUp {
@@ -122,6 +148,7 @@ impl LocalHop {
     /// The ends taken for [`LocalHop::to_measure`]'s partitions, with the
     /// input paused from now on if any is not read to its end yet.
     pub fn measured(&mut self, ends: &[(i32, i64)], now: Instant) {
+        self.pending = false;
         for (partition, end) in ends {
             if let Some(standing) = self.standing.get_mut(partition) {
                 *standing = Standing::CatchingUp {
@@ -187,7 +214,7 @@ mod tests {
         let now = Instant::now();
         let mut hop = LocalHop::new(4);
         assert_eq!(hop.shard(key(1)), None, "not assigned");
-        hop.restored(&[1, 2]);
+        hop.restored(&[1, 2], now);
         assert_eq!(hop.shard(key(1)), None, "restored, not caught up");
         assert_eq!(hop.to_measure(now).measure, [1, 2]);
         hop.measured(&[(1, 10), (2, 0)], now);
@@ -208,11 +235,13 @@ mod tests {
     fn an_input_assignment_sends_every_partition_back_to_forwarding() {
         let now = Instant::now();
         let mut hop = LocalHop::new(4);
-        hop.restored(&[0, 1]);
+        hop.restored(&[0, 1], now);
         hop.measured(&[(0, 0), (1, 0)], now);
         assert!(hop.advance(|_| Some(0), now));
         assert_eq!(hop.local(), 2);
-        hop.input_assigned();
+        assert!(!hop.holds_input());
+        hop.input_assigned(now);
+        assert!(hop.holds_input(), "till the catch-up");
         assert_eq!(hop.shard(key(0)), None);
         assert_eq!(hop.to_measure(now).measure, [0, 1]);
         hop.dropped(0);
@@ -223,7 +252,7 @@ mod tests {
     fn a_catch_up_that_takes_too_long_gives_up_and_backs_off() {
         let start = Instant::now();
         let mut hop = LocalHop::new(4);
-        hop.restored(&[0, 1]);
+        hop.restored(&[0, 1], start);
         hop.measured(&[(0, 5), (1, 5)], start);
         // Partition 0 never gets there (a crashed owner's transaction).
         assert!(!hop.advance(|p| (p == 1).then_some(3), start));
@@ -231,6 +260,9 @@ mod tests {
         assert!(hop.advance(|p| (p == 1).then_some(3), late), "resumed");
         assert_eq!(hop.local(), 0);
         assert_eq!(hop.to_measure(late).measure, Vec::<i32>::new());
+        // Backing off, the input is not held: leads take the hop.
+        hop.input_assigned(late);
+        assert!(!hop.holds_input());
         let later = late + CATCH_UP_LIMIT;
         assert_eq!(hop.to_measure(later).measure, [0, 1]);
         // A second give-up waits twice as long.

@@ -20,7 +20,7 @@ use super::local::LocalHop;
 use super::second_hop::SecondHop;
 use super::topology::Part;
 use crate::health::Phase;
-use crate::kafka::{Logged, lock};
+use crate::kafka::{DeliveryTracker, Logged, lock};
 use crate::pipeline::Pipeline;
 
 /// Restores the dedupe state of `partitions` (newly assigned, paused)
@@ -104,8 +104,8 @@ pub fn restore_assigned(
 /// read to their end local, and resumes the input when none is left
 /// catching up. Runs between batches, with no transaction open.
 pub fn catch_up(
-    consumer: &BaseConsumer<RunContext>,
-    lister: &BaseConsumer<Logged>,
+    (consumer, lister): (&BaseConsumer<RunContext>, &BaseConsumer<Logged>),
+    forwarded: &DeliveryTracker,
     local: &mut LocalHop,
 ) -> Result<(), RunError> {
     let topology = &consumer.context().topology;
@@ -118,10 +118,14 @@ pub fn catch_up(
     if !measure.is_empty() {
         let mut ends = Vec::with_capacity(measure.len());
         for partition in measure {
-            // The end a read_committed reader sees: everything this
-            // process forwarded is committed by now.
+            // The end a read_committed reader sees, and past it what this
+            // process forwarded (committed by now, but behind another's
+            // open transaction, the end stops short of it).
             match lister.fetch_watermarks(topic, partition, timeout) {
-                Ok((_, end)) => ends.push((partition, end)),
+                Ok((_, end)) => {
+                    let mine = forwarded.reached(partition).unwrap_or(end);
+                    ends.push((partition, end.max(mine)));
+                }
                 Err(e) => {
                     // Asked again between the next batches.
                     debug!(error = %e, partition, "end of a repartition partition unknown");
@@ -129,6 +133,7 @@ pub fn catch_up(
                 }
             }
         }
+        debug!(?ends, "catching up repartition partitions");
         local.measured(&ends, now);
     }
     if local.catching_up() {
@@ -141,6 +146,7 @@ pub fn catch_up(
                     "repartition partitions caught up: leads whose key maps to one skip the hop"
                 ),
                 false => warn!(
+                    ?positions,
                     "repartition partitions did not catch up in time; their leads take the hop, and it is tried again later"
                 ),
             }

@@ -159,7 +159,9 @@ fn producer(
     if exactly_once {
         producer_config.set("transactional.id", config.transactional_id());
     }
-    let tracker = DeliveryTracker::with_health(Arc::clone(&observed.health));
+    // What it forwarded to the repartition topic: a catch-up reads up to it.
+    let tracker = DeliveryTracker::with_health(Arc::clone(&observed.health))
+        .tracking(config.repartition_topic().as_deref());
     Ok(Arc::new(
         producer_config
             .create_with_context(tracker)

@@ -293,7 +293,7 @@ fn with_local(local: &[i32]) -> Engine {
     engine.assign(local);
     let mut hop = LocalHop::new(12);
     let now = std::time::Instant::now();
-    hop.restored(local);
+    hop.restored(local, now);
     let ends: Vec<(i32, i64)> = local.iter().map(|p| (*p, 0)).collect();
     hop.measured(&ends, now);
     assert!(hop.advance(|_| Some(0), now));

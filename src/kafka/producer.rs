@@ -28,6 +28,14 @@ pub(crate) struct DeliveryTracker {
     /// Delivery reports served so far, for [`flush`] to wait on.
     delivered: Mutex<u64>,
     delivery: Condvar,
+    /// Flushes waiting on `delivery`, counted under the `delivered` lock:
+    /// a notification is a system call, and three records a lead would
+    /// make one each, mostly with no one waiting.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// The topic whose delivered offsets are kept (the repartition topic),
+    /// and per partition the offset after the last record delivered there.
+    tracked: Option<String>,
+    reached: Mutex<std::collections::BTreeMap<i32, i64>>,
 }
 
 impl ClientContext for DeliveryTracker {
@@ -60,8 +68,20 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        *lock(&self.delivered) += 1;
-        self.delivery.notify_all();
+        let mut delivered = lock(&self.delivered);
+        *delivered += 1;
+        let waiting = self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        drop(delivered);
+        if waiting {
+            self.delivery.notify_all();
+        }
+        if let (Ok(message), Some(tracked)) = (result, &self.tracked)
+            && message.topic() == tracked
+        {
+            let mut reached = lock(&self.reached);
+            let next = reached.entry(message.partition()).or_insert(0);
+            *next = (*next).max(message.offset() + 1);
+        }
         if let Err((error, message)) = result {
             if let Some(code) = refusal(error) {
                 lock(&self.rejection).get_or_insert((message.topic().to_owned(), code));
@@ -85,6 +105,20 @@ impl DeliveryTracker {
             health: Some(health),
             ..DeliveryTracker::default()
         }
+    }
+
+    /// Keeps the offsets of records delivered to `topic`, if any.
+    pub(crate) fn tracking(self, topic: Option<&str>) -> DeliveryTracker {
+        DeliveryTracker {
+            tracked: topic.map(str::to_owned),
+            ..self
+        }
+    }
+
+    /// The offset after the last record delivered to `partition` of the
+    /// tracked topic, if any was.
+    pub(crate) fn reached(&self, partition: i32) -> Option<i64> {
+        lock(&self.reached).get(&partition).copied()
     }
 
     pub(crate) fn take(&self) -> Option<String> {
@@ -137,10 +171,13 @@ pub(crate) fn flush(producer: &LeadProducer, timeout: Duration) -> Result<(), Ka
         let wait = (deadline - now).min(Duration::from_millis(1));
         let guard = lock(&tracker.delivered);
         if *guard == delivered {
+            let waiting = &tracker.waiting;
+            waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tracker
                 .delivery
                 .wait_timeout(guard, wait)
                 .map_err(PoisonError::into_inner);
+            waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -6,8 +6,10 @@
 //! caught too. A repeat after the window is a new lead and restarts it. A
 //! new action by the same person for the same offer has another key, so it
 //! is a new lead, and it learns which other actions that person took on that
-//! offer. Checking and recording are separate steps, so that a lead which
-//! fails a later stage leaves no trace.
+//! offer: the keys of the other actions are looked up (every unknown action
+//! code also leaves a key of its own, [`OTHER_ACTIONS`], to be found by).
+//! Checking and recording are separate steps, so that a lead which fails a
+//! later stage leaves no trace.
 //!
 //! State is kept per input partition (a *shard*), because a partition is
 //! the unit that moves between processes. Every change since the last
@@ -17,17 +19,20 @@
 //! a key's new value, or a tombstone when it was forgotten. Replaying a
 //! changelog into [`Deduper::restore`] rebuilds a shard.
 //!
-//! Changelog records: the key is a tag byte (`s` for a dedupe key, `a` for
-//! a person's actions on an offer) and the 128-bit key, big-endian; the
-//! value is 16 bytes: for `s` the event time let through and the latest
-//! event time seen, for `a` the latest event time and the action bits, all
-//! big-endian.
+//! Changelog records: the key is a tag byte (`s` for a dedupe key, `o` for
+//! the key an unknown action code leaves) and the 128-bit key, big-endian;
+//! the value is 16 bytes, the event time let through and the latest event
+//! time seen, big-endian. One record per lead let through (two for an
+//! unknown action code). Versions before 2026-12 also kept a table of each person's
+//! actions per offer, written as `a` records: a restore skips them and
+//! tombstones them with its first changes.
 //!
 //! In memory an entry is packed to 4-byte alignment, and the latest event
-//! times (used only for expiry, over a window of days) are kept in whole
-//! seconds: a dedupe key costs 28 + 24 bytes of table entries instead of
-//! 32 + 32, which keeps 10 million keys under 1 GiB. The changelog keeps
-//! its format; latest times in it are whole seconds, in milliseconds.
+//! time (used only for expiry, over a window of days) is kept in whole
+//! seconds: a dedupe key costs 28 bytes of table entry (29 with its
+//! control byte), about 49 bytes a key at 10 million keys. The changelog
+//! keeps its format; latest times in it are whole seconds, in
+//! milliseconds.
 //!
 //! Memory is bounded by `max_keys`: past it, the keys least recently seen
 //! (about 1% of them) are forgotten, with tombstones, and counted in
@@ -35,28 +40,43 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{ActionSet, DedupeKey, Lead};
+use crate::domain::{ActionCode, ActionSet, DedupeKey, Lead};
 use crate::error::ErrorClass;
 
-/// The most one dedupe key costs in memory: its entry and its share of a
-/// person's actions entry (each with a control byte), in tables that may be
-/// just past a resize (half full) and are at most 7/8 full. Sizes the
-/// memory budget.
-pub const MAX_BYTES_PER_KEY: usize = 2 * ((SEEN_ENTRY + ACTIONS_ENTRY) * 8 / 7 + 1);
+/// The most one dedupe key costs in memory: its entry (with a control
+/// byte), in a table that may be just past a resize (half full) and is at
+/// most 7/8 full. Sizes the memory budget.
+pub const MAX_BYTES_PER_KEY: usize = 2 * (SEEN_ENTRY * 8 / 7 + 1);
 const SEEN_ENTRY: usize = std::mem::size_of::<(MapKey, Seen)>() + 1;
-const ACTIONS_ENTRY: usize = std::mem::size_of::<(MapKey, Actions)>() + 1;
+
+/// The action code whose key every unknown action code also leaves, so
+/// that a person's later actions learn of it. Begins with a NUL, which no
+/// code Microsoft sends does.
+pub const OTHER_ACTIONS: &str = "\u{0}other";
 
 /// Bytes in a changelog key.
 pub const CHANGELOG_KEY_BYTES: usize = 17;
 /// Bytes in a changelog value.
 pub const CHANGELOG_VALUE_BYTES: usize = 16;
 const TAG_SEEN: u8 = b's';
-const TAG_ACTIONS: u8 = b'a';
+const TAG_OTHERS: u8 = b'o'; // keys unknown action codes leave
+const TAG_LEGACY_ACTIONS: u8 = b'a'; // versions before 2026-12
 
 /// A [`DedupeKey`] as the tables hold it: the same 16 bytes, aligned to 4
 /// rather than the 16 of a `u128`, so that entries pack without padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MapKey([u32; 4]);
+
+impl std::hash::Hash for MapKey {
+    /// The key is an XXH3 hash already: one word of it is all a table
+    /// needs, mixed with the table's random seed (the text hashed comes
+    /// from outside, so a fixed function would let crafted emails collide).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64((u64::from(self.0[2]) << 32) | u64::from(self.0[3]));
+    }
+}
+
+type KeyMap = HashMap<MapKey, Seen, foldhash::fast::RandomState>;
 
 impl From<DedupeKey> for MapKey {
     fn from(key: DedupeKey) -> MapKey {
@@ -121,18 +141,29 @@ struct Seen {
     last_seen: Seconds,
 }
 
-/// A person's actions let through on an offer, and the latest event time.
+/// The two tables of a shard: dedupe keys, and the keys unknown action
+/// codes leave for a person's later actions to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Actions {
-    set: ActionSet,
-    last: Seconds,
+enum Table {
+    Seen,
+    Others,
+}
+
+impl Table {
+    fn tag(self) -> u8 {
+        match self {
+            Table::Seen => TAG_SEEN,
+            Table::Others => TAG_OTHERS,
+        }
+    }
 }
 
 /// The value a key held before a change, to put back on rollback.
 #[derive(Debug, Clone, Copy)]
-enum Undo {
-    Seen(DedupeKey, Option<Seen>),
-    Actions(DedupeKey, Option<Actions>),
+struct Undo {
+    table: Table,
+    key: DedupeKey,
+    before: Option<Seen>,
 }
 
 /// One state change, as a changelog record for the shard's partition.
@@ -166,9 +197,26 @@ pub struct Savepoint(usize);
 
 #[derive(Debug, Default)]
 struct Shard {
-    seen: HashMap<MapKey, Seen>,
-    /// (email, offer) → actions let through, and the latest event time.
-    actions: HashMap<MapKey, Actions>,
+    seen: KeyMap,
+    /// Keyed by (email, offer, [`OTHER_ACTIONS`]); rare, so a table of its
+    /// own, which keeps every key in `seen` one an output carries.
+    others: KeyMap,
+}
+
+impl Shard {
+    fn table(&mut self, table: Table) -> &mut KeyMap {
+        match table {
+            Table::Seen => &mut self.seen,
+            Table::Others => &mut self.others,
+        }
+    }
+
+    fn get(&self, table: Table, key: DedupeKey) -> Option<Seen> {
+        match table {
+            Table::Seen => self.seen.get(&key.into()).copied(),
+            Table::Others => self.others.get(&key.into()).copied(),
+        }
+    }
 }
 
 /// Dedupe state for the partitions this process owns.
@@ -182,6 +230,8 @@ pub struct Deduper {
     /// Journal entries already handed out by `take_changes`.
     taken: usize,
     evicted: u64,
+    /// Actions records of earlier versions found by restores, to tombstone.
+    legacy: Vec<(i32, DedupeKey)>,
 }
 
 impl Deduper {
@@ -195,6 +245,7 @@ impl Deduper {
             journal: Vec::new(),
             taken: 0,
             evicted: 0,
+            legacy: Vec::new(),
         }
     }
 
@@ -228,20 +279,11 @@ impl Deduper {
             let Some(shard) = self.shards.get_mut(&partition) else {
                 continue;
             };
-            match undo {
-                Undo::Seen(key, Some(before)) => {
-                    shard.seen.insert(key.into(), before);
-                }
-                Undo::Seen(key, None) => {
-                    shard.seen.remove(&key.into());
-                }
-                Undo::Actions(key, Some(before)) => {
-                    shard.actions.insert(key.into(), before);
-                }
-                Undo::Actions(key, None) => {
-                    shard.actions.remove(&key.into());
-                }
-            }
+            let Undo { table, key, before } = undo;
+            match before {
+                Some(before) => shard.table(table).insert(key.into(), before),
+                None => shard.table(table).remove(&key.into()),
+            };
         }
     }
 
@@ -260,50 +302,38 @@ impl Deduper {
             };
             // Rolled back, the key already holds its value from before: a
             // later rollback of this entry leaves it so.
-            let now = match undo {
-                Undo::Seen(key, _) => Undo::Seen(key, shard.seen.get(&key.into()).copied()),
-                Undo::Actions(key, _) => {
-                    Undo::Actions(key, shard.actions.get(&key.into()).copied())
-                }
+            let now = Undo {
+                before: shard.get(undo.table, undo.key),
+                ..undo
             };
             self.journal.push((partition, now));
         }
     }
 
     /// The changes since the last call (or commit), as changelog records
-    /// carrying each key's current value. Lazy, so the per-lead path
-    /// allocates nothing for them.
+    /// carrying each key's current value, then tombstones for the actions
+    /// records of earlier versions that restores found. Lazy, so the
+    /// per-lead path allocates nothing for them.
     pub fn take_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
         let start = std::mem::replace(&mut self.taken, self.journal.len());
         let shards = &self.shards;
-        self.journal[start..].iter().map(move |(partition, undo)| {
-            let shard = shards.get(partition);
-            let (key, value) = match undo {
-                Undo::Seen(key, _) => (
-                    changelog_key(TAG_SEEN, *key),
-                    shard
-                        .and_then(|s| s.seen.get(&MapKey::from(*key)))
-                        .map(|seen| {
-                            value_bytes(seen.emitted.get(), seen.last_seen.ms().to_be_bytes())
-                        }),
-                ),
-                Undo::Actions(key, _) => (
-                    changelog_key(TAG_ACTIONS, *key),
-                    shard
-                        .and_then(|s| s.actions.get(&MapKey::from(*key)))
-                        .map(|actions| {
-                            let mut bits = [0; 8];
-                            bits[0] = actions.set.0;
-                            value_bytes(actions.last.ms(), bits)
-                        }),
-                ),
-            };
+        let changes = self.journal[start..].iter().map(move |(partition, undo)| {
+            let value = shards
+                .get(partition)
+                .and_then(|s| s.get(undo.table, undo.key))
+                .map(|seen| value_bytes(seen.emitted.get(), seen.last_seen.ms()));
             Change {
                 partition: *partition,
-                key,
+                key: changelog_key(undo.table.tag(), undo.key),
                 value,
             }
-        })
+        });
+        let legacy = self.legacy.drain(..).map(|(partition, key)| Change {
+            partition,
+            key: changelog_key(TAG_LEGACY_ACTIONS, key),
+            value: None,
+        });
+        changes.chain(legacy)
     }
 
     /// Applies one changelog record to a partition's shard, unjournaled:
@@ -333,15 +363,19 @@ impl Deduper {
                 let bytes: [u8; CHANGELOG_VALUE_BYTES] = bytes.try_into().map_err(|_| corrupt())?;
                 let (first, second) = bytes.split_at(8);
                 let first = i64::from_be_bytes(first.try_into().map_err(|_| corrupt())?);
-                let second: [u8; 8] = second.try_into().map_err(|_| corrupt())?;
+                let second = i64::from_be_bytes(second.try_into().map_err(|_| corrupt())?);
                 Some((first, second))
             }
         };
         let shard = self.shards.entry(partition).or_default();
-        match (tag, value) {
-            (TAG_SEEN, Some((emitted_ms, last))) => {
-                let last_seen_ms = i64::from_be_bytes(last);
-                shard.seen.insert(
+        let table = match tag {
+            TAG_SEEN => Some(Table::Seen),
+            TAG_OTHERS => Some(Table::Others),
+            _ => None,
+        };
+        match (table, tag, value) {
+            (Some(table), _, Some((emitted_ms, last_seen_ms))) => {
+                shard.table(table).insert(
                     hash,
                     Seen {
                         emitted: Millis::new(emitted_ms),
@@ -349,21 +383,12 @@ impl Deduper {
                     },
                 );
             }
-            (TAG_SEEN, None) => {
-                shard.seen.remove(&hash);
+            (Some(table), _, None) => {
+                shard.table(table).remove(&hash);
             }
-            (TAG_ACTIONS, Some((last, bits))) => {
-                shard.actions.insert(
-                    hash,
-                    Actions {
-                        set: ActionSet(bits[0]),
-                        last: Seconds::from_ms(last),
-                    },
-                );
-            }
-            (TAG_ACTIONS, None) => {
-                shard.actions.remove(&hash);
-            }
+            (None, TAG_LEGACY_ACTIONS, Some(_)) => self.legacy.push((partition, hash.into())),
+            // Read back before compaction: one of the tombstones above.
+            (None, TAG_LEGACY_ACTIONS, None) => {}
             _ => return Err(corrupt()),
         }
         Ok(())
@@ -396,39 +421,50 @@ impl Deduper {
         }
         let last_seen = Seconds::from_ms(lead.event_time_ms);
         if last_seen > seen.last_seen {
-            self.journal
-                .push((partition, Undo::Seen(lead.dedupe_key, Some(*seen))));
+            self.journal.push((
+                partition,
+                Undo {
+                    table: Table::Seen,
+                    key: lead.dedupe_key,
+                    before: Some(*seen),
+                },
+            ));
             seen.last_seen = last_seen;
         }
         Some(emitted_ms)
     }
 
     /// Records `lead` as let through and returns the person's other actions
-    /// on the same offer.
+    /// on the same offer: those whose keys are held.
     pub fn record(&mut self, partition: i32, lead: &Lead) -> ActionSet {
         let shard = self.shards.entry(partition).or_default();
-        let at = Seconds::from_ms(lead.event_time_ms);
-        let before = shard.seen.insert(
-            lead.dedupe_key.into(),
-            Seen {
-                emitted: Millis::new(lead.event_time_ms),
-                last_seen: at,
-            },
-        );
-        let new_key = before.is_none();
-        self.journal
-            .push((partition, Undo::Seen(lead.dedupe_key, before)));
-        let key = MapKey::from(lead.person_offer_key);
-        let before = shard.actions.get(&key).copied();
-        self.journal
-            .push((partition, Undo::Actions(lead.person_offer_key, before)));
-        let entry = shard.actions.entry(key).or_insert(Actions {
-            set: ActionSet::default(),
-            last: at,
+        // An unknown code's own kind is not an earlier action of it.
+        let own = match &lead.action {
+            ActionCode::Other(_) => OTHER_ACTIONS,
+            known => known.code(),
+        };
+        let probed = PROBED.into_iter().filter(|code| *code != own);
+        let earlier = DedupeKey::with_codes(&lead.email, &lead.offer, probed)
+            .filter(|(code, key)| shard.get(table_of(code), *key).is_some())
+            .fold(ActionSet::default(), |set, (code, _)| {
+                set.with(&ActionCode::parse(code))
+            });
+        let seen = Seen {
+            emitted: Millis::new(lead.event_time_ms),
+            last_seen: Seconds::from_ms(lead.event_time_ms),
+        };
+        let other = matches!(lead.action, ActionCode::Other(_)).then(|| {
+            let marker = std::iter::once(OTHER_ACTIONS);
+            DedupeKey::with_codes(&lead.email, &lead.offer, marker).map(|(_, key)| key)
         });
-        let earlier = entry.set.without(&lead.action);
-        entry.set = entry.set.with(&lead.action);
-        entry.last = entry.last.max(at);
+        let keys = std::iter::once((Table::Seen, lead.dedupe_key))
+            .chain(other.into_iter().flatten().map(|key| (Table::Others, key)));
+        let mut new_key = false;
+        for (table, key) in keys {
+            let before = shard.table(table).insert(key.into(), seen);
+            new_key |= table == Table::Seen && before.is_none();
+            self.journal.push((partition, Undo { table, key, before }));
+        }
         if new_key && self.len() > self.max_keys {
             self.evict_oldest();
         }
@@ -468,27 +504,24 @@ impl Deduper {
         self.evicted += evicted as u64;
     }
 
-    /// Forgets every key (of either kind) whose latest event time `stale`
+    /// Forgets every key (of either table) whose latest event time `stale`
     /// says is stale, journaled. Returns how many dedupe keys went.
     fn forget(&mut self, stale: impl Fn(i64) -> bool) -> usize {
         let journal = &mut self.journal;
         let mut forgotten = 0;
         for (partition, shard) in &mut self.shards {
-            shard.seen.retain(|key, seen| {
-                let keep = !stale(seen.last_seen.ms());
-                if !keep {
-                    journal.push((*partition, Undo::Seen((*key).into(), Some(*seen))));
-                    forgotten += 1;
-                }
-                keep
-            });
-            shard.actions.retain(|key, entry| {
-                let keep = !stale(entry.last.ms());
-                if !keep {
-                    journal.push((*partition, Undo::Actions((*key).into(), Some(*entry))));
-                }
-                keep
-            });
+            for table in [Table::Seen, Table::Others] {
+                shard.table(table).retain(|key, seen| {
+                    let keep = !stale(seen.last_seen.ms());
+                    if !keep {
+                        let before = Some(*seen);
+                        let key = (*key).into();
+                        journal.push((*partition, Undo { table, key, before }));
+                        forgotten += usize::from(table == Table::Seen);
+                    }
+                    keep
+                });
+            }
         }
         forgotten
     }
@@ -510,8 +543,7 @@ impl Deduper {
         self.shards
             .values()
             .map(|shard| {
-                buckets(shard.seen.capacity()) * SEEN_ENTRY
-                    + buckets(shard.actions.capacity()) * ACTIONS_ENTRY
+                (buckets(shard.seen.capacity()) + buckets(shard.others.capacity())) * SEEN_ENTRY
             })
             .sum()
     }
@@ -539,11 +571,30 @@ fn changelog_key(tag: u8, key: DedupeKey) -> [u8; CHANGELOG_KEY_BYTES] {
     bytes
 }
 
-fn value_bytes(first: i64, second: [u8; 8]) -> [u8; CHANGELOG_VALUE_BYTES] {
+fn value_bytes(first: i64, second: i64) -> [u8; CHANGELOG_VALUE_BYTES] {
     let mut bytes = [0; CHANGELOG_VALUE_BYTES];
     bytes[..8].copy_from_slice(&first.to_be_bytes());
-    bytes[8..].copy_from_slice(&second);
+    bytes[8..].copy_from_slice(&second.to_be_bytes());
     bytes
+}
+
+/// The codes whose keys are looked up for a person's other actions: the
+/// known ones and the key every unknown one leaves.
+const PROBED: [&str; 6] = [
+    "INS",
+    "PLT",
+    "DNC",
+    "Create",
+    "StartTestDrive",
+    OTHER_ACTIONS,
+];
+
+/// The table a probed code's key is in.
+fn table_of(code: &str) -> Table {
+    match code {
+        OTHER_ACTIONS => Table::Others,
+        _ => Table::Seen,
+    }
 }
 
 #[cfg(test)]
@@ -570,9 +621,9 @@ mod tests {
     }
 
     #[test]
-    fn entries_pack_into_28_and_24_bytes_and_round_trip() {
+    fn entries_pack_into_28_bytes_and_round_trip() {
         assert_eq!(SEEN_ENTRY, 29);
-        assert_eq!(ACTIONS_ENTRY, 25);
+        assert_eq!(MAX_BYTES_PER_KEY, 68);
         for key in [0, 1, u128::MAX, u128::MAX / 3, 1 << 127] {
             assert_eq!(
                 DedupeKey::from(MapKey::from(DedupeKey(key))),
@@ -819,16 +870,21 @@ mod tests {
         let before: Vec<Change> = deduper.take_changes().collect();
         deduper.commit();
         let savepoint = deduper.savepoint();
-        // A new action of the same person and offer: a new dedupe key, and
-        // the (email, offer) actions key changed.
+        // A new action of the same person and offer, and a repeat of the
+        // kept one, which moves its latest time.
         let refused = lead_at(ActionCode::Create, 2_000);
         deduper.record(0, &refused);
+        assert!(
+            deduper
+                .duplicate_of(0, &lead_at(ActionCode::Install, 3_000))
+                .is_some()
+        );
         let written: Vec<Change> = deduper.take_changes().collect();
         assert_eq!(written.len(), 2, "{written:?}");
         deduper.revert_to(savepoint);
         let reverted: Vec<Change> = deduper.take_changes().collect();
-        // The refused lead's key is a tombstone; the actions key is back to
-        // what the kept lead left.
+        // The refused lead's key is a tombstone; the kept one's is back to
+        // what it was.
         let by_key = |changes: &[Change], key: &[u8; CHANGELOG_KEY_BYTES]| {
             changes.iter().find(|c| c.key == *key).map(|c| c.value)
         };
@@ -841,6 +897,75 @@ mod tests {
         // Rolling back past the revert changes nothing more.
         deduper.rollback();
         assert!(deduper.duplicate_of(0, &kept).is_some());
+    }
+
+    #[test]
+    fn unknown_action_codes_are_earlier_actions_of_later_known_ones() {
+        let mut dedupe = Deduper::new(180 * DAY, usize::MAX);
+        let odd = lead_at(ActionCode::Other("Webinar".into()), 0);
+        assert_eq!(dedupe.record(0, &odd).to_vec(), vec![]);
+        // Its own key, and the one every unknown code leaves, on its own.
+        assert_eq!(dedupe.len(), 1);
+        let written: Vec<Change> = dedupe.take_changes().collect();
+        let tags: Vec<u8> = written.iter().map(|c| c.key[0]).collect();
+        assert_eq!(tags, [b's', b'o']);
+        let mut restored = replay(&written, 180 * DAY);
+        let other = lead_at(ActionCode::Other("Event".into()), DAY);
+        assert_eq!(dedupe.duplicate_of(0, &other), None, "another code");
+        assert_eq!(
+            dedupe.record(0, &other).to_vec(),
+            vec![],
+            "not its own kind"
+        );
+        let install = lead_at(ActionCode::Install, 2 * DAY);
+        let earlier = dedupe.record(0, &install);
+        assert_eq!(earlier.to_vec(), vec![ActionCode::Other("Other".into())]);
+        assert_eq!(restored.record(0, &install), earlier, "restored alike");
+        let contact = lead_at(ActionCode::PartnerLedTrial, 3 * DAY);
+        assert_eq!(
+            dedupe.record(0, &contact).to_vec(),
+            vec![ActionCode::Install, ActionCode::Other("Other".into())]
+        );
+    }
+
+    #[test]
+    fn an_earlier_action_is_forgotten_with_its_own_key() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        dedupe.record(0, &lead_at(ActionCode::PartnerLedTrial, 0));
+        dedupe.record(0, &lead_at(ActionCode::Create, 8 * DAY));
+        assert_eq!(dedupe.expire(11 * DAY), 1);
+        let install = lead_at(ActionCode::Install, 12 * DAY);
+        assert_eq!(
+            dedupe.record(0, &install).to_vec(),
+            vec![ActionCode::Create]
+        );
+    }
+
+    #[test]
+    fn actions_records_of_earlier_versions_are_skipped_and_tombstoned() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        let mut legacy = [0; CHANGELOG_KEY_BYTES];
+        legacy[0] = b'a';
+        legacy[16] = 7;
+        let mut value = [0; CHANGELOG_VALUE_BYTES];
+        value[8] = 0b11;
+        dedupe
+            .restore(2, &legacy, Some(&value))
+            .expect("an actions record");
+        dedupe
+            .restore(2, &legacy, None)
+            .expect("its tombstone, read back");
+        assert!(dedupe.is_empty());
+        let changes: Vec<Change> = dedupe.take_changes().collect();
+        assert_eq!(
+            changes,
+            vec![Change {
+                partition: 2,
+                key: legacy,
+                value: None
+            }]
+        );
+        assert_eq!(dedupe.take_changes().count(), 0, "tombstoned once");
     }
 
     #[test]
