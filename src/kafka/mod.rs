@@ -222,6 +222,11 @@ pub(crate) fn reader(
     .set("enable.auto.commit", "false")
     .set("group.id", group)
     .set("statistics.interval.ms", "0")
+    // A partition whose queue holds `queued.min.messages` (100,000) is not
+    // fetched again for `fetch.queue.backoff.ms`, 1 s by default: a reader
+    // that drains it in milliseconds waited most of that second. A restore
+    // of 3 million keys took 7.2 s, and 2.3 s with 10 ms.
+    .set("fetch.queue.backoff.ms", "10")
     .create_with_context(Logged)
 }
 
