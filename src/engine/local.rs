@@ -185,6 +185,8 @@ impl LocalHop {
             }
             self.backoff = (self.backoff * 2).clamp(CATCH_UP_LIMIT, MAX_BACKOFF);
             self.not_before = Some(now + self.backoff);
+            // Backing off, no catch-up is due: input records take the hop.
+            self.pending = false;
         } else if !self.catching_up() && self.standing.values().all(|s| *s == Standing::Local) {
             self.backoff = Duration::ZERO;
         }
@@ -256,23 +258,27 @@ mod tests {
         hop.measured(&[(0, 5), (1, 5)], start);
         // Partition 0 never gets there (a crashed owner's transaction).
         assert!(!hop.advance(|p| (p == 1).then_some(3), start));
+        // Another is restored meanwhile: its catch-up waits for this one.
+        hop.restored(&[2], start);
+        assert!(hop.holds_input());
         let late = start + CATCH_UP_LIMIT;
         assert!(hop.advance(|p| (p == 1).then_some(3), late), "resumed");
+        assert!(!hop.holds_input(), "backing off, the input flows");
         assert_eq!(hop.local(), 0);
         assert_eq!(hop.to_measure(late).measure, Vec::<i32>::new());
         // Backing off, the input is not held: leads take the hop.
         hop.input_assigned(late);
         assert!(!hop.holds_input());
         let later = late + CATCH_UP_LIMIT;
-        assert_eq!(hop.to_measure(later).measure, [0, 1]);
+        assert_eq!(hop.to_measure(later).measure, [0, 1, 2]);
         // A second give-up waits twice as long.
-        hop.measured(&[(0, 5), (1, 5)], later);
+        hop.measured(&[(0, 5), (1, 5), (2, 5)], later);
         let given_up = later + CATCH_UP_LIMIT;
         assert!(hop.advance(|_| None, given_up));
         assert!(hop.to_measure(given_up + CATCH_UP_LIMIT).measure.is_empty());
         assert_eq!(
             hop.to_measure(given_up + CATCH_UP_LIMIT * 2).measure,
-            [0, 1]
+            [0, 1, 2]
         );
     }
 }
