@@ -23,9 +23,10 @@
 //! the key an unknown action code leaves) and the 128-bit key, big-endian;
 //! the value is 16 bytes, the event time let through and the latest event
 //! time seen, big-endian. One record per lead let through (two for an
-//! unknown action code). Versions before 2026-12 also kept a table of each person's
-//! actions per offer, written as `a` records: a restore skips them and
-//! tombstones them with its first changes.
+//! unknown action code). Versions before 2026-12 also kept a table of
+//! each person's actions per offer, written as `a` records: a restore
+//! skips them, and tombstones them a hundred at a time with the changes
+//! that follow.
 //!
 //! In memory an entry is packed to 4-byte alignment, and the latest event
 //! time (used only for expiry, over a window of days) is kept in whole
@@ -61,6 +62,12 @@ pub const CHANGELOG_VALUE_BYTES: usize = 16;
 const TAG_SEEN: u8 = b's';
 const TAG_OTHERS: u8 = b'o'; // keys unknown action codes leave
 const TAG_LEGACY_ACTIONS: u8 = b'a'; // versions before 2026-12
+/// Actions records of earlier versions held to tombstone, at most (a
+/// restore finds at most this many more, 32 bytes each), and tombstoned
+/// with one call's changes, at most: an upgrade does not burst into one
+/// huge transaction. Those of an aborted batch wait for a later restore.
+const LEGACY_HELD: usize = 100_000;
+const LEGACY_PER_CALL: usize = 100;
 
 /// A [`DedupeKey`] as the tables hold it: the same 16 bytes, aligned to 4
 /// rather than the 16 of a `u128`, so that entries pack without padding.
@@ -328,7 +335,8 @@ impl Deduper {
                 value,
             }
         });
-        let legacy = self.legacy.drain(..).map(|(partition, key)| Change {
+        let from = self.legacy.len().saturating_sub(LEGACY_PER_CALL);
+        let legacy = self.legacy.drain(from..).map(|(partition, key)| Change {
             partition,
             key: changelog_key(TAG_LEGACY_ACTIONS, key),
             value: None,
@@ -386,9 +394,12 @@ impl Deduper {
             (Some(table), _, None) => {
                 shard.table(table).remove(&hash);
             }
-            (None, TAG_LEGACY_ACTIONS, Some(_)) => self.legacy.push((partition, hash.into())),
-            // Read back before compaction: one of the tombstones above.
-            (None, TAG_LEGACY_ACTIONS, None) => {}
+            (None, TAG_LEGACY_ACTIONS, Some(_)) if self.legacy.len() < LEGACY_HELD => {
+                self.legacy.push((partition, hash.into()));
+            }
+            // Past the limit, tombstoned after a later restore; or one of
+            // the tombstones, read back before compaction.
+            (None, TAG_LEGACY_ACTIONS, _) => {}
             _ => return Err(corrupt()),
         }
         Ok(())
@@ -966,6 +977,15 @@ mod tests {
             }]
         );
         assert_eq!(dedupe.take_changes().count(), 0, "tombstoned once");
+        // Many are tombstoned a hundred at a time.
+        for n in 0..250_u8 {
+            legacy[15] = n;
+            dedupe
+                .restore(0, &legacy, Some(&value))
+                .expect("an actions record");
+        }
+        let counts: Vec<usize> = (0..4).map(|_| dedupe.take_changes().count()).collect();
+        assert_eq!(counts, [100, 100, 50, 0]);
     }
 
     #[test]
