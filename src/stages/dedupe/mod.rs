@@ -42,7 +42,10 @@
 use std::collections::HashMap;
 
 use crate::domain::{ActionCode, ActionSet, DedupeKey, Lead};
+
+mod packed;
 use crate::error::ErrorClass;
+use packed::{KeyMap, MapKey, Millis, Seconds, Seen};
 
 /// The most one dedupe key costs in memory: its entry (with a control
 /// byte), in a table that may be just past a resize (half full) and is at
@@ -68,85 +71,6 @@ const TAG_LEGACY_ACTIONS: u8 = b'a'; // versions before 2026-12
 /// huge transaction. Those of an aborted batch wait for a later restore.
 const LEGACY_HELD: usize = 100_000;
 const LEGACY_PER_CALL: usize = 100;
-
-/// A [`DedupeKey`] as the tables hold it: the same 16 bytes, aligned to 4
-/// rather than the 16 of a `u128`, so that entries pack without padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct MapKey([u32; 4]);
-
-impl std::hash::Hash for MapKey {
-    /// The key is an XXH3 hash already: one word of it is all a table
-    /// needs, mixed with the table's random seed (the text hashed comes
-    /// from outside, so a fixed function would let crafted emails collide).
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64((u64::from(self.0[2]) << 32) | u64::from(self.0[3]));
-    }
-}
-
-type KeyMap = HashMap<MapKey, Seen, foldhash::fast::RandomState>;
-
-impl From<DedupeKey> for MapKey {
-    fn from(key: DedupeKey) -> MapKey {
-        let k = key.0;
-        MapKey([
-            (k >> 96) as u32,
-            (k >> 64) as u32,
-            (k >> 32) as u32,
-            k as u32,
-        ])
-    }
-}
-
-impl From<MapKey> for DedupeKey {
-    fn from(MapKey(parts): MapKey) -> DedupeKey {
-        DedupeKey(
-            parts
-                .iter()
-                .fold(0u128, |k, part| (k << 32) | u128::from(*part)),
-        )
-    }
-}
-
-/// Milliseconds since the Unix epoch in two 4-byte halves, for the same
-/// packing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Millis([u32; 2]);
-
-impl Millis {
-    fn new(ms: i64) -> Millis {
-        Millis([(ms >> 32) as u32, ms as u32])
-    }
-
-    fn get(self) -> i64 {
-        (i64::from(self.0[0] as i32) << 32) | i64::from(self.0[1])
-    }
-}
-
-/// A latest event time in whole seconds since the Unix epoch, rounded up,
-/// which is all that expiry over a window of days needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Seconds(u32);
-
-impl Seconds {
-    fn from_ms(ms: i64) -> Seconds {
-        Seconds(
-            u32::try_from(ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) > 0))
-                .unwrap_or(if ms < 0 { 0 } else { u32::MAX }),
-        )
-    }
-
-    fn ms(self) -> i64 {
-        i64::from(self.0) * 1000
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    /// Event time of the occurrence that was let through.
-    emitted: Millis,
-    /// Latest event time of any occurrence, for expiry.
-    last_seen: Seconds,
-}
 
 /// The two tables of a shard: dedupe keys, and the keys unknown action
 /// codes leave for a person's later actions to find.
