@@ -264,7 +264,7 @@ impl Pipeline {
         let key = identity.partition_key();
         match local(key) {
             Some(shard) => {
-                Rekeyed::Processed(self.finish(raw, identity, (input.source, shard), clock))
+                Rekeyed::Processed(self.finish(raw, (identity, key), (input.source, shard), clock))
             }
             None => {
                 clock.lap(Stage::Enrich);
@@ -289,7 +289,10 @@ impl Pipeline {
             return Outcome::TestLead;
         }
         match identify(&raw, &self.catalog) {
-            Ok(identity) => self.finish(raw, identity, (input.source, input.shard), clock),
+            Ok(identity) => {
+                let key = identity.partition_key();
+                self.finish(raw, (identity, key), (input.source, input.shard), clock)
+            }
             Err(e) => {
                 clock.lap(Stage::Enrich);
                 Outcome::Failed(Failure::new(Stage::Enrich, &e))
@@ -301,7 +304,7 @@ impl Pipeline {
     fn finish(
         &mut self,
         mut raw: RawLead,
-        identity: Identity,
+        identified: (Identity, DedupeKey),
         (source, shard): (SourcePosition<'_>, i32),
         clock: &mut impl StageClock,
     ) -> Outcome {
@@ -313,7 +316,7 @@ impl Pipeline {
             } = source;
             raw.event_id = Some(format!("{topic}/{partition}/{offset}"));
         }
-        let mut lead = enrich_identified(raw, identity, &self.catalog);
+        let mut lead = enrich_identified(raw, identified, &self.catalog);
         clock.lap(Stage::Enrich);
         if lead.event_time_ms.saturating_sub(self.now_ms) > self.max_future_ms {
             let error = FutureEventTime {

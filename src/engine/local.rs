@@ -11,9 +11,13 @@
 //! first). So a repartition partition is *local* only once it is caught
 //! up: between batches (no transaction of this process open), its end is
 //! taken, the input is paused (nothing more is forwarded), and the
-//! partition is read to that end. That end covers everything forwarded
-//! from the input partitions held now, by this process or by whoever held
-//! them before (a revoke commits first). A newly assigned input partition
+//! partition is read to that end. The end is the read_committed one, or
+//! past it the last record this process forwarded there (behind another
+//! process's open transaction the read_committed end stops short of it);
+//! it covers everything forwarded from the input partitions held now, by
+//! this process or by whoever held them before (a revoke commits first).
+//! While a catch-up is due, input records wait rather than being
+//! forwarded to a partition held here. A newly assigned input partition
 //! may have forwarded records its previous owner left, so every partition
 //! goes back to forwarding and catches up again. A catch-up that does not
 //! finish within [`CATCH_UP_LIMIT`] (an open transaction of a crashed
@@ -38,13 +42,6 @@ enum Standing {
     CatchingUp { to: i64, since: Instant },
     /// Leads whose key maps here are processed without the hop.
     Local,
-}
-
-/// What a step between batches asks of the consumer.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct CatchUp {
-    /// Repartition partitions whose end (read_committed) to take now.
-    pub measure: Vec<i32>,
 }
 
 /// Which repartition partitions are local, for a repartition topic of
@@ -131,18 +128,15 @@ impl LocalHop {
 
     /// Between batches: the partitions whose end to take to start a
     /// catch-up, unless one is under way or the last gave up too recently.
-    pub fn to_measure(&self, now: Instant) -> CatchUp {
+    pub fn to_measure(&self, now: Instant) -> Vec<i32> {
         if self.catching_up() || self.backing_off(now) {
-            return CatchUp::default();
+            return Vec::new();
         }
-        CatchUp {
-            measure: self
-                .standing
-                .iter()
-                .filter(|(_, s)| **s == Standing::Forwarding)
-                .map(|(p, _)| *p)
-                .collect(),
-        }
+        self.standing
+            .iter()
+            .filter(|(_, s)| **s == Standing::Forwarding)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// The ends taken for [`LocalHop::to_measure`]'s partitions, with the
@@ -218,7 +212,7 @@ mod tests {
         assert_eq!(hop.shard(key(1)), None, "not assigned");
         hop.restored(&[1, 2], now);
         assert_eq!(hop.shard(key(1)), None, "restored, not caught up");
-        assert_eq!(hop.to_measure(now).measure, [1, 2]);
+        assert_eq!(hop.to_measure(now), [1, 2]);
         hop.measured(&[(1, 10), (2, 0)], now);
         assert!(hop.catching_up());
         // Partition 2 had nothing to read; 1 is at 7 of 10.
@@ -226,7 +220,7 @@ mod tests {
         assert!(!resume, "the input stays paused while 1 catches up");
         assert_eq!(hop.shard(key(2)), Some(2));
         assert_eq!(hop.shard(key(1)), None);
-        assert_eq!(hop.to_measure(now), CatchUp::default(), "one at a time");
+        assert!(hop.to_measure(now).is_empty(), "one at a time");
         assert!(hop.advance(|_| Some(10), now));
         assert_eq!(hop.shard(key(1)), Some(1));
         assert_eq!(hop.shard(key(3)), None, "never assigned");
@@ -245,9 +239,9 @@ mod tests {
         hop.input_assigned(now);
         assert!(hop.holds_input(), "till the catch-up");
         assert_eq!(hop.shard(key(0)), None);
-        assert_eq!(hop.to_measure(now).measure, [0, 1]);
+        assert_eq!(hop.to_measure(now), [0, 1]);
         hop.dropped(0);
-        assert_eq!(hop.to_measure(now).measure, [1]);
+        assert_eq!(hop.to_measure(now), [1]);
     }
 
     #[test]
@@ -265,20 +259,17 @@ mod tests {
         assert!(hop.advance(|p| (p == 1).then_some(3), late), "resumed");
         assert!(!hop.holds_input(), "backing off, the input flows");
         assert_eq!(hop.local(), 0);
-        assert_eq!(hop.to_measure(late).measure, Vec::<i32>::new());
+        assert!(hop.to_measure(late).is_empty());
         // Backing off, the input is not held: leads take the hop.
         hop.input_assigned(late);
         assert!(!hop.holds_input());
         let later = late + CATCH_UP_LIMIT;
-        assert_eq!(hop.to_measure(later).measure, [0, 1, 2]);
+        assert_eq!(hop.to_measure(later), [0, 1, 2]);
         // A second give-up waits twice as long.
         hop.measured(&[(0, 5), (1, 5), (2, 5)], later);
         let given_up = later + CATCH_UP_LIMIT;
         assert!(hop.advance(|_| None, given_up));
-        assert!(hop.to_measure(given_up + CATCH_UP_LIMIT).measure.is_empty());
-        assert_eq!(
-            hop.to_measure(given_up + CATCH_UP_LIMIT * 2).measure,
-            [0, 1, 2]
-        );
+        assert!(hop.to_measure(given_up + CATCH_UP_LIMIT).is_empty());
+        assert_eq!(hop.to_measure(given_up + CATCH_UP_LIMIT * 2), [0, 1, 2]);
     }
 }

@@ -114,7 +114,7 @@ pub fn catch_up(
     };
     let timeout = Duration::from_secs(5);
     let now = Instant::now();
-    let measure = local.to_measure(now).measure;
+    let measure = local.to_measure(now);
     if !measure.is_empty() {
         let mut ends = Vec::with_capacity(measure.len());
         for partition in measure {

@@ -187,12 +187,21 @@ pub fn identify(raw: &RawLead, catalog: &Catalog) -> Result<Identity, EnrichErro
 /// Enriches a decoded lead. Takes ownership so that strings move, not copy.
 pub fn enrich(raw: RawLead, catalog: &Catalog) -> Result<Lead, EnrichError> {
     let identity = identify(&raw, catalog)?;
-    Ok(enrich_identified(raw, identity, catalog))
+    let person_offer_key = identity.partition_key();
+    Ok(enrich_identified(
+        raw,
+        (identity, person_offer_key),
+        catalog,
+    ))
 }
 
-/// [`enrich`] for a lead already identified (to re-key it, say), which
-/// cannot fail from here on.
-pub fn enrich_identified(raw: RawLead, identity: Identity, catalog: &Catalog) -> Lead {
+/// [`enrich`] for a lead already identified, with its partition key (as
+/// re-keying computed it), which cannot fail from here on.
+pub fn enrich_identified(
+    raw: RawLead,
+    (identity, person_offer_key): (Identity, DedupeKey),
+    catalog: &Catalog,
+) -> Lead {
     let Identity {
         email,
         source_tag,
@@ -202,7 +211,6 @@ pub fn enrich_identified(raw: RawLead, identity: Identity, catalog: &Catalog) ->
     } = identity;
     let catalogued = catalog.offer(&offer).cloned();
     let dedupe_key = DedupeKey::new(&email, &offer, &action);
-    let person_offer_key = DedupeKey::person_offer(&email, &offer);
     let email_domain = email
         .rsplit_once('@')
         .map(|(_, domain)| domain.to_owned())
