@@ -7,8 +7,13 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 
 use super::{DecodeError, TopField, WireLead, top_field, user_field};
 
+/// JSON is UTF-8 (RFC 8259), so the whole record is checked once, and
+/// serde_json reads it as text without checking each string again. A record
+/// that is not UTF-8 anywhere, even in a field leadflow ignores, is refused.
 pub(super) fn parse_json(bytes: &[u8]) -> Result<WireLead, DecodeError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| DecodeError::JsonSyntax(format!("not UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => DecodeError::JsonShape(e.to_string()),
         _ => DecodeError::JsonSyntax(e.to_string()),
     })

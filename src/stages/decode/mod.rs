@@ -304,7 +304,10 @@ fn is_action_word(action: &str) -> bool {
 /// backwards) removed, cut to `limit` bytes. Empty after that means absent.
 fn clean(value: Option<String>, limit: usize) -> Option<String> {
     let mut value = value?;
-    if value.chars().any(unsafe_char) {
+    // Only control bytes and non-ASCII text can hold an unsafe character;
+    // most fields are plain ASCII, and the byte test is the cheap one.
+    let suspect = value.bytes().any(|b| !(0x20..0x7f).contains(&b));
+    if suspect && value.chars().any(unsafe_char) {
         value = value
             .chars()
             .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
@@ -515,6 +518,16 @@ mod tests {
             decode_json(Some(&[0xff, 0xfe]), None, LIMIT).map_err(|e| e.class()),
             Err("json_syntax")
         );
+        // Not UTF-8 in a field leadflow ignores, and in one it reads.
+        for bad in [
+            &b"{\"Ignored\":\"\xff\",\"UserDetails\":{\"Email\":\"a@b.c\"}}"[..],
+            &b"{\"UserDetails\":{\"Email\":\"a@b.c\",\"Company\":\"F\xc3\"}}"[..],
+        ] {
+            assert_eq!(
+                decode_json(Some(bad), Some(1), LIMIT).map_err(|e| e.class()),
+                Err("json_syntax")
+            );
+        }
         let big = format!(r#"{{"Description":"{}"}}"#, "x".repeat(100));
         assert_eq!(
             decode_json(Some(big.as_bytes()), None, 64).map_err(|e| e.class()),
