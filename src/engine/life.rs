@@ -434,10 +434,13 @@ impl Work<'_> {
             offset: message.offset(),
         };
         // Records read back from the repartition topic name the input record.
-        let (source, original_key) = match (hop, message.headers()) {
-            (Hop::Repartition, Some(h)) => headers::source_of(h).unwrap_or((own, message.key())),
-            _ => (own, message.key()),
+        // librdkafka parses a record's headers when first asked, so input
+        // records, whose headers only a dead letter copies, are not asked.
+        let forwarded = match hop {
+            Hop::Repartition => message.headers().and_then(headers::source_of),
+            Hop::Input => None,
         };
+        let (source, original_key) = forwarded.unwrap_or((own, message.key()));
         let record = RecordView {
             hop,
             partition,
