@@ -8,7 +8,8 @@
 //! whole when loaded and then only read; a reload swaps it between two
 //! transactions, like the scoring rules.
 
-use std::collections::HashMap;
+// Seeded foldhash rather than SipHash: looked up with text from every lead.
+use foldhash::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;

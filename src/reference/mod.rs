@@ -20,7 +20,9 @@
 mod phone;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+// Seeded foldhash: the tables are looked up with text from leads, and
+// SipHash was a visible share of enrich.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::LazyLock;
 
 use serde::Serialize;

@@ -66,10 +66,16 @@ const PLUS_TAG_DOMAINS: &[&str] = &[
 /// googlemail.com to gmail.com. Rejects what cannot be an address.
 pub fn normalize_email(raw: &str) -> Result<String, EnrichError> {
     let invalid = || EnrichError::InvalidEmail(raw.to_owned());
-    if !email_address::EmailAddress::is_valid(raw.trim()) {
+    let trimmed = raw.trim();
+    if !email_address::EmailAddress::is_valid(trimmed) {
         return Err(invalid());
     }
-    let lowered = raw.trim().to_lowercase();
+    // Nearly every address is ASCII, whose lower case needs no Unicode tables.
+    let lowered = if trimmed.is_ascii() {
+        trimmed.to_ascii_lowercase()
+    } else {
+        trimmed.to_lowercase()
+    };
     let (local, domain) = lowered.split_once('@').ok_or_else(invalid)?;
     let domain_ok = domain.contains('.')
         && !domain.starts_with('.')
@@ -266,15 +272,6 @@ pub fn enrich_identified(
 /// Compares words in place rather than lower-casing a copy: this runs for
 /// every lead.
 pub fn seniority(title: &str) -> Seniority {
-    let words = || {
-        title
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-    };
-    let has = |name: &str| words().any(|w| w.eq_ignore_ascii_case(name));
-    let vice_president = words()
-        .zip(words().skip(1))
-        .any(|(a, b)| a.eq_ignore_ascii_case("vice") && b.eq_ignore_ascii_case("president"));
     const C_LEVEL: [&str; 12] = [
         "ceo",
         "cto",
@@ -289,14 +286,29 @@ pub fn seniority(title: &str) -> Seniority {
         "owner",
         "president",
     ];
-    let c_level = words().any(|w| C_LEVEL.iter().any(|c| w.eq_ignore_ascii_case(c)));
+    // One pass over the words, noting what each could mean.
+    let (mut c_level, mut vice_president, mut vp, mut director, mut manager) =
+        (false, false, false, false, false);
+    let mut after_vice = false;
+    let words = title
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty());
+    for word in words {
+        let is = |name: &str| word.eq_ignore_ascii_case(name);
+        vice_president |= after_vice && is("president");
+        after_vice = is("vice");
+        c_level |= C_LEVEL.iter().any(|c| is(c));
+        vp |= is("vp") || is("svp") || is("evp") || is("head");
+        director |= is("director");
+        manager |= is("manager") || is("lead");
+    }
     if c_level && !vice_president {
         Seniority::CLevel
-    } else if has("vp") || has("svp") || has("evp") || vice_president || has("head") {
+    } else if vp || vice_president {
         Seniority::VicePresident
-    } else if has("director") {
+    } else if director {
         Seniority::Director
-    } else if has("manager") || has("lead") {
+    } else if manager {
         Seniority::Manager
     } else {
         Seniority::IndividualContributor
