@@ -162,7 +162,11 @@ impl Work<'_> {
             let restoring = !self.progress.to_restore.is_empty();
             if self.options.until_drained
                 && records == 0
-                && drained(io.consumer, io.restorer, restoring)
+                && drained(
+                    (io.consumer, io.restorer),
+                    (io.topology(), io.producer.context()),
+                    restoring,
+                )
             {
                 info!("input drained");
                 break;
@@ -434,12 +438,9 @@ impl Work<'_> {
             offset: message.offset(),
         };
         // Records read back from the repartition topic name the input record.
-        // librdkafka parses a record's headers when first asked, so input
-        // records, whose headers only a dead letter copies, are not asked.
-        let forwarded = match hop {
-            Hop::Repartition => message.headers().and_then(headers::source_of),
-            Hop::Input => None,
-        };
+        // Only they are asked: librdkafka parses headers when first asked.
+        let forwarded = (hop == Hop::Repartition).then(|| message.headers());
+        let forwarded = forwarded.flatten().and_then(headers::source_of);
         let (source, original_key) = forwarded.unwrap_or((own, message.key()));
         let record = RecordView {
             hop,

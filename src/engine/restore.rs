@@ -18,7 +18,7 @@ use super::RunError;
 use super::events::RunContext;
 use super::local::LocalHop;
 use super::second_hop::SecondHop;
-use super::topology::Part;
+use super::topology::{Part, Topology};
 use crate::health::Phase;
 use crate::kafka::{DeliveryTracker, Logged, lock};
 use crate::pipeline::Pipeline;
@@ -292,9 +292,15 @@ pub fn rewind(
 /// the consumer's own connection is busy with long-polling fetches). A
 /// partition with no position delivered nothing since it was assigned: it
 /// is at its end if its committed offset is.
+///
+/// For the repartition topic, `own` tells the offset after the last record
+/// this process forwarded to each partition. The last stable
+/// offset moves only once the broker has written a transaction's markers,
+/// which it does after the commit returns: until then a reader that has
+/// read everything visible is not done with what this process forwarded.
 pub fn drained(
-    consumer: &BaseConsumer<RunContext>,
-    lister: &BaseConsumer<Logged>,
+    (consumer, lister): (&BaseConsumer<RunContext>, &BaseConsumer<Logged>),
+    own: (&Topology, &DeliveryTracker),
     restoring: bool,
 ) -> bool {
     let context = consumer.context();
@@ -308,9 +314,10 @@ pub fn drained(
     let mut unpositioned = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for tp in positions.elements() {
-        let Ok((low, end)) = lister.fetch_watermarks(tp.topic(), tp.partition(), timeout) else {
+        let Ok((low, stable)) = lister.fetch_watermarks(tp.topic(), tp.partition(), timeout) else {
             return false;
         };
+        let end = end_of(stable, own_forwards(own, (tp.topic(), tp.partition())));
         match tp.offset() {
             // A position before the log's start names deleted records: the
             // consumer reads on from the start (an offset reset, reported),
@@ -342,4 +349,39 @@ pub fn drained(
             _ => low >= end,
         }
     })
+}
+
+/// For [`drained`]: the offset after this process's last forward to
+/// `partition`, if `topic` is the repartition topic.
+fn own_forwards(
+    (topology, tracker): (&Topology, &DeliveryTracker),
+    (topic, partition): (&str, i32),
+) -> Option<i64> {
+    let repartition = topology.repartition_topic() == Some(topic);
+    repartition.then(|| tracker.reached(partition)).flatten()
+}
+
+/// Where a partition ends for [`drained`]: the last stable offset, or past
+/// this process's own forwards if their markers are not written yet.
+fn end_of(stable: i64, forwarded: Option<i64>) -> i64 {
+    forwarded.map_or(stable, |ours| stable.max(ours))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_of;
+
+    /// The benchmark's smoke run through the hop stopped with most
+    /// forwarded leads unread: its last batch read nothing because the
+    /// forwards' commit markers were not written yet, and the last stable
+    /// offset, which had not moved either, passed for the end.
+    #[test]
+    fn a_repartition_partition_ends_past_this_processs_own_forwards() {
+        // The markers not written yet: the stable offset lags the forwards.
+        assert_eq!(end_of(100, Some(150)), 150);
+        // Written (or the forwards aborted and stepped over): it rules.
+        assert_eq!(end_of(151, Some(150)), 151);
+        // Not the repartition topic, or nothing forwarded there.
+        assert_eq!(end_of(100, None), 100);
+    }
 }
