@@ -154,7 +154,7 @@ fn hex_key<S: Serializer>(key: &HexKey, s: S) -> Result<S::Ok, S::Error> {
 /// byte with apache-avro's and serde_json's own encodings of the same records.
 ///
 /// `name` is the field's name as a JSON key, quoted and with its colon (see
-/// [`key!`]); Avro has no use for it.
+/// `key!`); Avro has no use for it.
 trait Fields {
     fn string(&mut self, name: &'static str, s: &str);
     fn optional(&mut self, name: &'static str, s: Option<&str>);
