@@ -162,11 +162,7 @@ impl Work<'_> {
             let restoring = !self.progress.to_restore.is_empty();
             if self.options.until_drained
                 && records == 0
-                && drained(
-                    (io.consumer, io.restorer),
-                    (io.topology(), io.producer.context()),
-                    restoring,
-                )
+                && drained((io.consumer, io.restorer), io.producer.context(), restoring)
             {
                 info!("input drained");
                 break;

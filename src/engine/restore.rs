@@ -18,7 +18,7 @@ use super::RunError;
 use super::events::RunContext;
 use super::local::LocalHop;
 use super::second_hop::SecondHop;
-use super::topology::{Part, Topology};
+use super::topology::Part;
 use crate::health::Phase;
 use crate::kafka::{DeliveryTracker, Logged, lock};
 use crate::pipeline::Pipeline;
@@ -118,13 +118,9 @@ pub fn catch_up(
     if !measure.is_empty() {
         let mut ends = Vec::with_capacity(measure.len());
         for partition in measure {
-            // The end a read_committed reader sees, and past it what this
-            // process forwarded (committed by now, but behind another's
-            // open transaction, the end stops short of it).
             match lister.fetch_watermarks(topic, partition, timeout) {
-                Ok((_, end)) => {
-                    let mine = forwarded.reached(partition).unwrap_or(end);
-                    ends.push((partition, end.max(mine)));
+                Ok((_, stable)) => {
+                    ends.push((partition, end_of(stable, forwarded.reached(partition))));
                 }
                 Err(e) => {
                     // Asked again between the next batches.
@@ -293,17 +289,15 @@ pub fn rewind(
 /// partition with no position delivered nothing since it was assigned: it
 /// is at its end if its committed offset is.
 ///
-/// For the repartition topic, `own` tells the offset after the last record
-/// this process forwarded to each partition. The last stable
-/// offset moves only once the broker has written a transaction's markers,
-/// which it does after the commit returns: until then a reader that has
-/// read everything visible is not done with what this process forwarded.
+/// A repartition partition ends no earlier than past the records this
+/// process forwarded there (see [`end_of`]).
 pub fn drained(
     (consumer, lister): (&BaseConsumer<RunContext>, &BaseConsumer<Logged>),
-    own: (&Topology, &DeliveryTracker),
+    forwarded: &DeliveryTracker,
     restoring: bool,
 ) -> bool {
     let context = consumer.context();
+    let repartition = context.topology.repartition_topic();
     if restoring || !lock(&context.pending).is_empty() {
         return false;
     }
@@ -317,7 +311,8 @@ pub fn drained(
         let Ok((low, stable)) = lister.fetch_watermarks(tp.topic(), tp.partition(), timeout) else {
             return false;
         };
-        let end = end_of(stable, own_forwards(own, (tp.topic(), tp.partition())));
+        let ours = (repartition == Some(tp.topic())).then(|| forwarded.reached(tp.partition()));
+        let end = end_of(stable, ours.flatten());
         match tp.offset() {
             // A position before the log's start names deleted records: the
             // consumer reads on from the start (an offset reset, reported),
@@ -351,18 +346,12 @@ pub fn drained(
     })
 }
 
-/// For [`drained`]: the offset after this process's last forward to
-/// `partition`, if `topic` is the repartition topic.
-fn own_forwards(
-    (topology, tracker): (&Topology, &DeliveryTracker),
-    (topic, partition): (&str, i32),
-) -> Option<i64> {
-    let repartition = topology.repartition_topic() == Some(topic);
-    repartition.then(|| tracker.reached(partition)).flatten()
-}
-
-/// Where a partition ends for [`drained`]: the last stable offset, or past
-/// this process's own forwards if their markers are not written yet.
+/// Where a repartition partition ends for this process: the end a
+/// read_committed reader sees (the last stable offset), or past it the
+/// last record this process forwarded there. That record is committed, but
+/// the last stable offset stops short of it behind another process's open
+/// transaction, and until the broker has written the commit's markers
+/// (which it does after the commit returns).
 fn end_of(stable: i64, forwarded: Option<i64>) -> i64 {
     forwarded.map_or(stable, |ours| stable.max(ours))
 }
