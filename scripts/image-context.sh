@@ -23,4 +23,12 @@ for path in $paths; do
   cp -r "$root/$path" "$context/$path"
 done
 (cd "$context" && CARGO_TARGET_DIR="$root/target" cargo build --quiet --locked --offline --bin leadflow)
+# jemalloc's settings are built in from .cargo/config.toml: the image's
+# build must have them (jemalloc prints the ones it was built with).
+want=$(sed -n 's/^JEMALLOC_SYS_WITH_MALLOC_CONF = "\(.*\)"$/\1/p' .cargo/config.toml)
+built=$(MALLOC_CONF=stats_print:true "$root/target/debug/leadflow" --version 2>&1 | sed -n 's/^ *config.malloc_conf: "\(.*\)"$/\1/p')
+if [ -z "$want" ] || [[ ",$built," != *",$want,"* ]]; then
+  echo "image-context.sh: the image's leadflow is built with jemalloc settings \"$built\", not \"$want\" (.cargo/config.toml)" >&2
+  exit 1
+fi
 echo "image-context.sh: the image's build stage builds from: $(echo $paths)" >&2

@@ -26,7 +26,7 @@ use crate::cli::validate::ValidateArgs;
 /// 126 MiB was free memory kept by its arenas (`malloc_trim` gave it
 /// back), growing with every backlog and restart; jemalloc returns freed
 /// pages to the system after a short decay, so resident memory follows
-/// what is in use.
+/// what is in use. Its settings are built in from `.cargo/config.toml`.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
