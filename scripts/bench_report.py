@@ -125,12 +125,14 @@ def restore(work, name, what):
                 if "dedupe state restored" in line]
     field = lambda name, line: int(re.search(name + r"=(\d+)", line).group(1))
     records = sum(field("records", line) for line in restored)
+    # A record holds one change, or a batch of them.
+    changes = sum(field("changes", line) for line in restored)
     # Each line gives the keys held after it, over every partition.
     keys = field("keys", restored[-1]) if restored else 0
     seconds = sum(field("millis", line) for line in restored) / 1000
     wall, user, system, rss_kib = open(os.path.join(work, f"{name}.time")).read().split()[:4]
-    print(f"{what}: {records:,} changelog records restored into "
-          f"{keys:,} dedupe keys in {seconds:.1f} s ({records / max(seconds, 0.001):,.0f} records/s); "
+    print(f"{what}: {changes:,} changes in {records:,} changelog records restored into "
+          f"{keys:,} dedupe keys in {seconds:.1f} s ({changes / max(seconds, 0.001):,.0f} changes/s); "
           f"CPU {float(user) + float(system):.1f} s; peak RSS {int(rss_kib) / 1024:.0f} MiB.\n")
 
 

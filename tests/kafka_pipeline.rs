@@ -571,7 +571,7 @@ fn run_refuses_internal_topics_whose_configuration_can_lose_data() {
             format!("changelog = \"{id}.changelog\""),
             format!("{id}.changelog"),
             vec![("cleanup.policy", "compact,delete")],
-            "cleanup.policy=compact,delete",
+            "retention.ms=604800000",
         ),
     ];
     for (topics, topic, configs, setting) in cases {
@@ -591,9 +591,9 @@ fn run_refuses_internal_topics_whose_configuration_can_lose_data() {
 }
 
 /// Internal topics that work but that a production cluster should not
-/// keep: a changelog an older leadflow made (compacted, with Kafka's stock
-/// week-long segments and day of tombstones), on one replica. `run` works,
-/// and says at start what to change, naming the topic and the setting.
+/// keep: a changelog an older leadflow made (compacted, which keeps every
+/// batch of changes: it only grows), on one replica. `run` works, and says
+/// at start what to change, naming the topic and the setting.
 #[test]
 fn run_advises_on_internal_topics_made_otherwise_than_it_makes_them() {
     let _deadline = common::deadline(Duration::from_secs(120));
@@ -605,8 +605,9 @@ fn run_advises_on_internal_topics_made_otherwise_than_it_makes_them() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for advice in [
-        "segment.ms=604800000, where leadflow creates it with segment.ms=600000",
-        "delete.retention.ms=86400000, where leadflow creates it with delete.retention.ms=600000",
+        "cleanup.policy=compact, where leadflow creates it with cleanup.policy=delete",
+        "segment.ms=604800000, where leadflow creates it with segment.ms=86400000",
+        "message.timestamp.type=CreateTime, where leadflow creates it with message.timestamp.type=LogAppendTime",
         "1 replica(s)",
     ] {
         assert!(

@@ -465,6 +465,18 @@ impl Config {
         i64::from(self.dedupe.window_days) * 86_400_000
     }
 
+    /// How long the changelog keeps a batch of dedupe changes: longer than
+    /// any key in it lives. A key expires a window after its latest event
+    /// time, by processing time, and that event time is at most
+    /// `max_future_ms` past the time its latest change was written; a day
+    /// more covers expiry's rounds and a clock that steps.
+    pub fn changelog_retention_ms(&self) -> i64 {
+        let max_future = i64::try_from(self.dedupe.max_future_ms).unwrap_or(i64::MAX);
+        self.dedupe_window_ms()
+            .saturating_add(max_future)
+            .saturating_add(86_400_000)
+    }
+
     /// The dedupe memory budget in keys, at the most a key can cost.
     pub fn dedupe_max_keys(&self) -> usize {
         let bytes = self.dedupe.memory_budget_mib.saturating_mul(1 << 20);

@@ -153,8 +153,9 @@ pub struct Topics {
     /// Internal topic that re-keys raw leads by person and offer before
     /// dedupe. Defaults to `GROUP-repartition`.
     pub repartition: Option<String>,
-    /// Internal compacted topic that makes the dedupe state durable, one
-    /// partition per processed partition. Defaults to `GROUP-dedupe-changelog`.
+    /// Internal topic that makes the dedupe state durable, one partition
+    /// per processed partition: batches of changes, deleted by retention.
+    /// Defaults to `GROUP-dedupe-changelog`.
     pub changelog: Option<String>,
 }
 

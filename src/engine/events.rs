@@ -28,6 +28,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::RunError;
+use super::sink::StagedChanges;
 use super::topology::{Hop, Part, Topology};
 use crate::health::Observed;
 use crate::kafka::purge::Purgeable;
@@ -66,6 +67,8 @@ pub struct OffsetReset {
 pub struct RunContext {
     pub topology: Topology,
     pub txn: Txn,
+    /// The open transaction's dedupe changes, written by its commit.
+    pub changes: StagedChanges,
     /// Next offset to commit per partition, for processed records.
     pub pending: Mutex<BTreeMap<Part, i64>>,
     /// Committed offsets of repartition partitions not yet purged.
@@ -91,6 +94,7 @@ impl RunContext {
         RunContext {
             topology,
             txn,
+            changes: StagedChanges::default(),
             pending: Mutex::default(),
             purgeable: Mutex::default(),
             events: Mutex::default(),
@@ -128,9 +132,25 @@ impl RunContext {
     pub fn commit(&self, consumer: &impl crate::kafka::txn::Group) -> Result<bool, RunError> {
         let started = Instant::now();
         let mut pending = lock(&self.pending);
-        if pending.is_empty() && !self.txn.is_open() {
+        if pending.is_empty() && !self.txn.is_open() && self.changes.is_empty() {
             return Ok(false);
         }
+        // The batch's dedupe changes, in its transaction.
+        if !self.changes.is_empty() {
+            self.txn.begin()?;
+        }
+        let changelog = &self.topology.changelog;
+        let written = match self.changes.send(self.txn.producer(), changelog) {
+            Ok(written) => written,
+            // A record of the transaction was refused, so it can only
+            // abort: the commit below says so, and the batch is retried
+            // with that record isolated.
+            Err(RunError::Produce {
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::State),
+                ..
+            }) if self.txn.exactly_once() => 0,
+            Err(e) => return Err(e),
+        };
         let mut offsets = TopicPartitionList::with_capacity(pending.len());
         for ((hop, partition), offset) in pending.iter() {
             // Cannot fail for a non-negative offset.
@@ -154,6 +174,13 @@ impl RunContext {
         };
         self.count_transaction("committed", started);
         self.observed.health.set_broker_reachable(true);
+        if written > 0 {
+            let topic = changelog.clone();
+            let records_out = &self.observed.metrics.records_out;
+            records_out
+                .get_or_create(&TopicLabels { topic })
+                .inc_by(written);
+        }
         if committed == Committed::All {
             let mut purgeable = lock(&self.purgeable);
             for ((hop, partition), offset) in pending.iter() {
@@ -181,6 +208,7 @@ impl RunContext {
     /// Aborts the open batch: nothing of it becomes visible, and its
     /// offsets are forgotten.
     pub fn abort(&self) -> Result<(), RunError> {
+        self.changes.clear();
         self.txn.abort()?;
         lock(&self.pending).clear();
         self.observed

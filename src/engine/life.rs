@@ -268,8 +268,8 @@ impl Work<'_> {
 
     /// Writes the dedupe state changes not yet written to the changelog.
     fn send_changes(&mut self) -> Result<(), RunError> {
-        let changes = &mut self.pipeline.take_changes();
-        self.sink.send_changes(changes, &mut self.meter.batch)
+        self.sink.send_changes(&mut self.pipeline.take_changes());
+        Ok(())
     }
 
     /// Reads and processes records until the batch is full, its window

@@ -227,7 +227,6 @@ fn run_once(
     let failure_guard = events::FailureGuard::new(consumer.context());
     observed.health.set_phase(Phase::Joining);
     *started = true;
-    let topology = &consumer.context().topology;
     let mut io = life::Io {
         consumer: &consumer,
         restorer: &restorer,
@@ -235,7 +234,7 @@ fn run_once(
         registry: registry.as_ref(),
         second_hop: second_hop::SecondHop::new(),
     };
-    let sink = sink::Sink::new(&producer, (config, topology), schema_ids);
+    let sink = sink::Sink::new(&producer, (config, consumer.context()), schema_ids);
     let mut work = life::Work::new(
         (config, options, controls),
         (pipeline, sink, purger),

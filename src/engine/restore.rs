@@ -56,18 +56,16 @@ pub fn restore_assigned(
     // times out, and a leader that just moved answers with errors for a
     // while: either is only a failure well past that.
     let patience = delivery_timeout * 3;
-    let mut corrupt = 0_u64;
+    let (mut corrupt, mut changes) = (0_u64, 0_u64);
     let records = crate::kafka::read_to_end(
         restorer,
         (&topology.changelog, partitions),
         patience,
         |record| {
             let key = record.key().unwrap_or_default();
-            if dedupe
-                .restore(record.partition(), key, record.payload())
-                .is_err()
-            {
-                corrupt += 1;
+            match dedupe.restore(record.partition(), key, record.payload()) {
+                Ok(held) => changes += held,
+                Err(_) => corrupt += 1,
             }
         },
     )
@@ -92,6 +90,7 @@ pub fn restore_assigned(
     info!(
         ?partitions,
         records,
+        changes,
         keys = dedupe.len(),
         millis = started.elapsed().as_millis() as u64,
         "dedupe state restored"

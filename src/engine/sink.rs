@@ -14,17 +14,18 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::BaseRecord;
 
 use super::RunError;
+use super::events::RunContext;
 use super::plan::rejected;
 use super::step::Writer;
 use super::topology::Topology;
 use crate::config::Config;
 use crate::domain::{HexKey, Lead, Score};
 use crate::error::Failure;
-use crate::kafka::{KEPT_KEY_AND_HEADERS, LeadProducer, copy_of, headers, refusal, send};
+use crate::kafka::{KEPT_KEY_AND_HEADERS, LeadProducer, copy_of, headers, lock, refusal, send};
 use crate::metrics::Batch;
 use crate::pipeline::{Pipeline, Place, SourcePosition};
 use crate::stages::decode::Format;
-use crate::stages::dedupe::Change;
+use crate::stages::dedupe::{Batcher, Change};
 use crate::stages::encode::Encoder;
 use crate::stages::route::{Destination, Route};
 
@@ -43,6 +44,8 @@ fn encoder_for(schema_ids: &HashMap<String, u32>, topic: &str, format: Format) -
 pub struct Sink<'a> {
     producer: &'a LeadProducer,
     topology: &'a Topology,
+    /// The open transaction's dedupe changes, which its commit writes.
+    staged: &'a StagedChanges,
     output_format: Format,
     max_record_bytes: usize,
     routes: Vec<Encoder>,
@@ -63,14 +66,16 @@ fn produce_error(topic: &str) -> impl FnOnce(KafkaError) -> RunError + '_ {
 impl<'a> Sink<'a> {
     pub fn new(
         producer: &'a LeadProducer,
-        (config, topology): (&Config, &'a Topology),
+        (config, context): (&Config, &'a RunContext),
         schema_ids: HashMap<String, u32>,
     ) -> Sink<'a> {
+        let topology = &context.topology;
         let output_format = config.topics.output_format;
         let suppressed = encoder_for(&schema_ids, &topology.suppressed, output_format);
         let mut sink = Sink {
             producer,
             topology,
+            staged: &context.changes,
             output_format,
             max_record_bytes: config.pipeline.max_record_bytes,
             routes: Vec::new(),
@@ -100,25 +105,10 @@ impl<'a> Sink<'a> {
         }
     }
 
-    /// Produces dedupe state changes to the changelog partition of the
-    /// shard they belong to.
-    pub fn send_changes(
-        &self,
-        changes: &mut dyn Iterator<Item = Change>,
-        batch: &mut Batch,
-    ) -> Result<(), RunError> {
-        let changelog = self.topology.changelog.as_str();
-        for change in changes {
-            let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
-                .key(change.key.as_slice())
-                .partition(change.partition);
-            if let Some(value) = &change.value {
-                record = record.payload(value.as_slice());
-            }
-            send(self.producer, record).map_err(produce_error(changelog))?;
-            batch.produced(changelog);
-        }
-        Ok(())
+    /// Stages dedupe state changes for the changelog: the transaction's
+    /// commit writes them ([`StagedChanges`]).
+    pub fn send_changes(&self, changes: &mut dyn Iterator<Item = Change>) {
+        self.staged.stage(changes);
     }
 
     /// One encoder per route, in table order.
@@ -246,9 +236,10 @@ impl<'m> Writer<BorrowedMessage<'m>> for Sink<'_> {
     fn changes(
         &self,
         changes: &mut dyn Iterator<Item = Change>,
-        batch: &mut Batch,
+        _: &mut Batch,
     ) -> Result<(), RunError> {
-        self.send_changes(changes, batch)
+        self.send_changes(changes);
+        Ok(())
     }
 
     /// Produces a routed lead to each of its campaign topics, or to the
@@ -316,5 +307,46 @@ impl<'m> Writer<BorrowedMessage<'m>> for Sink<'_> {
         }
         batch.output_of(timestamp_ms);
         Ok(Ok(()))
+    }
+}
+
+/// The dedupe state changes of the open transaction, written to the
+/// changelog by its commit, whichever commits it (the batch's end, or a
+/// revoke's callback): one batch record a partition, not a record a
+/// change, which cost librdkafka as much as a campaign record.
+#[derive(Debug, Default)]
+pub struct StagedChanges {
+    changes: std::sync::Mutex<Vec<Change>>,
+    batcher: Batcher,
+}
+
+impl StagedChanges {
+    pub fn stage(&self, changes: &mut dyn Iterator<Item = Change>) {
+        lock(&self.changes).extend(changes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.changes).is_empty()
+    }
+
+    /// Forgets what is staged: the transaction aborted.
+    pub fn clear(&self) {
+        lock(&self.changes).clear();
+    }
+
+    /// Produces what is staged to `changelog`, in the open transaction
+    /// under exactly-once; returns how many records that took.
+    pub fn send(&self, producer: &LeadProducer, changelog: &str) -> Result<u64, RunError> {
+        let changes = std::mem::take(&mut *lock(&self.changes));
+        let mut records = 0;
+        for packed in self.batcher.pack(changes.into_iter()) {
+            let record = BaseRecord::<[u8], [u8]>::to(changelog)
+                .key(packed.key.as_slice())
+                .payload(packed.value.as_slice())
+                .partition(packed.partition);
+            send(producer, record).map_err(produce_error(changelog))?;
+            records += 1;
+        }
+        Ok(records)
     }
 }

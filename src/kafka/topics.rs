@@ -29,9 +29,12 @@ pub enum TopicRole {
     /// is off and any timestamp is taken; leadflow deletes what it has
     /// committed itself, as Kafka Streams does.
     Repartition,
-    /// The dedupe changelog, and the table ingest's position: compacted,
-    /// never deleted by time.
-    Changelog,
+    /// The dedupe changelog: batches of changes (`stages::dedupe`), each
+    /// kept `retention_ms` by the broker's clock, longer than any key in
+    /// it lives ([`Config::changelog_retention_ms`]).
+    Changelog { retention_ms: i64 },
+    /// The table ingest's position: compacted, never deleted by time.
+    Position,
 }
 
 /// Kafka's stock `max.message.bytes` of a topic.
@@ -41,7 +44,10 @@ const STOCK_MAX_MESSAGE_BYTES: usize = 1_048_588;
 /// takes inputs of up to `max_record_bytes`.
 pub fn largest_record(role: TopicRole, max_record_bytes: usize) -> usize {
     match role {
-        TopicRole::Input | TopicRole::Changelog => 0,
+        TopicRole::Input | TopicRole::Position => 0,
+        TopicRole::Changelog { .. } => {
+            crate::stages::dedupe::BATCH_MAX_BYTES + super::RECORD_HEADROOM
+        }
         TopicRole::Output => super::LEAD_RECORD_MAX,
         TopicRole::DeadLetter | TopicRole::Repartition => {
             max_record_bytes.saturating_add(super::RECORD_HEADROOM)
@@ -59,8 +65,12 @@ pub fn roles(config: &Config) -> Vec<(String, TopicRole)> {
         .map(|name| {
             let role = if Some(&name) == repartition.as_ref() {
                 TopicRole::Repartition
-            } else if name == changelog || name == config.ingest.azure_table.position_topic {
-                TopicRole::Changelog
+            } else if name == changelog {
+                TopicRole::Changelog {
+                    retention_ms: config.changelog_retention_ms(),
+                }
+            } else if name == config.ingest.azure_table.position_topic {
+                TopicRole::Position
             } else if name == config.topics.input {
                 TopicRole::Input
             } else if name == config.topics.dead_letter {
@@ -104,12 +114,32 @@ pub fn topic_configs(role: TopicRole, max_record_bytes: usize) -> Vec<(&'static 
             configs.push(room());
             configs
         }
-        TopicRole::Changelog => fixed(&[
+        TopicRole::Changelog { retention_ms } => {
+            let mut configs = fixed(&[
+                // Batches hold many keys each: compaction would keep
+                // every one, so retention deletes them once no key in
+                // them can be live, counted by the broker's clock
+                // (leadflow's host's may be off).
+                ("cleanup.policy", "delete"),
+                ("retention.bytes", "-1"),
+                ("message.timestamp.type", "LogAppendTime"),
+                // A segment is deleted whole once its newest batch is
+                // past retention: a day's segments keep at most a day
+                // more than needed, about 180 segments a partition by
+                // default.
+                ("segment.ms", "86400000"),
+            ]);
+            configs.push(("retention.ms", retention_ms.to_string()));
+            configs.push(room());
+            configs
+        }
+        TopicRole::Position => fixed(&[
             ("cleanup.policy", "compact"),
-            // Every start reads the changelog back whole, and Kafka
-            // compacts only segments that have rolled: with the stock 1 GiB
-            // or 7 days, a soak's changelog held 4.4 million records for
-            // 200,000 keys after 45 minutes, and a restore took 18.5 s.
+            // Every start reads it back whole, and Kafka compacts only
+            // segments that have rolled: with the stock 1 GiB or 7 days,
+            // a soak's dedupe changelog (compacted, before its batches)
+            // held 4.4 million records for 200,000 keys after 45 minutes,
+            // and a restore took 18.5 s.
             // Rolling every 10 minutes (or 50 MB) lets the cleaner keep it
             // near the live keys.
             ("segment.ms", "600000"),
@@ -171,8 +201,29 @@ pub fn config_problem(
                 None
             }
         }
-        TopicRole::Changelog => (policies != ["compact"]).then(|| {
-            format!("cleanup.policy={policy} can delete live dedupe state; it must be compact")
+        TopicRole::Changelog { retention_ms } => {
+            let kept = value("retention.ms")
+                .parse::<i64>()
+                .ok()
+                .filter(|ms| *ms >= 0);
+            if policies.contains(&"delete") && kept.is_some_and(|ms| ms < retention_ms) {
+                Some(format!(
+                    "retention.ms={} deletes dedupe state its keys still need; it must be at least {retention_ms} (dedupe.window_days, dedupe.max_future_ms and a day) or -1 (kafka-configs --alter --entity-type topics --add-config retention.ms={retention_ms})",
+                    value("retention.ms")
+                ))
+            } else if policies.contains(&"delete")
+                && config("retention.bytes").is_some_and(|b| b.parse::<i64>().is_ok_and(|b| b >= 0))
+            {
+                Some(format!(
+                    "retention.bytes={} deletes dedupe state its keys still need; it must be -1",
+                    value("retention.bytes")
+                ))
+            } else {
+                None
+            }
+        }
+        TopicRole::Position => (policies != ["compact"]).then(|| {
+            format!("cleanup.policy={policy} can delete the read position; it must be compact")
         }),
     }
 }
@@ -210,7 +261,10 @@ pub fn config_advice(
             replicas - 1
         ));
     }
-    if matches!(role, TopicRole::Repartition | TopicRole::Changelog) {
+    if matches!(
+        role,
+        TopicRole::Repartition | TopicRole::Changelog { .. } | TopicRole::Position
+    ) {
         for (key, want) in topic_configs(role, max_record_bytes) {
             let found = config(key);
             if key != "max.message.bytes" && found.as_deref().is_some_and(|found| found != want) {
@@ -486,6 +540,11 @@ mod tests {
     use super::*;
 
     const LIMIT: usize = 983_040;
+    /// The default configuration's: 180 days, an hour, and a day.
+    const RETENTION_MS: i64 = 181 * 86_400_000 + 3_600_000;
+    const CHANGELOG: TopicRole = TopicRole::Changelog {
+        retention_ms: RETENTION_MS,
+    };
 
     /// A topic's configuration as the broker would describe it: `pairs`.
     fn described<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
@@ -508,7 +567,8 @@ mod tests {
             TopicRole::Output,
             TopicRole::DeadLetter,
             TopicRole::Repartition,
-            TopicRole::Changelog,
+            CHANGELOG,
+            TopicRole::Position,
         ];
         for max_record_bytes in [LIMIT, 4 << 20] {
             for role in roles {
@@ -531,22 +591,52 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_changelog_is_compacted_and_forgets_tombstones_soon() {
-        let configs = topic_configs(TopicRole::Changelog, LIMIT);
-        let value = |key: &str| {
+    fn numbers(role: TopicRole) -> impl Fn(&str) -> Option<i64> {
+        let configs = topic_configs(role, LIMIT);
+        move |key: &str| {
             configs
                 .iter()
                 .find(|(k, _)| *k == key)
-                .and_then(|(_, v)| v.parse::<u64>().ok())
-        };
+                .and_then(|(_, v)| v.parse::<i64>().ok())
+        }
+    }
+
+    #[test]
+    fn the_position_topic_is_compacted_and_forgets_tombstones_soon() {
+        let value = numbers(TopicRole::Position);
         // Kafka's stock 7 days (and 1 GiB) would leave a week of writes
-        // uncompacted for every restore to read.
+        // uncompacted for every start to read.
         assert!(value("segment.ms").is_some_and(|ms| ms <= 3_600_000));
         assert!(value("segment.bytes").is_some_and(|b| b <= 64 << 20));
         // Kafka's stock day of tombstones is a day of forgotten keys that
-        // every restore reads.
+        // every start reads.
         assert!(value("delete.retention.ms").is_some_and(|ms| ms <= 3_600_000));
+    }
+
+    #[test]
+    fn the_changelog_keeps_batches_longer_than_their_keys_live_by_the_brokers_clock() {
+        let configs = topic_configs(CHANGELOG, LIMIT);
+        let text = |key: &str| {
+            configs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(text("cleanup.policy"), Some("delete"));
+        assert_eq!(text("message.timestamp.type"), Some("LogAppendTime"));
+        let value = numbers(CHANGELOG);
+        assert_eq!(value("retention.ms"), Some(RETENTION_MS));
+        assert_eq!(value("retention.bytes"), Some(-1));
+        // A batch as large as leadflow writes one fits.
+        assert!(value("max.message.bytes").is_some_and(|b| b as usize
+            >= crate::stages::dedupe::BATCH_MAX_BYTES + super::super::RECORD_HEADROOM));
+        let config = Config::default();
+        let day = 86_400_000;
+        assert_eq!(
+            config.changelog_retention_ms(),
+            180 * day + 3_600_000 + day,
+            "the window, the most an event time may be ahead, and a day"
+        );
     }
 
     #[test]
@@ -572,7 +662,7 @@ mod tests {
         let stock = [("min.insync.replicas", "1")];
         let one = advise(TopicRole::Output, 1, &stock);
         assert!(one.len() == 1 && one[0].contains("1 replica(s)"), "{one:?}");
-        let three = advise(TopicRole::Changelog, 3, &stock);
+        let three = advise(CHANGELOG, 3, &stock);
         assert!(
             three
                 .iter()
@@ -594,14 +684,14 @@ mod tests {
 
     #[test]
     fn internal_topics_made_otherwise_than_leadflow_makes_them_are_named() {
-        for role in [TopicRole::Repartition, TopicRole::Changelog] {
+        for role in [TopicRole::Repartition, CHANGELOG, TopicRole::Position] {
             let mut configs = topic_configs(role, LIMIT);
             configs.push(("min.insync.replicas", "2".into()));
             let pairs: Vec<(&str, &str)> = configs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             assert_eq!(advise(role, 3, &pairs), Vec::<String>::new(), "{role:?}");
         }
-        // A changelog an older leadflow made: compacted, but with Kafka's
-        // stock week-long segments and day of tombstones.
+        // What an older leadflow made: compacted, but with Kafka's stock
+        // week-long segments and day of tombstones.
         let older = [
             ("cleanup.policy", "compact"),
             ("min.insync.replicas", "2"),
@@ -609,12 +699,22 @@ mod tests {
             ("segment.bytes", "1073741824"),
             ("delete.retention.ms", "86400000"),
         ];
-        let advice = advise(TopicRole::Changelog, 3, &older);
+        let advice = advise(TopicRole::Position, 3, &older);
         assert_eq!(advice.len(), 3, "{advice:?}");
         assert!(
             advice[0].starts_with(
                 "segment.ms=604800000, where leadflow creates it with segment.ms=600000"
             )
+        );
+        // A changelog it made before batches works (compaction keeps
+        // every batch, so it only grows), and is named for what to change.
+        assert_eq!(check(CHANGELOG, &older), None);
+        let advice = advise(CHANGELOG, 3, &older);
+        assert!(
+            advice[0].starts_with(
+                "cleanup.policy=compact, where leadflow creates it with cleanup.policy=delete"
+            ),
+            "{advice:?}"
         );
     }
 
@@ -630,7 +730,11 @@ mod tests {
             check(TopicRole::Repartition, &stock)
                 .is_some_and(|r| r.contains("retention.ms=604800000"))
         );
-        assert!(check(TopicRole::Changelog, &stock).is_some_and(|r| r.contains("compact")));
+        assert!(
+            check(CHANGELOG, &stock)
+                .is_some_and(|r| r.contains("retention.ms=604800000") && r.contains("at least"))
+        );
+        assert!(check(TopicRole::Position, &stock).is_some_and(|r| r.contains("compact")));
         assert_eq!(check(TopicRole::Input, &stock), None);
         let compacted = [
             ("cleanup.policy", "compact"),
@@ -638,8 +742,19 @@ mod tests {
             ("retention.bytes", "-1"),
         ];
         assert!(check(TopicRole::Repartition, &compacted).is_some());
-        let both = [("cleanup.policy", "compact,delete")];
-        assert!(check(TopicRole::Changelog, &both).is_some());
+        assert_eq!(check(CHANGELOG, &compacted), None);
+        let both = [
+            ("cleanup.policy", "compact,delete"),
+            ("retention.ms", "604800000"),
+        ];
+        assert!(check(TopicRole::Position, &both).is_some());
+        assert!(check(CHANGELOG, &both).is_some());
+        let kept = RETENTION_MS.to_string();
+        let long = [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", kept.as_str()),
+        ];
+        assert_eq!(check(CHANGELOG, &long), None);
         let bytes = [
             ("cleanup.policy", "delete"),
             ("retention.ms", "-1"),
@@ -648,5 +763,6 @@ mod tests {
         assert!(
             check(TopicRole::Repartition, &bytes).is_some_and(|r| r.contains("retention.bytes"))
         );
+        assert!(check(CHANGELOG, &bytes).is_some_and(|r| r.contains("retention.bytes")));
     }
 }

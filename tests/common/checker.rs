@@ -628,13 +628,44 @@ struct Watched {
 
 impl Watched {
     fn note(&mut self, m: &OwnedMessage) {
-        if let Some(key) = seen_key(m) {
-            if m.payload().is_none() {
+        for (key, live) in seen_changes(m) {
+            if !live {
                 self.ever_forgotten.insert(changelog_key_hex(&key));
             }
-            self.latest.insert(key, m.payload().is_some());
+            self.latest.insert(key, live);
         }
     }
+}
+
+/// The `s` changes a changelog record holds, in order, each with whether
+/// it is a value (not a tombstone): the record's own key and value, or
+/// (key tag `b`) each change of its batch: after a format byte (1), `1`,
+/// the 17-byte key and a 16-byte value, or `0` and the key.
+fn seen_changes(m: &OwnedMessage) -> Vec<(SeenKey, bool)> {
+    if m.key().and_then(|k| k.first()) != Some(&b'b') {
+        return seen_key(m)
+            .map(|k| (k, m.payload().is_some()))
+            .into_iter()
+            .collect();
+    }
+    let value = m.payload().expect("a changelog batch has a value");
+    let (&1, mut rest) = value.split_first().expect("a changelog batch's format") else {
+        panic!("a changelog batch of an unknown format: {value:?}");
+    };
+    let mut changes = Vec::new();
+    while let Some((&op, after)) = rest.split_first() {
+        let (key, after) = after.split_at_checked(17).expect("a change's key");
+        let key = SeenKey::try_from(key).expect("17 bytes");
+        rest = match op {
+            1 => after.split_at_checked(16).expect("a change's value").1,
+            0 => after,
+            other => panic!("a change of unknown kind {other}"),
+        };
+        if key[0] == b's' {
+            changes.push((key, op == 1));
+        }
+    }
+    changes
 }
 
 /// The changelog read as it is written, for a run long enough that Kafka's

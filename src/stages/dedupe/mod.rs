@@ -19,14 +19,17 @@
 //! a key's new value, or a tombstone when it was forgotten. Replaying a
 //! changelog into [`Deduper::restore`] rebuilds a shard.
 //!
-//! Changelog records: the key is a tag byte (`s` for a dedupe key, `o` for
-//! the key an unknown action code leaves) and the 128-bit key, big-endian;
-//! the value is 16 bytes, the event time let through and the latest event
-//! time seen, big-endian. One record per lead let through (two for an
-//! unknown action code). Versions before 2026-12 also kept a table of
-//! each person's actions per offer, written as `a` records: a restore
-//! skips them, and tombstones them a hundred at a time with the changes
-//! that follow.
+//! A change: the key is a tag byte (`s` for a dedupe key, `o` for the key
+//! an unknown action code leaves) and the 128-bit key, big-endian; the
+//! value is 16 bytes, the event time let through and the latest event time
+//! seen, big-endian, or none for a key forgotten. One change per lead let
+//! through (two for an unknown action code). The changelog holds them in
+//! batch records, one a partition a transaction ([`batch`]); versions
+//! before 2026-12-05 wrote a record a change, with the change's key and
+//! value as the record's, and a restore reads both. Versions before
+//! 2026-12 also kept a table of each person's actions per offer, written
+//! as `a` changes: a restore skips them, and forgets them a hundred at a
+//! time with the changes that follow.
 //!
 //! In memory an entry is packed to 4-byte alignment, and the latest event
 //! time (used only for expiry, over a window of days) is kept in whole
@@ -43,8 +46,10 @@ use std::collections::HashMap;
 
 use crate::domain::{ActionCode, ActionSet, DedupeKey, Lead};
 
+mod batch;
 mod packed;
 use crate::error::ErrorClass;
+pub use batch::{BATCH_MAX_BYTES, BatchRecord, Batcher};
 use packed::{KeyMap, MapKey, Millis, Seconds, Seen};
 
 /// The most one dedupe key costs in memory: its entry (with a control
@@ -269,8 +274,30 @@ impl Deduper {
     }
 
     /// Applies one changelog record to a partition's shard, unjournaled:
-    /// restoring rebuilds committed state.
+    /// restoring rebuilds committed state. Returns how many changes it
+    /// held: one, or a batch's.
     pub fn restore(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<u64, ChangelogError> {
+        if key.first() != Some(&batch::TAG_BATCH) {
+            return self.restore_change(partition, key, value).map(|()| 1);
+        }
+        let corrupt = ChangelogError {
+            key_len: key.len(),
+            value_len: value.map_or(0, <[u8]>::len),
+        };
+        let entries = value.and_then(batch::entries).ok_or(corrupt)?;
+        for (key, value) in &entries {
+            self.restore_change(partition, key, *value)?;
+        }
+        Ok(entries.len() as u64)
+    }
+
+    /// Applies one change, as a record of its own or from a batch.
+    fn restore_change(
         &mut self,
         partition: i32,
         key: &[u8],
@@ -729,6 +756,63 @@ mod tests {
         // Day 11 forgets the contact and the install, both last seen on day 1.
         assert_eq!(restored.expire(11 * DAY), 2);
         assert_eq!(restored.len(), 1);
+    }
+
+    /// Restores `records` (batches) into `dedupe`, as a restore would.
+    fn restore_batches(dedupe: &mut Deduper, records: Vec<BatchRecord>) -> u64 {
+        records
+            .iter()
+            .map(|r| {
+                dedupe
+                    .restore(r.partition, &r.key, Some(&r.value))
+                    .expect("own batch")
+            })
+            .sum()
+    }
+
+    #[test]
+    fn batches_restore_what_records_of_one_change_do_and_follow_them() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        let contact = lead_at(ActionCode::PartnerLedTrial, 0);
+        let install = lead_at(ActionCode::Install, DAY);
+        dedupe.record(3, &contact);
+        dedupe.record(7, &install);
+        let written: Vec<Change> = dedupe.take_changes().collect();
+        dedupe.commit();
+        assert_eq!(dedupe.expire(11 * DAY), 2);
+        let forgotten: Vec<Change> = dedupe.take_changes().collect();
+
+        let mut batched = Deduper::new(10 * DAY, usize::MAX);
+        let records = Batcher::default().pack(written.clone().into_iter());
+        assert_eq!(records.len(), 2, "one batch a partition");
+        assert_eq!(restore_batches(&mut batched, records), written.len() as u64);
+        let single = replay(&written, 10 * DAY);
+        assert_eq!(
+            (batched.len(), batched.bytes()),
+            (single.len(), single.bytes())
+        );
+        assert_eq!(batched.duplicate_of(3, &contact), Some(0));
+        assert_eq!(batched.duplicate_of(7, &contact), None);
+
+        // A changelog an older leadflow wrote, one change a record, then
+        // batches: the batches' tombstones forget what the records held.
+        let mut upgraded = replay(&written, 10 * DAY);
+        let tombstones = Batcher::default().pack(forgotten.clone().into_iter());
+        assert_eq!(
+            restore_batches(&mut upgraded, tombstones),
+            forgotten.len() as u64
+        );
+        assert_eq!(upgraded.len(), 0);
+    }
+
+    #[test]
+    fn a_batch_leadflow_did_not_write_is_refused_whole() {
+        let mut dedupe = Deduper::new(10 * DAY, usize::MAX);
+        let mut key = [0; CHANGELOG_KEY_BYTES];
+        key[0] = b'b';
+        assert!(dedupe.restore(0, &key, None).is_err());
+        assert!(dedupe.restore(0, &key, Some(&[1, 1, 2])).is_err());
+        assert_eq!(dedupe.len(), 0);
     }
 
     #[test]
