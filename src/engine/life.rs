@@ -214,7 +214,7 @@ impl Work<'_> {
             io.context().txn.begin()?;
             let expired = self.pipeline.expire_dedupe();
             self.metrics().dedupe_expired.inc_by(expired as u64);
-            self.send_changes()?;
+            self.stage_changes();
             self.last_report = Instant::now();
             info!(
                 tally = ?self.progress.tally,
@@ -266,10 +266,10 @@ impl Work<'_> {
         *self.reloaded = Some(new);
     }
 
-    /// Writes the dedupe state changes not yet written to the changelog.
-    fn send_changes(&mut self) -> Result<(), RunError> {
-        self.sink.send_changes(&mut self.pipeline.take_changes());
-        Ok(())
+    /// Stages the dedupe state changes not yet staged, for the commit to
+    /// write to the changelog.
+    fn stage_changes(&mut self) {
+        self.sink.stage_changes(&mut self.pipeline.take_changes());
     }
 
     /// Reads and processes records until the batch is full, its window
@@ -467,7 +467,7 @@ impl Work<'_> {
             // A failed or refused output leaves the changes unwritten; the
             // commit reports it and the batch's state is rolled back.
             if !io.producer.context().failed() {
-                self.send_changes()?;
+                self.stage_changes();
             }
         }
         if batch.refused {

@@ -107,7 +107,7 @@ impl<'a> Sink<'a> {
 
     /// Stages dedupe state changes for the changelog: the transaction's
     /// commit writes them ([`StagedChanges`]).
-    pub fn send_changes(&self, changes: &mut dyn Iterator<Item = Change>) {
+    pub fn stage_changes(&self, changes: &mut dyn Iterator<Item = Change>) {
         self.staged.stage(changes);
     }
 
@@ -238,7 +238,7 @@ impl<'m> Writer<BorrowedMessage<'m>> for Sink<'_> {
         changes: &mut dyn Iterator<Item = Change>,
         _: &mut Batch,
     ) -> Result<(), RunError> {
-        self.send_changes(changes);
+        self.stage_changes(changes);
         Ok(())
     }
 
