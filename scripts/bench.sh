@@ -27,9 +27,9 @@
 # from the changelog and finds nothing left to drain: the restore time;
 # and the restore of 10 million keys written straight into a changelog.
 # Then end-to-end latency of the default configuration while a separate
-# process offers 5,000 leads/s for 60 s: from producing a raw lead (stamped
-# with the time of producing) to its campaign record arriving at a
-# read_committed consumer (`leadflow tail`).
+# process offers 5,000 leads/s for 20 s of warm-up and 60 s timed: from
+# producing a raw lead (stamped with the time of producing) to its campaign
+# record arriving at a read_committed consumer (`leadflow tail`).
 # Prints a Markdown report (docs/BENCHMARKS.md holds the last full one).
 # --smoke runs 5,000 leads with the debug build, for CI to keep this
 # working (the Kafka Streams reference only if it is there); its numbers
@@ -41,12 +41,14 @@ leads=${1:-1000000}
 restore_keys=10000000
 latency_rate=5000
 latency_seconds=60
+latency_warmup=20
 profile=release
 if [ "$leads" = "--smoke" ]; then
   leads=5000
   restore_keys=100000
   latency_rate=500
   latency_seconds=5
+  latency_warmup=1
   profile=debug
 fi
 export LEADFLOW_KAFKA_PORT=${LEADFLOW_KAFKA_PORT:-19092}
@@ -180,7 +182,7 @@ python3 scripts/bench_report.py drain "$work" "$leads" "$leadflow" "${#pin[@]}" 
 # Latency: leadflow (the default configuration) runs; a read_committed
 # consumer tails a campaign topic while a separate process produces leads
 # at a fixed rate.
-echo "latency at $latency_rate leads/s for $latency_seconds s" >&2
+echo "latency at $latency_rate leads/s for $latency_warmup s of warm-up and $latency_seconds s" >&2
 "${pin[@]}" "$leadflow" -c "$work/latency.toml" run > /dev/null 2> "$work/latency.log" &
 run_pid=$!
 # Produce only once leadflow has its partitions, or the wait to join the
@@ -191,7 +193,8 @@ for _ in $(seq 600); do
 done
 grep -q "partitions assigned" "$work/latency.log" || { echo "leadflow never got partitions" >&2; exit 1; }
 python3 scripts/bench_report.py latency "$work" "$leadflow" "$work/latency.toml" latency.nurture \
-  "$((latency_rate * latency_seconds))" "$latency_rate" "offered by a separate process" >> "$work/report.md"
+  "$((latency_rate * (latency_warmup + latency_seconds)))" "$latency_rate" "$latency_warmup" \
+  "offered by a separate process" >> "$work/report.md"
 kill -TERM "$run_pid"
 wait "$run_pid" || true
 cat "$work/report.md"

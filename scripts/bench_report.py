@@ -2,7 +2,7 @@
 
   bench_report.py drain WORK LEADS LEADFLOW PINNED   the throughput table
   bench_report.py first-commit BOOTSTRAP GROUP TOPIC OUT   when GROUP first committed
-  bench_report.py latency WORK LEADFLOW CONFIG TOPIC COUNT RATE LABEL
+  bench_report.py latency WORK LEADFLOW CONFIG TOPIC COUNT RATE WARMUP_S LABEL
                                           produce COUNT leads at RATE/s and
                                           time each campaign record's
                                           arrival at a read_committed reader
@@ -18,7 +18,6 @@ import threading
 import time
 from datetime import datetime
 
-WARMUP_MS = 3000
 MODES = ["passthrough", "exactly-once", "at-least-once", "default", "through-the-hop"]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -136,8 +135,12 @@ def restore(work, name, what):
           f"CPU {float(user) + float(system):.1f} s; peak RSS {int(rss_kib) / 1024:.0f} MiB.\n")
 
 
-def latency(work, leadflow, config, topic, count, rate, label):
-    count, rate = int(count), float(rate)
+def p99_of(window):
+    return sorted(window)[min(len(window) - 1, int(0.99 * len(window)))]
+
+
+def latency(work, leadflow, config, topic, count, rate, warmup_s, label):
+    count, rate, warmup_ms = int(count), float(rate), float(warmup_s) * 1000
     tail = subprocess.Popen(
         [leadflow, "-c", config, "tail", topic, "--from-beginning", "--timestamps"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
@@ -178,30 +181,37 @@ def latency(work, leadflow, config, topic, count, rate, label):
     tail.terminate()
     tail.wait()
     # The first seconds are a warm-up, not timed: the clients connect, the
-    # producer gets its id and leadflow's first transactions add their
-    # partitions. What it cost is reported beside the figures.
+    # producer gets its id, and the broker's first writes to the phase's new
+    # partitions fault in their memory-mapped index files, which stalled the
+    # broker's core for up to 10 s after the drains (docs/BENCHMARKS.md).
+    # What the warm-up cost is reported beside the figures.
     first = min((produced for produced, _ in latencies), default=0)
-    warmup = [latency for produced, latency in latencies if produced < first + WARMUP_MS]
-    timed = [(produced, latency) for produced, latency in latencies if produced >= first + WARMUP_MS]
+    warmup = [latency for produced, latency in latencies if produced < first + warmup_ms]
+    warmup_windows = {}
+    for produced, latency in latencies:
+        if produced < first + warmup_ms:
+            warmup_windows.setdefault(int((produced - first) // 10_000), []).append(latency)
+    timed = [(produced, latency) for produced, latency in latencies if produced >= first + warmup_ms]
     latencies = sorted(latency for _, latency in timed)
     # A backlog shows as latency growing from one window to the next.
     windows = {}
     for produced, latency in timed:
-        windows.setdefault(int((produced - first - WARMUP_MS) // 10_000), []).append(latency)
+        windows.setdefault(int((produced - first - warmup_ms) // 10_000), []).append(latency)
 
     def pct(p):
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] if latencies else float("nan")
 
     print(f"End-to-end latency at {rate:,.0f} leads/s ({label}), {count:,} leads "
           f"produced with their time of producing, {len(latencies):,} campaign records timed at a "
-          f"read_committed reader after a {WARMUP_MS / 1000:.0f} s warm-up (its {len(warmup):,} records: "
-          f"max {max(warmup, default=float('nan')):.0f} ms):\n")
+          f"read_committed reader after a {warmup_ms / 1000:.0f} s warm-up (its {len(warmup):,} records: "
+          f"max {max(warmup, default=float('nan')):.0f} ms; p99 per 10 s "
+          f"{', '.join(f'{p99_of(w):.0f}' for _, w in sorted(warmup_windows.items())) or 'none'} ms):\n")
     print("| p50 ms | p99 ms | p99.9 ms | max ms |")
     print("|---|---|---|---|")
     print(f"| {pct(50):.0f} | {pct(99):.0f} | {pct(99.9):.0f} | {latencies[-1] if latencies else float('nan'):.0f} |")
     print()
     if windows:
-        p99 = [sorted(w)[min(len(w) - 1, int(0.99 * len(w)))] for _, w in sorted(windows.items())]
+        p99 = [p99_of(w) for _, w in sorted(windows.items())]
         print(f"p99 ms per 10 s of producing, in order (a backlog would grow): {', '.join(f'{p:.0f}' for p in p99)}; "
               f"{len(timed) + len(warmup):,} of {count:,} leads' campaign records arrived "
               "(the rest were duplicates, suppressed, dead letters or routed to the other campaign).")
