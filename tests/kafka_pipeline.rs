@@ -1179,3 +1179,103 @@ fn an_input_backlog_does_not_starve_the_second_hop() {
         "{gap} records re-keyed but not processed (at {at} of {total} re-keyed): the second hop waited behind the input"
     );
 }
+
+/// A batch that loses some of its partitions to a new member is committed
+/// by the revoke callback before they go, and that commit carries the
+/// batch's dedupe changes: the next owner restores them, so a repeat of a
+/// lead the batch let through is a duplicate there. The batch stays open
+/// (a two-minute commit interval) until the second process joins, so only
+/// the revoke callback's commit can have written it.
+#[test]
+fn a_batch_committed_on_revoke_hands_its_dedupe_state_to_the_next_owner() {
+    let _deadline = common::deadline(Duration::from_secs(100));
+    use common::ops::{eventually, free_port, listen_on, sample, wait_for_or};
+    let env = Env::new(
+        "handover",
+        2,
+        "[pipeline]\nrepartition = false\ncommit_interval_ms = 120000\ndelivery_timeout_ms = 600000\n",
+    );
+    let leads = numbered_leads(0, 2);
+    let record = |partition: i32| TestRecord {
+        partition,
+        key: None,
+        value: Some(&leads[partition as usize]),
+        headers: &[],
+        timestamp_ms: common::now_ms(),
+    };
+    produce(&env.input, &[record(0), record(1)]);
+    let port = free_port();
+    let listen = listen_on(port);
+    let a = env.spawn(
+        "a",
+        &[
+            "run",
+            "--instance-id",
+            "a",
+            listen[0].as_str(),
+            listen[1].as_str(),
+        ],
+        Stdio::null(),
+    );
+    // Consumed (so processed, in the open batch): no lag on either
+    // partition, whose last stable offset is already past the lead.
+    wait_for_or(
+        "a to read both leads",
+        || a.log(),
+        || {
+            let text = common::ops::get(port, "/metrics")?.1;
+            (0..2)
+                .all(|p| {
+                    let series = format!(
+                        "leadflow_consumer_lag{{topic=\"{}\",partition=\"{p}\"}}",
+                        env.input
+                    );
+                    sample(&text, &series) == Some(0.0)
+                })
+                .then_some(())
+        },
+    );
+    assert!(
+        read_all(&env.nurture).is_empty(),
+        "the batch committed before the revoke"
+    );
+    let b = env.spawn(
+        "b",
+        &[
+            "run",
+            "--instance-id",
+            "b",
+            "--set",
+            "pipeline.commit_interval_ms=100",
+        ],
+        Stdio::null(),
+    );
+    wait_for_or(
+        "b to restore a partition",
+        || b.log(),
+        || b.log().contains("dedupe state restored").then_some(()),
+    );
+    assert!(a.log().contains("partitions revoked"), "{}", a.log());
+    assert_eq!(
+        read_all(&env.nurture).len(),
+        2,
+        "the revoke did not commit the batch"
+    );
+    produce(&env.input, &[record(0), record(1)]);
+    // b commits at once; a's batch stays open, so b's partition is the one
+    // committed past the repeat.
+    let moved = eventually("b to commit the repeat", || {
+        committed(&env.group, &env.input)
+            .into_iter()
+            .find_map(|(partition, offset)| (offset == 2).then_some(partition))
+    });
+    let nurture = read_all(&env.nurture);
+    assert!(
+        nurture.iter().all(|m| source_of(m) != (moved, 1)),
+        "the repeat on partition {moved} reached its campaign: b's restore missed the revoked batch's state\n{}",
+        b.log()
+    );
+    let counted = common::ops::get(port, "/metrics")
+        .and_then(|(_, text)| sample(&text, "leadflow_leads_total{outcome=\"campaign\"}"));
+    assert_eq!(counted, Some(2.0), "{}", a.log());
+}
