@@ -11,7 +11,7 @@ use std::path::Path;
 use leadflow::domain::{ActionCode, DedupeKey, Offer};
 use leadflow::reference;
 use leadflow::stages::decode::{Decoder, Format};
-use leadflow::stages::enrich::normalize_email;
+use leadflow::stages::enrich::{is_valid_address, normalize_email};
 use leadflow::stages::score::{DEFAULT_RULES, ScoringRules, score};
 use leadflow::testkit;
 use proptest::prelude::*;
@@ -54,6 +54,40 @@ proptest! {
         let _deadline = common::deadline(Duration::from_secs(60));
         if let Ok(normalized) = normalize_email(&raw) {
             prop_assert_eq!(normalize_email(&normalized), Ok(normalized.clone()));
+        }
+    }
+
+    /// leadflow's one-pass check of plain addresses agrees with the
+    /// `email_address` crate on every string: plain addresses built from
+    /// atoms and labels of every character the rules treat apart; sizes
+    /// around the limits (a 64-character local part, 63-character labels,
+    /// a 254-character domain); and text with quotes, display names,
+    /// domain literals and non-ASCII, which the crate judges itself.
+    #[test]
+    fn plain_addresses_are_judged_as_the_crate_judges_them(
+        atoms in proptest::collection::vec("[a-z0-9!#'+_~\\-]{0,30}", 1..4),
+        labels in proptest::collection::vec("[a-z0-9_\\-]{0,66}", 1..6),
+        (local_len, label_len, repeats) in (60usize..70, 58usize..66, 1usize..6),
+        (local, domain) in ("[a-z0-9.!#'+_~\\-\"@ <>\\[\\]é]{0,70}", "[a-z0-9.\\-_@ <>\\[\\]é]{0,70}"),
+        text in "\\PC{0,40}",
+    ) {
+        let _deadline = common::deadline(Duration::from_secs(60));
+        let sized = format!(
+            "{}@{}com",
+            "a".repeat(local_len),
+            format!("{}.", "b".repeat(label_len)).repeat(repeats)
+        );
+        for address in [
+            format!("{}@{}", atoms.join("."), labels.join(".")),
+            sized,
+            format!("{local}@{domain}"),
+            text,
+        ] {
+            prop_assert_eq!(
+                is_valid_address(&address),
+                email_address::EmailAddress::is_valid(&address),
+                "{:?}", address
+            );
         }
     }
 
