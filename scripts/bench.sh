@@ -29,7 +29,9 @@
 # Then end-to-end latency of the default configuration while a separate
 # process offers 5,000 leads/s for 20 s of warm-up and 60 s timed: from
 # producing a raw lead (stamped with the time of producing) to its campaign
-# record arriving at a read_committed consumer (`leadflow tail`).
+# record arriving at a read_committed consumer (`leadflow tail`). Last, the
+# dedupe state's resident bytes a key at 10 million keys (the `stages`
+# micro-benchmark).
 # Prints a Markdown report (docs/BENCHMARKS.md holds the last full one).
 # --smoke runs 5,000 leads with the debug build, for CI to keep this
 # working (the Kafka Streams reference only if it is there); its numbers
@@ -197,4 +199,14 @@ python3 scripts/bench_report.py latency "$work" "$leadflow" "$work/latency.toml"
   "offered by a separate process" >> "$work/report.md"
 kill -TERM "$run_pid"
 wait "$run_pid" || true
+
+# The dedupe state's memory at 10 million keys: the micro-benchmark fills a
+# table and reads its resident growth (one sample; its timings are not
+# reported here). The smoke leaves it out: it compiles the benchmarks.
+if [ "$profile" = release ]; then
+  echo "dedupe state at 10,000,000 keys" >&2
+  state=$(cargo bench --quiet --bench stages -- dedupe_at_size --sample-count 1 --sample-size 1 2> /dev/null |
+    grep -o "dedupe state, 10000000 keys.*") || { echo "the dedupe state benchmark printed nothing" >&2; exit 1; }
+  printf '%s (`cargo bench --bench stages -- dedupe_at_size`).\n' "${state^}" >> "$work/report.md"
+fi
 cat "$work/report.md"
