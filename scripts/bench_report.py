@@ -185,18 +185,18 @@ def latency(work, leadflow, config, topic, count, rate, warmup_s, label):
     # partitions fault in their memory-mapped index files, which stalled the
     # broker's core for up to 10 s after the drains (docs/BENCHMARKS.md).
     # What the warm-up cost is reported beside the figures.
+    # A backlog shows as latency growing from one 10 s window to the next.
     first = min((produced for produced, _ in latencies), default=0)
-    warmup = [latency for produced, latency in latencies if produced < first + warmup_ms]
-    warmup_windows = {}
+    warmup_windows, windows = {}, {}
     for produced, latency in latencies:
-        if produced < first + warmup_ms:
-            warmup_windows.setdefault(int((produced - first) // 10_000), []).append(latency)
-    timed = [(produced, latency) for produced, latency in latencies if produced >= first + warmup_ms]
-    latencies = sorted(latency for _, latency in timed)
-    # A backlog shows as latency growing from one window to the next.
-    windows = {}
-    for produced, latency in timed:
-        windows.setdefault(int((produced - first - warmup_ms) // 10_000), []).append(latency)
+        since = produced - first
+        if since < warmup_ms:
+            warmup_windows.setdefault(int(since // 10_000), []).append(latency)
+        else:
+            windows.setdefault(int((since - warmup_ms) // 10_000), []).append(latency)
+    warmup = [latency for window in warmup_windows.values() for latency in window]
+    timed = [latency for window in windows.values() for latency in window]
+    latencies = sorted(timed)
 
     def pct(p):
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] if latencies else float("nan")
