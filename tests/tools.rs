@@ -15,7 +15,10 @@ use std::process::{Command, Stdio};
 
 use common::ops::wait_for;
 use common::{Env, PATIENCE, TestRecord, bootstrap, header, piped, produce, read_all};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The lead of docs/interop.md's kcat example: an AppSource trial.
 const LEAD: &str = r#"{"event_id":"kcat-0001","received_at":"2025-03-04T10:15:02Z","UserDetails":{"FirstName":"Ana","LastName":"Silva","Email":"ana.silva@fabrikam.com","Country":"PT","Company":"Fabrikam","Title":"Head of Sales Ops"},"LeadSource":"SPZA-PLT|contoso.sales-insights","ActionCode":"PLT"}"#;
@@ -395,4 +398,84 @@ fn the_quickstart_accounts_for_every_lead() {
     );
     assert!(stdout.contains("every lead accounted for: yes"), "{stdout}");
     assert!(stdout.contains("leads.raw (in)"), "{stdout}");
+}
+
+/// The window the kill above hits only sometimes, made certain: a replay
+/// stopped between sending its dead-letter offsets and committing them
+/// leaves them pending, and a read_committed consumer cannot learn where
+/// to resume until that transaction ends. The rerun must fence the
+/// stopped one first (which aborts it) rather than wait for its
+/// transaction timeout; and a dry run, which must not fence anything,
+/// says why it cannot list yet.
+#[test]
+fn a_replay_stopped_with_its_offsets_pending_is_fenced_and_resumed() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let env = Env::new("replay-pending", 1, "");
+    let broken: Vec<String> = (0..20).map(|i| format!("broken lead {i}")).collect();
+    let values: Vec<Vec<u8>> = broken.iter().map(|v| v.clone().into_bytes()).collect();
+    common::produce_values(&env.input, &values, common::now_ms());
+    env.run_until_drained();
+    assert_eq!(read_all(&env.dead_letter).len(), 20);
+
+    // The stopped replay: it copied the first dead letter and sent the
+    // offset past it, and never committed.
+    let name = format!("{}-dlq-replay", env.group);
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", &name)
+        .create()
+        .expect("the replay's group");
+    let stopped: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", &name)
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .expect("the stopped replay's producer");
+    stopped.init_transactions(PATIENCE).expect("init");
+    stopped.begin_transaction().expect("begin");
+    stopped
+        .send(BaseRecord::<(), str>::to(&env.input).payload(&broken[0]))
+        .map_err(|(e, _)| e)
+        .expect("send");
+    stopped.flush(PATIENCE).expect("flush");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&env.dead_letter, 0, Offset::Offset(1))
+        .expect("offset");
+    let metadata = group.group_metadata().expect("group metadata");
+    stopped
+        .send_offsets_to_transaction(&offsets, &metadata, PATIENCE)
+        .expect("offsets in the transaction");
+
+    let out = env.leadflow(&["dlq", "replay", "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the dry run listed from a guess");
+    assert!(stderr.contains("open transaction"), "{stderr}");
+
+    let started = std::time::Instant::now();
+    let out = env.leadflow(&["dlq", "replay"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the rerun waited {:?}, as for the stopped one's transaction timeout",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"replayed\":20"), "{stdout}");
+    let mut copies: Vec<String> = read_all(&env.input)
+        .iter()
+        .filter(|r| header(r, "leadflow.replayed.from").is_some())
+        .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
+        .collect();
+    copies.sort();
+    let mut expected = broken.clone();
+    expected.sort();
+    assert_eq!(
+        copies, expected,
+        "each dead letter once, the aborted copy not"
+    );
 }

@@ -75,6 +75,17 @@ pub enum ReplayError {
     Setup(#[from] SetupError),
     #[error("replay failed: {0}")]
     Kafka(KafkaError),
+    #[error(
+        "where replay {name} stopped is unknown after {timeout_ms} ms ({error}); most likely \
+         its last offsets are pending in an open transaction: a replay of that name is \
+         running, or was stopped less than its transaction timeout ago. A replay without \
+         --dry-run fences it and goes on; --name lists under a new name"
+    )]
+    Pending {
+        name: String,
+        timeout_ms: u64,
+        error: KafkaError,
+    },
     #[error("replayed records were not acknowledged: {0}")]
     Delivery(String),
     /// A rerun replays what this one left uncommitted.
@@ -103,11 +114,16 @@ pub fn replay(
 ) -> Result<ReplayReport, ReplayError> {
     let dlq = config.topics.dead_letter.as_str();
     let input = config.topics.input.as_str();
-    let (consumer, partitions) = resume(config, options)?;
+    let (consumer, partitions) = reader(config, options)?;
+    // Before asking where the last replay stopped: a read_committed
+    // consumer cannot learn that while an interrupted replay's offsets
+    // are pending in its open transaction, and fencing it aborts that
+    // transaction at once instead of after its timeout.
     let txn: Option<Txn> = match options.dry_run {
         true => None,
         false => Some(transactions(config, options)?),
     };
+    resume(config, options, &consumer, partitions)?;
 
     let mut report = ReplayReport::default();
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
@@ -168,15 +184,14 @@ pub fn replay(
     Ok(report)
 }
 
-/// The replay's consumer, assigned every dead-letter partition from where
-/// the last replay under this name stopped; and how many there are.
-fn resume(
+/// The replay's consumer, once both topics are known to exist; and how
+/// many dead-letter partitions there are.
+fn reader(
     config: &Config,
     options: &ReplayOptions,
 ) -> Result<(BaseConsumer<Logged>, i32), ReplayError> {
     let kafka = &config.kafka;
     let dlq = config.topics.dead_letter.as_str();
-    let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let consumer: BaseConsumer<Logged> = client_config(
         kafka,
         Role::Consumer,
@@ -188,12 +203,34 @@ fn resume(
     .create_with_context(Logged)
     .map_err(SetupError::Client)?;
     let partitions = check_topics(consumer.client(), kafka, &[dlq, &config.topics.input])?[0];
-    let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
+    Ok((consumer, i32::try_from(partitions).unwrap_or(i32::MAX)))
+}
+
+/// Assigns `consumer` every dead-letter partition from where the last
+/// replay under this name stopped.
+fn resume(
+    config: &Config,
+    options: &ReplayOptions,
+    consumer: &BaseConsumer<Logged>,
+    partitions: i32,
+) -> Result<(), ReplayError> {
+    let dlq = config.topics.dead_letter.as_str();
+    let timeout = Duration::from_millis(config.kafka.connect_timeout_ms);
     let mut wanted = TopicPartitionList::new();
     for partition in 0..partitions {
         wanted.add_partition(dlq, partition);
     }
-    let committed = consumer.committed_offsets(wanted, timeout)?;
+    let committed = consumer
+        .committed_offsets(wanted, timeout)
+        .map_err(|error| match options.dry_run {
+            // A dry run fences nothing, so it cannot end that transaction.
+            true => ReplayError::Pending {
+                name: options.name.clone(),
+                timeout_ms: config.kafka.connect_timeout_ms,
+                error,
+            },
+            false => ReplayError::Kafka(error),
+        })?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         let start = committed
@@ -204,7 +241,7 @@ fn resume(
         assignment.add_partition_offset(dlq, partition, start)?;
     }
     consumer.assign(&assignment)?;
-    Ok((consumer, partitions))
+    Ok(())
 }
 
 /// The replay's transactions, under its name.
