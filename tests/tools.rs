@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use common::ops::wait_for;
 use common::{Env, PATIENCE, TestRecord, bootstrap, header, piped, produce, read_all};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -219,19 +219,10 @@ fn an_interrupted_dlq_replay_run_again_replays_each_dead_letter_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let input = read_all(&env.input);
-    let replayed: Vec<_> = input
-        .iter()
-        .filter(|r| header(r, "leadflow.replayed.from").is_some())
-        .collect();
-    let mut values: Vec<String> = replayed
-        .iter()
-        .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
-        .collect();
-    values.sort();
-    let mut expected = broken.clone();
-    expected.sort();
+    let replayed = replayed_copies(&input);
     assert_eq!(
-        values, expected,
+        sorted_values(&replayed),
+        sorted(&broken),
         "each json_syntax dead letter exactly once"
     );
     assert_eq!(input.len(), originals + 300);
@@ -466,16 +457,32 @@ fn a_replay_stopped_with_its_offsets_pending_is_fenced_and_resumed() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"replayed\":20"), "{stdout}");
-    let mut copies: Vec<String> = read_all(&env.input)
-        .iter()
-        .filter(|r| header(r, "leadflow.replayed.from").is_some())
-        .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
-        .collect();
-    copies.sort();
-    let mut expected = broken.clone();
-    expected.sort();
     assert_eq!(
-        copies, expected,
+        sorted_values(&replayed_copies(&read_all(&env.input))),
+        sorted(&broken),
         "each dead letter once, the aborted copy not"
     );
+}
+
+/// The records of `input` that `dlq replay` wrote.
+fn replayed_copies(input: &[OwnedMessage]) -> Vec<&OwnedMessage> {
+    input
+        .iter()
+        .filter(|r| header(r, "leadflow.replayed.from").is_some())
+        .collect()
+}
+
+/// The values of `records` as text, sorted.
+fn sorted_values(records: &[&OwnedMessage]) -> Vec<String> {
+    let values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned())
+        .collect();
+    sorted(&values)
+}
+
+fn sorted(values: &[String]) -> Vec<String> {
+    let mut values = values.to_vec();
+    values.sort();
+    values
 }

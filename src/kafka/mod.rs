@@ -182,29 +182,26 @@ pub fn read_to_end<C: rdkafka::consumer::ConsumerContext>(
     let mut records = 0_u64;
     // The clock is read only when a poll brings nothing: two reads a
     // record were 4% of a restore's CPU here (librdkafka reads it four
-    // times a poll besides).
-    let mut last_progress = Instant::now();
-    let mut progressed = false;
+    // times a poll besides). Patience runs from the first poll of a quiet
+    // spell, at most one poll after the last progress.
+    let mut quiet_since: Option<Instant> = None;
     while !remaining.is_empty() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(record)) => {
-                progressed = true;
+                quiet_since = None;
                 records += 1;
                 each(&record);
                 continue;
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                progressed = true;
+                quiet_since = None;
                 remaining.remove(&partition);
                 continue;
             }
             None => {}
             Some(Err(e)) => tracing::warn!(topic, error = %e, "read error; retrying"),
         }
-        if progressed {
-            last_progress = Instant::now();
-            progressed = false;
-        } else if last_progress.elapsed() > patience {
+        if quiet_since.get_or_insert_with(Instant::now).elapsed() > patience {
             return Err(format!(
                 "no progress for {} s on partitions {remaining:?}",
                 patience.as_secs()
